@@ -1,0 +1,304 @@
+"""The HTTP front door: one h11 parser per TCP connection.
+
+Long-polling requests are answered here. A WebSocket upgrade is handed to
+trio-websocket with the bytes h11 already read put back in front of the
+stream. Every refusal is an HTTP status with a JSON body in Engine.IO's
+format, ``{"code": N, "message": "..."}``; nothing a client sends raises out
+of :func:`handle_connection`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.parse
+
+import h11
+import trio
+import trio_websocket
+
+from . import _eio
+from ._engine import Engine, EngineSession, RequestInfo
+from ._errors import ProtocolError
+from ._outbox import PollingOutbox, SharedStream, WebSocketOutbox
+
+logger = logging.getLogger("roomd")
+
+# Engine.IO's error codes, as the JS server sends them.
+TRANSPORT_UNKNOWN = (0, "Transport unknown")
+SESSION_UNKNOWN = (1, "Session ID unknown")
+BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
+BAD_REQUEST = (3, "Bad request")
+FORBIDDEN = (4, "Forbidden")
+UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
+
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_TIMEOUT = 30.0
+KEEPALIVE_TIMEOUT = 60.0
+RECEIVE_SIZE = 64 * 1024
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code_message: tuple[int, str], detail: str = "") -> None:
+        super().__init__(detail or code_message[1])
+        self.status = status
+        self.code, self.message = code_message
+        self.detail = detail
+
+
+class _HttpConnection:
+    def __init__(self, engine: Engine, stream: trio.SocketStream) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        try:
+            peer = stream.socket.getpeername()
+            self.address = peer[0] if isinstance(peer, tuple) else str(peer)
+        except OSError:
+            self.address = ""
+
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED] | None:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self.conn.receive_data(data)
+                continue
+            return event
+
+    async def _send(self, *events: h11.Event) -> None:
+        await self.stream.send_all(b"".join(self.conn.send(e) or b"" for e in events))
+
+    async def respond(self, status: int, body: bytes, content_type: str,
+                      extra: list[tuple[str, str]] = (), close: bool = False) -> None:
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                   ("Cache-Control", "no-store"), *extra]
+        if close:
+            headers.append(("Connection", "close"))
+        await self._send(h11.Response(status_code=status, headers=headers), h11.Data(data=body),
+                         h11.EndOfMessage())
+
+    async def refuse(self, refusal: _Refusal, extra: list[tuple[str, str]]) -> None:
+        body = json.dumps({"code": refusal.code, "message": refusal.message}).encode()
+        await self.respond(refusal.status, body, "application/json", extra, close=True)
+
+    async def serve(self) -> None:
+        while True:
+            timeout = HEAD_TIMEOUT if self.conn.their_state is h11.SEND_BODY else KEEPALIVE_TIMEOUT
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    event = await self._next_event()
+                except h11.RemoteProtocolError as exc:
+                    await self._bad_http(exc)
+                    return
+            if scope.cancelled_caught or event is None:
+                return
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):
+                return
+            keep_going = await self.handle_request(event)
+            if not keep_going or self.conn.our_state is h11.MUST_CLOSE:
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _bad_http(self, exc: h11.RemoteProtocolError) -> None:
+        logger.info("%s: malformed HTTP: %s", self.address, exc)
+        status = exc.error_status_hint or 400
+        body = json.dumps({"code": BAD_REQUEST[0], "message": BAD_REQUEST[1]}).encode()
+        # h11 refuses to send once the peer's side is broken; write by hand.
+        head = (f"HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            await self.stream.send_all(head + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _cors_headers(self, headers: dict[str, str]) -> list[tuple[str, str]]:
+        allowed = self.engine.options.cors_origins
+        origin = headers.get("origin")
+        if not allowed or origin is None:
+            return []
+        if "*" not in allowed and origin not in allowed:
+            raise _Refusal(403, FORBIDDEN, f"origin {origin!r} not allowed")
+        return [("Access-Control-Allow-Origin", origin),
+                ("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
+
+    async def handle_request(self, request: h11.Request) -> bool:
+        """Answer one request; False when the connection must end."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        target = request.target.decode("latin-1")
+        path, _, query_string = target.partition("?")
+        query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
+        method = request.method.decode("latin-1")
+        cors: list[tuple[str, str]] = []
+        try:
+            if path.rstrip("/") + "/" != self.engine.options.path:
+                raise _Refusal(404, BAD_REQUEST, "not found")
+            cors = self._cors_headers(headers)
+            if method == "OPTIONS":
+                await self._read_body(0)
+                await self.respond(204, b"", "text/plain", cors + [
+                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                    ("Access-Control-Allow-Headers", headers.get(
+                        "access-control-request-headers", "content-type"))])
+                return True
+            if query.get("EIO") != "4":
+                raise _Refusal(400, UNSUPPORTED_VERSION)
+            transport = query.get("transport")
+            if transport not in self.engine.options.transports:
+                raise _Refusal(400, TRANSPORT_UNKNOWN)
+            info = RequestInfo(headers=headers, query=query, address=self.address,
+                               time=time.time(), url=target)
+            sid = query.get("sid")
+            if transport == "websocket":
+                return await self._websocket(request, headers, info, sid)
+            if headers.get("upgrade", "").lower() == "websocket":
+                raise _Refusal(400, BAD_REQUEST, "polling request asks for an upgrade")
+            if sid is None:
+                if method != "GET":
+                    raise _Refusal(400, BAD_HANDSHAKE_METHOD)
+                await self._read_body(0)
+                await self._open_polling(info, cors)
+                return True
+            session = self.engine.sessions.get(sid)
+            if session is None:
+                raise _Refusal(400, SESSION_UNKNOWN)
+            if session.transport != "polling":
+                raise _Refusal(400, BAD_REQUEST, "session was upgraded")
+            if method == "GET":
+                await self._read_body(0)
+                await self._poll(session, cors)
+            elif method == "POST":
+                await self._post(session, headers, cors)
+            else:
+                raise _Refusal(400, BAD_HANDSHAKE_METHOD)
+            return True
+        except _Refusal as refusal:
+            logger.info("%s: %s %s refused: %s", self.address, method, target[:200], refusal)
+            await self.refuse(refusal, cors if refusal.status != 403 else [])
+            return False
+
+    async def _read_body(self, limit: int) -> bytes | None:
+        """Read the request body; None when it is over ``limit`` bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        with trio.fail_after(HEAD_TIMEOUT):
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        return None
+                    chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                else:
+                    raise _Refusal(400, BAD_REQUEST, "truncated body")
+
+    async def _open_polling(self, info: RequestInfo, cors: list[tuple[str, str]]) -> None:
+        if not self.engine.accepting or self.engine.full():
+            raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+        session = self.engine.new_session("polling", info)
+        payload = _eio.encode_payload([self.engine.open_packet(session.sid, websocket=False)])
+        await self.respond(200, payload.encode(), "text/plain; charset=UTF-8", cors)
+
+    async def _poll(self, session: EngineSession, cors: list[tuple[str, str]]) -> None:
+        outbox = session.outbox
+        if session.poll_pending:
+            session.close("transport error")
+            raise _Refusal(400, BAD_REQUEST, "overlapping long-poll")
+        session.poll_pending = True
+        try:
+            assert isinstance(outbox, PollingOutbox)
+            if not session.noop_pending:
+                await outbox.wait()
+            if session.noop_pending or session.transport != "polling":
+                session.noop_pending = False
+                packets = [_eio.Packet(_eio.PacketType.NOOP)]
+            else:
+                packets = outbox.take(self.engine.options.max_payload)
+        finally:
+            session.poll_pending = False
+        body = _eio.encode_payload(packets).encode()
+        await self.respond(200, body, "text/plain; charset=UTF-8", cors)
+
+    async def _post(self, session: EngineSession, headers: dict[str, str],
+                    cors: list[tuple[str, str]]) -> None:
+        limit = self.engine.options.max_payload
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            session.close("transport error")
+            raise _Refusal(413, BAD_REQUEST, f"payload of {length} bytes over maxPayload")
+        body = await self._read_body(limit)
+        if body is None:
+            session.close("transport error")
+            raise _Refusal(413, BAD_REQUEST, "payload over maxPayload")
+        try:
+            packets = _eio.decode_payload(body.decode("utf-8"))
+            for packet in packets:
+                await session.receive(packet)
+        except (ProtocolError, UnicodeDecodeError) as exc:
+            logger.warning("session %s: closing on malformed payload: %s", session.sid, exc)
+            session.close("parse error")
+            raise _Refusal(400, BAD_REQUEST, str(exc)) from None
+        await self.respond(200, b"ok", "text/html", cors)
+
+    async def _websocket(self, request: h11.Request, headers: dict[str, str],
+                         info: RequestInfo, sid: str | None) -> bool:
+        if request.method != b"GET" or headers.get("upgrade", "").lower() != "websocket":
+            raise _Refusal(400, BAD_REQUEST, "websocket transport without an upgrade")
+        if sid is not None:
+            session = self.engine.sessions.get(sid)
+            if session is None or session.transport != "polling" or session.upgrading:
+                raise _Refusal(400, SESSION_UNKNOWN)
+        elif not self.engine.accepting or self.engine.full():
+            raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+        event = await self._next_event()
+        if event is not h11.PAUSED and not isinstance(event, h11.EndOfMessage):
+            raise _Refusal(400, BAD_REQUEST, "websocket upgrade with a body")
+        if isinstance(event, h11.EndOfMessage):
+            event = await self._next_event()
+        trailing, _ = self.conn.trailing_data
+        head = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
+        head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw_items()]
+        head.append(b"\r\n")
+        stream = SharedStream(self.stream, b"".join(head) + trailing)
+        options = self.engine.options
+        async with trio.open_nursery() as nursery:
+            try:
+                ws_request = await trio_websocket.wrap_server_stream(
+                    nursery, stream, message_queue_size=4,
+                    max_message_size=options.max_payload, receive_buffer_size=None)
+                ws = await ws_request.accept()
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
+                logger.info("%s: websocket handshake failed: %s", self.address, exc)
+                nursery.cancel_scope.cancel()
+                return False
+            outbox = WebSocketOutbox(stream, nursery, options.outbox_limit)
+            await self.engine.run_websocket(ws, outbox, info, sid)
+            nursery.cancel_scope.cancel()
+        return False
+
+
+async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
+    """Serve one TCP connection until it closes.
+
+    Errors caused by the peer end that connection only; cancellation
+    propagates.
+    """
+    try:
+        await _HttpConnection(engine, stream).serve()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    except trio.TooSlowError:
+        pass
+    except Exception:
+        logger.exception("connection handler failed")
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await stream.aclose()

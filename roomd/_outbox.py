@@ -1,0 +1,228 @@
+"""Per-session outgoing queues: the end of the broadcast hot path.
+
+A broadcast is encoded once into an :class:`OutgoingMessage`; each target
+session's outbox then takes the form its transport needs (pre-framed
+WebSocket bytes, or Engine.IO packets for the next long-poll) without copying
+or re-encoding per recipient.
+
+Outboxes never block and never await: :meth:`put` either accepts the message
+or returns False when the outbox is full (a slow consumer), and the caller
+applies the slow-consumer policy.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import _eio
+from ._wsframe import encode_frames
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class OutgoingMessage:
+    """One Socket.IO packet, encoded once, ready for any number of sessions.
+
+    ``eio_parts`` are the Engine.IO packets it becomes: the text packet
+    ("4" + Socket.IO text) followed by one bytes item per binary attachment.
+    The WebSocket framing is computed on first use and shared.
+    """
+
+    __slots__ = ("eio_parts", "_frames")
+
+    def __init__(self, sio_parts: Sequence[str | bytes]) -> None:
+        parts: list[str | bytes] = ["4" + sio_parts[0]]  # type: ignore[operator]
+        parts.extend(sio_parts[1:])
+        self.eio_parts = parts
+        self._frames: bytes | None = None
+
+    @property
+    def ws_frames(self) -> bytes:
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = encode_frames(self.eio_parts)
+        return frames
+
+
+class SharedStream(trio.abc.Stream):
+    """The TCP stream of a WebSocket, shared by trio-websocket and roomd's writer.
+
+    trio-websocket owns the handshake, reading, ping/pong and the close
+    handshake; roomd writes its pre-framed data frames itself (see
+    docs/architecture.md). Both write through :meth:`send_all`, serialised by
+    one lock, and roomd may write synchronously to the non-blocking socket
+    when nobody holds that lock. The bytes h11 already read from the socket
+    (the upgrade request) are replayed first to the reader.
+    """
+
+    def __init__(self, inner: trio.SocketStream, replay: bytes) -> None:
+        self._inner = inner
+        self._replay = replay
+        self.send_lock = trio.Lock()
+        self.fileno = inner.socket.fileno()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self.send_lock:
+            await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._replay:
+            data, self._replay = self._replay, b""
+            return data
+        return await self._inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class WebSocketOutbox:
+    """Outbox of a WebSocket session.
+
+    When nothing is queued and no send is in progress, :meth:`put` writes the
+    frames straight into the socket's kernel buffer with one non-blocking
+    ``write``; no task is woken. Whatever does not fit is queued, and one
+    flush task (started on demand in the connection's nursery) sends the
+    whole queue in one ``send_all`` per round, so a burst for one socket
+    leaves in as few syscalls as possible.
+    """
+
+    __slots__ = ("_stream", "_fd", "_nursery", "_limit", "_queue", "_flushing",
+                 "_drained", "broken")
+
+    def __init__(self, stream: SharedStream, nursery: trio.Nursery, limit: int) -> None:
+        self._stream = stream
+        self._fd = stream.fileno
+        self._nursery = nursery
+        self._limit = limit
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._flushing = False
+        self._drained: trio.Event | None = None
+        self.broken = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._flushing
+
+    def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
+        return self.put_bytes(message.ws_frames, volatile)
+
+    def put_bytes(self, data: bytes, volatile: bool = False) -> bool:
+        """Queue or write ``data``; False when the outbox is full."""
+        if self.broken:
+            return True
+        queue = self._queue
+        if queue or self._flushing or self._stream.send_lock.locked():
+            if volatile:
+                return True
+            if len(queue) >= self._limit:
+                return False
+            queue.append(data)
+            self._start_flush()
+            return True
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The reader notices the dead socket and closes the session.
+            self.broken = True
+            return True
+        if sent < len(data):
+            queue.append(data[sent:])
+            self._start_flush()
+        return True
+
+    def _start_flush(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                data = b"".join(queue) if len(queue) > 1 else queue[0]
+                queue.clear()
+                await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.broken = True
+            queue.clear()
+        finally:
+            self._flushing = False
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
+
+    async def drain(self) -> None:
+        """Wait until everything queued has been handed to the kernel."""
+        while not self.idle and not self.broken:
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
+
+
+class PollingOutbox:
+    """Outbox of a long-polling session: Engine.IO packets for the next GET."""
+
+    __slots__ = ("_limit", "_queue", "_wakeup")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._queue: collections.deque[str | bytes] = collections.deque()
+        self._wakeup = trio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue
+
+    def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
+        if volatile and self._queue:
+            return True
+        if len(self._queue) >= self._limit:
+            return False
+        self._queue.extend(message.eio_parts)
+        self._wakeup.set()
+        return True
+
+    def put_packet(self, packet: _eio.Packet) -> None:
+        """Queue a control packet (ping, noop, close); never refused."""
+        self._queue.append(_eio.encode_packet(packet))
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Wait until something is queued or :meth:`wake` is called."""
+        if not self._queue:
+            await self._wakeup.wait()
+        self._wakeup = trio.Event()
+
+    def take(self, max_bytes: int) -> list[_eio.Packet]:
+        """Remove and return queued packets, at least one and about max_bytes."""
+        out: list[_eio.Packet] = []
+        size = 0
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            size += len(item)
+            if out and size > max_bytes:
+                break
+            queue.popleft()
+            out.append(_eio.decode_packet(item) if isinstance(item, str)
+                       else _eio.Packet(_eio.PacketType.MESSAGE, item))
+        return out
+
+    def take_all_raw(self) -> list[str | bytes]:
+        """Remove everything queued, in wire form (for the move to WebSocket)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items

@@ -1,0 +1,58 @@
+"""One timer task for every heartbeat and timeout of the server.
+
+A task per connection sleeping until its next ping costs memory and a
+wake-up per connection; here every delay in use is a FIFO lane (the same
+delay means entries arrive already sorted by due time), and one task sleeps
+until the earliest head of any lane.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+logger = logging.getLogger("roomd")
+
+
+class Timers:
+    """Run sync callbacks after fixed delays, from one task.
+
+    Callbacks run in the timer task; an exception in one is logged and does
+    not stop the others. Entries cannot be cancelled: a callback checks
+    whether it still applies (a generation counter is the usual way).
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[float, collections.deque[tuple[float, Callable[..., Any], tuple]]] = {}
+        self._sleep: trio.CancelScope | None = None
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+        due = trio.current_time() + delay
+        lane = self._lanes.get(delay)
+        if lane is None:
+            lane = self._lanes[delay] = collections.deque()
+        lane.append((due, callback, args))
+        sleep = self._sleep
+        if sleep is not None and due < sleep.deadline:
+            sleep.deadline = due
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fire due callbacks until cancelled."""
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            for lane in list(self._lanes.values()):
+                while lane and lane[0][0] <= now:
+                    _, callback, args = lane.popleft()
+                    try:
+                        callback(*args)
+                    except Exception:
+                        logger.exception("timer callback %r failed", callback)
+            heads = [lane[0][0] for lane in self._lanes.values() if lane]
+            with trio.CancelScope(deadline=min(heads, default=float("inf"))) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
