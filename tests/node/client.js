@@ -1,0 +1,319 @@
+#!/usr/bin/env node
+// A socket.io-client driver for roomd's Python tests (see tests/harness.py, NodeClient).
+//
+// Protocol: one JSON object per line on stdin (a command), one JSON object per line on
+// stdout (a reply or an event). Every command has an "id" and a "cmd"; every command gets
+// exactly one reply: {"id": ..., "ok": true, ...} or {"id": ..., "ok": false, "error": "..."}.
+// Unsolicited lines carry "event" instead of "id":
+//   {"event": "recv", "sock": "s1", "name": "<event>", "args": [...], "withAck": bool}
+//   {"event": "disconnect", "sock": "s1", "reason": "...", "description": ...}
+//   {"event": "connect", "sock": "s1", "sid": "..."}      (every connect, the first included)
+//   {"event": "connect_error", "sock": "s1", "message": "...", "data": ...}
+//   {"event": "upgrade", "sock": "s1", "transport": "websocket"}
+// Binary: {"$bytes": "<base64>"} stands for a Buffer, in both directions.
+//
+// Commands:
+//   connect     {url, namespace="/", opts={}, listen=[]}  -> {sock, sid, transport}
+//               opts go to io() (transports, auth, forceNew, multiplex, query, ...);
+//               reconnection is always false. listen: events to register before the
+//               connection starts ("*" = catch-all), same as the "on" command.
+//               On connect_error -> ok:false, error=err.message, data=err.data (the socket
+//               is closed, unless keepOnError is true).
+//   emit        {sock, event, args=[]}                    -> {}
+//   emitWithAck {sock, event, args=[], timeout=5000}      -> {args: [...ack args]}
+//   on          {sock, event, ack?, ackArgs?, autoAck=true} -> {}
+//               prints a "recv" line per event; if the server asked for an ack it is
+//               answered with ackArgs (list), else [ack] when "ack" is given, else
+//               [{"echo": args}]; autoAck:false leaves it unanswered. event "*" = any event
+//               that has no listener of its own.
+//   off         {sock, event}                             -> {}
+//   disconnect  {sock}                                    -> {}
+//   connected   {sock}                                    -> {connected, sid}
+//   transport   {sock}                                    -> {transport}
+//   waitUpgrade {sock, timeout=5000}                      -> {transport: "websocket"}
+//   close       {}                                        -> {} then the process exits
+// The process exits by itself when stdin closes, and after a watchdog
+// (ROOMD_CLIENT_WATCHDOG_MS, default 120000 ms) whatever happens.
+"use strict";
+
+const readline = require("readline");
+const { io } = require("socket.io-client");
+
+const WATCHDOG_MS = Number(process.env.ROOMD_CLIENT_WATCHDOG_MS || 120000);
+setTimeout(() => {
+  process.stderr.write(`client.js: watchdog fired after ${WATCHDOG_MS} ms, exiting\n`);
+  process.exit(3);
+}, WATCHDOG_MS).unref();
+
+function out(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+// ---- binary <-> {"$bytes": base64} -------------------------------------------------------
+function encode(v) {
+  if (v === undefined) return null;
+  if (v === null || typeof v !== "object") return v;
+  if (Buffer.isBuffer(v)) return { $bytes: v.toString("base64") };
+  if (v instanceof ArrayBuffer) return { $bytes: Buffer.from(v).toString("base64") };
+  if (ArrayBuffer.isView(v)) {
+    return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
+  }
+  if (Array.isArray(v)) return v.map(encode);
+  const o = {};
+  for (const k of Object.keys(v)) o[k] = encode(v[k]);
+  return o;
+}
+
+function decode(v) {
+  if (v === null || typeof v !== "object") return v;
+  if (Array.isArray(v)) return v.map(decode);
+  const keys = Object.keys(v);
+  if (keys.length === 1 && keys[0] === "$bytes" && typeof v.$bytes === "string") {
+    return Buffer.from(v.$bytes, "base64");
+  }
+  const o = {};
+  for (const k of keys) o[k] = decode(v[k]);
+  return o;
+}
+
+function errInfo(err) {
+  if (err === null || err === undefined) return { error: String(err) };
+  const info = { error: err.message !== undefined ? String(err.message) : String(err) };
+  if (err.data !== undefined) info.data = encode(err.data);
+  if (err.description !== undefined) {
+    const d = err.description;
+    info.description = d && typeof d === "object" ? String(d.message || d) : d;
+  }
+  if (err.type !== undefined) info.type = err.type;
+  return info;
+}
+
+// ---- sockets -----------------------------------------------------------------------------
+const sockets = new Map(); // handle -> {socket, listeners: Map(event -> fn), anyFn}
+let nextHandle = 1;
+
+function getEntry(cmd) {
+  const entry = sockets.get(cmd.sock);
+  if (!entry) throw new Error(`unknown sock ${JSON.stringify(cmd.sock)}`);
+  return entry;
+}
+
+function makeAckArgs(cmd, args) {
+  if (Array.isArray(cmd.ackArgs)) return decode(cmd.ackArgs);
+  if (Object.prototype.hasOwnProperty.call(cmd, "ack")) return [decode(cmd.ack)];
+  return [{ echo: args }];
+}
+
+function makeListener(handle, cmd, eventName) {
+  const autoAck = cmd.autoAck !== false;
+  return (...args) => {
+    let ackFn = null;
+    if (args.length && typeof args[args.length - 1] === "function") ackFn = args.pop();
+    out({ event: "recv", sock: handle, name: eventName, args: encode(args), withAck: ackFn !== null });
+    if (ackFn && autoAck) ackFn(...makeAckArgs(cmd, args));
+  };
+}
+
+function addListener(handle, entry, cmd) {
+  const ev = cmd.event;
+  if (typeof ev !== "string") throw new Error("on: event must be a string");
+  removeListener(entry, ev);
+  if (ev === "*") {
+    const inner = (name, ...args) => {
+      if (entry.listeners.has(name)) return; // has its own listener, reported there
+      makeListener(handle, cmd, name)(...args);
+    };
+    entry.anyFn = inner;
+    entry.socket.onAny(inner);
+  } else {
+    const fn = makeListener(handle, cmd, ev);
+    entry.listeners.set(ev, fn);
+    entry.socket.on(ev, fn);
+  }
+}
+
+function removeListener(entry, ev) {
+  if (ev === "*") {
+    if (entry.anyFn) entry.socket.offAny(entry.anyFn);
+    entry.anyFn = null;
+  } else if (entry.listeners.has(ev)) {
+    entry.socket.off(ev, entry.listeners.get(ev));
+    entry.listeners.delete(ev);
+  }
+}
+
+function withTimeout(ms, what, executor) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
+    executor(
+      (v) => { clearTimeout(t); resolve(v); },
+      (e) => { clearTimeout(t); reject(e); },
+    );
+  });
+}
+
+const handlers = {
+  async connect(cmd) {
+    const namespace = cmd.namespace || "/";
+    const opts = Object.assign({}, cmd.opts || {});
+    for (const k of ["auth", "query", "extraHeaders"]) if (k in opts) opts[k] = decode(opts[k]);
+    opts.reconnection = false;
+    const base = String(cmd.url).replace(/\/+$/, "");
+    const url = namespace === "/" ? base : base + (namespace.startsWith("/") ? "" : "/") + namespace;
+    opts.autoConnect = false;
+    const socket = io(url, opts);
+    const handle = `s${nextHandle++}`;
+    const entry = { socket, listeners: new Map(), anyFn: null };
+    sockets.set(handle, entry);
+    for (const ev of cmd.listen || []) {
+      addListener(handle, entry, Object.assign({}, cmd.listenOpts || {}, { event: ev }));
+    }
+    socket.on("disconnect", (reason, details) => {
+      const line = { event: "disconnect", sock: handle, reason };
+      if (details !== undefined) line.description = errInfo(details).error;
+      out(line);
+    });
+    const hookEngine = () => {
+      const engine = socket.io.engine;
+      if (engine && !engine.__roomdHooked) {
+        engine.__roomdHooked = true;
+        engine.on("upgrade", (t) => out({ event: "upgrade", sock: handle, transport: t.name }));
+      }
+    };
+    socket.io.on("open", hookEngine);
+    return await new Promise((resolve, reject) => {
+      let first = true;
+      socket.on("connect", () => {
+        hookEngine();
+        out({ event: "connect", sock: handle, sid: socket.id });
+        if (first) {
+          first = false;
+          resolve({ sock: handle, sid: socket.id, transport: socket.io.engine.transport.name });
+        }
+      });
+      socket.on("connect_error", (err) => {
+        const info = errInfo(err);
+        out(Object.assign({ event: "connect_error", sock: handle }, info, { message: info.error }));
+        if (first) {
+          first = false;
+          if (!cmd.keepOnError) {
+            socket.close();
+            sockets.delete(handle);
+          }
+          const e = new Error(info.error);
+          e.info = Object.assign(info, { sock: handle });
+          reject(e);
+        }
+      });
+      socket.connect();
+    });
+  },
+
+  async emit(cmd) {
+    const { socket } = getEntry(cmd);
+    socket.emit(cmd.event, ...decode(cmd.args || []));
+    return {};
+  },
+
+  async emitWithAck(cmd) {
+    const { socket } = getEntry(cmd);
+    const timeout = cmd.timeout === undefined ? 5000 : cmd.timeout;
+    return await new Promise((resolve, reject) => {
+      socket.timeout(timeout).emit(cmd.event, ...decode(cmd.args || []), (err, ...ackArgs) => {
+        if (err) {
+          const e = new Error(err.message || String(err));
+          e.info = { error: e.message, timeout: true };
+          reject(e);
+        } else {
+          resolve({ args: encode(ackArgs) });
+        }
+      });
+    });
+  },
+
+  async on(cmd) {
+    addListener(cmd.sock, getEntry(cmd), cmd);
+    return {};
+  },
+
+  async off(cmd) {
+    removeListener(getEntry(cmd), cmd.event);
+    return {};
+  },
+
+  async disconnect(cmd) {
+    const entry = getEntry(cmd);
+    entry.socket.disconnect();
+    return {};
+  },
+
+  async connected(cmd) {
+    const { socket } = getEntry(cmd);
+    return { connected: socket.connected, sid: socket.id === undefined ? null : socket.id };
+  },
+
+  async transport(cmd) {
+    const { socket } = getEntry(cmd);
+    const engine = socket.io.engine;
+    return { transport: engine && engine.transport ? engine.transport.name : null };
+  },
+
+  async waitUpgrade(cmd) {
+    const { socket } = getEntry(cmd);
+    const engine = socket.io.engine;
+    if (!engine) throw new Error("not connected");
+    if (engine.transport.name === "websocket") return { transport: "websocket" };
+    const timeout = cmd.timeout === undefined ? 5000 : cmd.timeout;
+    return await withTimeout(timeout, "waitUpgrade", (resolve, reject) => {
+      engine.once("upgrade", (t) => resolve({ transport: t.name }));
+      engine.once("upgradeError", (e) => reject(new Error(`upgradeError: ${e && e.message}`)));
+    });
+  },
+
+  async close() {
+    return {};
+  },
+};
+
+async function handleLine(line) {
+  if (!line.trim()) return;
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch (e) {
+    out({ id: null, ok: false, error: `bad JSON: ${e.message}` });
+    return;
+  }
+  const id = cmd.id === undefined ? null : cmd.id;
+  const fn = Object.prototype.hasOwnProperty.call(handlers, cmd.cmd) ? handlers[cmd.cmd] : null;
+  if (!fn) {
+    out({ id, ok: false, error: `unknown cmd ${JSON.stringify(cmd.cmd)}` });
+    return;
+  }
+  try {
+    const result = await fn(cmd);
+    out(Object.assign({ id, ok: true }, result));
+  } catch (e) {
+    out(Object.assign({ id, ok: false }, e.info || { error: String(e && e.message ? e.message : e) }));
+  }
+  if (cmd.cmd === "close") shutdown(0);
+}
+
+function shutdown(code) {
+  for (const { socket } of sockets.values()) {
+    try { socket.close(); } catch (e) { /* exiting anyway */ }
+  }
+  process.exit(code);
+}
+
+const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+rl.on("line", (line) => { handleLine(line); });
+rl.on("close", () => shutdown(0));
+process.on("uncaughtException", (e) => {
+  process.stderr.write(`client.js: uncaught ${e && e.stack ? e.stack : e}\n`);
+  process.exit(1);
+});
+process.on("unhandledRejection", (e) => {
+  process.stderr.write(`client.js: unhandled rejection ${e && e.stack ? e.stack : e}\n`);
+  process.exit(1);
+});
