@@ -92,11 +92,20 @@ class BroadcastOperator:
 
     async def emit(self, event: str, *args: Any) -> None:
         """Send an event to every target socket; returns once it is queued."""
+        await self._emit(event, args)
+
+    async def _emit(self, event: str, args: tuple, source: str = "server",
+                    count: bool = False) -> int:
+        """Emit; with ``count``, wait for the manager and return the recipients."""
+        recipients = 0
         for namespace in self._namespaces():
             message = encode_event(namespace, event, args)
-            await self._server._manager.broadcast(
+            delivered = await self._server._manager.broadcast(
                 Target((namespace,), self._rooms, self._except), message,
-                volatile=self._volatile, tap=self._server._tap_record(event, args, "server"))
+                volatile=self._volatile, tap=self._server._tap_record(event, args, source),
+                wait=count)
+            recipients += len(delivered or ())
+        return recipients
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float) -> list[Any]:
         """Send an event to every target socket and gather their acks.

@@ -162,9 +162,9 @@ class RoomManager:
         await self.call(self._leave, member, tuple(rooms))
 
     async def deliver(self, member: Member, message: OutgoingMessage,
-                      volatile: bool = False) -> None:
+                      volatile: bool = False, tap: dict | None = None) -> None:
         """Send one packet to one member, in order with its broadcasts."""
-        await self.cast(self._deliver, member, message, volatile)
+        await self.cast(self._deliver, member, message, volatile, tap)
 
     async def broadcast(self, target: Target, message: OutgoingMessage, *,
                         volatile: bool = False, tap: dict | None = None,
@@ -255,9 +255,14 @@ class RoomManager:
                     del state.rooms[room]
             member.rooms.discard(room)
 
-    def _deliver(self, member: Member, message: OutgoingMessage, volatile: bool) -> None:
+    def _deliver(self, member: Member, message: OutgoingMessage, volatile: bool,
+                 tap: dict | None) -> None:
         if not member.session.send(message, volatile):
             self._slow((member,), volatile)
+        elif tap is not None:
+            self.events_total += 1
+            if self._taps:
+                self._publish_tap(Target((member.namespace,), (member.id,)), tap, 1)
 
     def _targets(self, target: Target) -> Iterable[Member]:
         """The members of ``target``, each once (may be a live set: do not mutate)."""

@@ -139,7 +139,8 @@ class Socket:
         if not self.connected:
             return
         message = encode_event(self.namespace.name, event, args)
-        await self._server._manager.deliver(self._member, message)
+        await self._server._manager.deliver(self._member, message,
+                                            tap=self._server._tap_record(event, args, "server"))
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float = 30.0) -> Any:
         """Send an event and wait for the client's acknowledgement.
@@ -160,7 +161,7 @@ class Socket:
                 await pending.done.wait()
             if not pending.done.is_set():
                 raise AckTimeout(f"no acknowledgement of {event!r} within {timeout} s")
-            if not self.connected and pending.value is _DISCONNECTED:
+            if pending.value is _DISCONNECTED:
                 raise AckTimeout(f"socket disconnected before acknowledging {event!r}")
             return pending.value
         finally:

@@ -1,0 +1,168 @@
+"""The daemon: a Server, the admin socket, systemd integration and signals.
+
+``roomd serve`` calls :func:`run_daemon`. SIGTERM and SIGINT stop it
+gracefully (stop accepting, a Socket.IO DISCONNECT to every client, queued
+messages drained within ``limits.shutdown_grace``); SIGHUP re-reads the
+configuration file and applies what can change safely: the log level and the
+relay app's per-namespace policies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from . import _systemd
+from ._admin import serve_admin
+from ._config import Config, load_config
+from ._errors import ConfigError, RoomdError
+from ._relay import RelayApp
+from ._server import Server
+
+logger = logging.getLogger("roomd")
+
+
+def load_app(spec: str, app_dir: str | None = None) -> Server:
+    """Import ``module:attribute`` (as uvicorn does) and return the Server.
+
+    The module is looked up from ``app_dir`` (when given), the current
+    directory and PYTHONPATH. Raises ConfigError when it cannot be imported
+    or the attribute is not a roomd.Server.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"app must look like 'module:attribute', got {spec!r}")
+    for directory in (os.getcwd(), app_dir):
+        if directory:
+            directory = os.path.abspath(directory)
+            if directory in sys.path:
+                sys.path.remove(directory)
+            sys.path.insert(0, directory)  # app_dir ends up first
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from None
+    app: Any = module
+    for part in attribute.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise ConfigError(f"app module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(app, Server):
+        raise ConfigError(f"{spec} is a {type(app).__name__}, not a roomd.Server")
+    return app
+
+
+def server_options(config: Config) -> dict[str, Any]:
+    """The Server keyword arguments the configuration sets."""
+    s, limits = config.server, config.limits
+    return dict(ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
+                max_payload=s.max_payload, connect_timeout=s.connect_timeout,
+                cors_origins=list(s.cors_origins), path=s.path,
+                outbox_limit=limits.outbox_messages, slow_consumer=limits.slow_consumer,
+                max_connections=limits.max_connections)
+
+
+class Daemon:
+    """One run of ``roomd serve``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.relay: RelayApp | None = None
+        if config.app.module:
+            self.server = load_app(config.app.module, config.app.dir)
+        else:
+            self.server = Server(**server_options(config))
+            self.relay = RelayApp(self.server, config.namespaces)
+
+    def _listeners(self) -> list[trio.SocketListener] | None:
+        sockets = _systemd.listen_fds()
+        if not sockets:
+            return None
+        return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until SIGTERM/SIGINT (then shut down gracefully) or cancellation.
+
+        Raises RoomdError (or OSError) when the listener or the admin socket
+        cannot be set up; nothing is left running then.
+        """
+        config = self.config
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(
+                    self.server.serve, config.server.host, config.server.port,
+                    listeners=self._listeners())
+                if config.admin.enabled:
+                    await nursery.start(serve_admin, self.server, config.admin.socket,
+                                        group=config.admin.group)
+                await nursery.start(_systemd.run_watchdog)
+                where = ", ".join(self.server.listen_addresses)
+                _systemd.notify_ready(f"serving on {where}")
+                task_status.started(port)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        self.reload()
+                        continue
+                    logger.info("received %s: shutting down", signal.Signals(signum).name)
+                    _systemd.notify_stopping("draining connections")
+                    await self.server.shutdown(config.limits.shutdown_grace)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    def reload(self) -> None:
+        """Re-read the configuration file; keep the old one when it is invalid."""
+        _systemd.notify_reloading("reloading configuration")
+        try:
+            if self.config.source is None:
+                logger.info("SIGHUP: no configuration file to reload")
+                return
+            new = load_config(self.config.source, {})
+            _systemd.setup_logging(new.log.level)
+            if self.relay is not None:
+                self.relay.update(new.namespaces)
+            restart = [key for key in ("server", "admin", "app")
+                       if getattr(new, key) != getattr(self.config, key)]
+            if new.limits != self.config.limits:
+                restart.append("limits")
+            if restart:
+                logger.warning("SIGHUP: changes to [%s] take effect after a restart",
+                               "], [".join(restart))
+            self.config = new
+            logger.info("SIGHUP: configuration reloaded from %s", new.source)
+        except RoomdError as exc:
+            logger.error("SIGHUP: keeping the running configuration: %s", exc)
+        finally:
+            _systemd.notify_ready("serving")
+
+
+def run_daemon(config: Config) -> int:
+    """Run ``roomd serve`` in the foreground; returns the exit status.
+
+    Configuration and start-up errors are logged as one line (exit status 1),
+    never as a traceback.
+    """
+    _systemd.setup_logging(config.log.level)
+    status = 0
+    try:
+        daemon = Daemon(config)
+        trio.run(daemon.run)
+    except* (RoomdError, OSError) as group:
+        for exc in _leaves(group):
+            logger.error("%s", exc)
+        status = 1
+    except* KeyboardInterrupt:
+        pass
+    return status
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for exc in group.exceptions for leaf in _leaves(exc)]
+    return [group]
