@@ -6,6 +6,7 @@ points used by the ``roomd`` command.
 """
 
 from ._broadcast import BroadcastOperator
+from ._daemon import run_daemon
 from ._errors import (AckTimeout, AdminError, ConfigError, ConnectRefused, ProtocolError,
                       RoomdError)
 from ._namespace import Namespace, NamespaceFamily
@@ -16,5 +17,5 @@ from ._socket import Handshake, Socket
 __all__ = [
     "AckTimeout", "AdminError", "BroadcastOperator", "ConfigError", "ConnectRefused",
     "Handshake", "Namespace", "NamespaceFamily", "ProtocolError", "RoomdError", "Server",
-    "Socket", "__version__",
+    "Socket", "__version__", "run_daemon",
 ]

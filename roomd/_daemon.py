@@ -9,6 +9,7 @@ relay app's per-namespace policies.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -72,8 +73,9 @@ def server_options(config: Config) -> dict[str, Any]:
 class Daemon:
     """One run of ``roomd serve``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, overrides: dict[str, Any] | None = None) -> None:
         self.config = config
+        self.overrides = dict(overrides or {})
         self.relay: RelayApp | None = None
         if config.app.module:
             self.server = load_app(config.app.module, config.app.dir)
@@ -96,12 +98,12 @@ class Daemon:
         config = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(
+                port = await nursery.start(functools.partial(
                     self.server.serve, config.server.host, config.server.port,
-                    listeners=self._listeners())
+                    listeners=self._listeners()))
                 if config.admin.enabled:
-                    await nursery.start(serve_admin, self.server, config.admin.socket,
-                                        group=config.admin.group)
+                    await nursery.start(functools.partial(
+                        serve_admin, self.server, config.admin.socket, group=config.admin.group))
                 await nursery.start(_systemd.run_watchdog)
                 where = ", ".join(self.server.listen_addresses)
                 _systemd.notify_ready(f"serving on {where}")
@@ -123,7 +125,7 @@ class Daemon:
             if self.config.source is None:
                 logger.info("SIGHUP: no configuration file to reload")
                 return
-            new = load_config(self.config.source, {})
+            new = load_config(self.config.source, self.overrides)
             _systemd.setup_logging(new.log.level)
             if self.relay is not None:
                 self.relay.update(new.namespaces)
@@ -142,16 +144,17 @@ class Daemon:
             _systemd.notify_ready("serving")
 
 
-def run_daemon(config: Config) -> int:
+def run_daemon(config: Config, overrides: dict[str, Any] | None = None) -> int:
     """Run ``roomd serve`` in the foreground; returns the exit status.
 
-    Configuration and start-up errors are logged as one line (exit status 1),
-    never as a traceback.
+    ``overrides`` are the command-line settings, re-applied on SIGHUP.
+    ConfigError (a bad app, say) propagates; other start-up errors are
+    logged as one line (exit status 1), never as a traceback.
     """
     _systemd.setup_logging(config.log.level)
     status = 0
+    daemon = Daemon(config, overrides)
     try:
-        daemon = Daemon(config)
         trio.run(daemon.run)
     except* (RoomdError, OSError) as group:
         for exc in _leaves(group):

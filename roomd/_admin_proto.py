@@ -1,0 +1,229 @@
+"""The admin socket's wire protocol, the credential check and the sync client.
+
+Protocol (a unix stream socket, UTF-8, one JSON object per line):
+
+    request   {"cmd": "<command>", ...arguments}\\n
+    response  {"ok": true, ...results}\\n   or   {"ok": false, "error": "<message>"}\\n
+
+A connection may carry any number of requests, answered in order. ``tail``
+is a streaming command: after its ``{"ok": true, "tail": true}`` line comes
+one line per emitted event until the client closes the connection; when the
+daemon stops, a last ``{"end": true, "reason": "..."}`` line is sent (or the
+connection just closes). A peer whose credentials are refused gets one
+``{"ok": false, "error": "permission denied..."}`` line and is disconnected.
+
+Commands and their results:
+
+    ping                                   {"pong": true}
+    status                                 {"status": {version, pid, started_at, uptime,
+                                             listen, connections, namespaces, rooms,
+                                             events_total, events_per_second}}
+    namespaces                             {"namespaces": [{name, sockets, rooms}]}
+    rooms   [namespace] [members] [all]    {"rooms": [{namespace, room, count, private,
+                                             members?}]}   (all: include the private
+                                             own-id rooms; members: list socket ids)
+    sockets [namespace] [room]             {"sockets": [{id, namespace, rooms, transport,
+                                             address, connected_at}]}
+    emit    namespace event [args] [rooms] [except]      {"recipients": N}
+    disconnect sid                         {"disconnected": true} or an error
+    tail    [namespace] [room] [event] [args]   stream of {time, namespace, rooms, except,
+                                             event, preview, recipients, source, args?}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from typing import Any, Iterator
+
+from ._errors import AdminError
+
+__all__ = [
+    "AdminClient",
+    "PEERCRED_FORMAT",
+    "client_socket_path",
+    "decode_line",
+    "encode_line",
+    "peer_allowed",
+    "preview_args",
+]
+
+PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
+MAX_LINE = 8 * 1024 * 1024  # a request line longer than this closes the connection
+PREVIEW_CHARS = 120
+SYSTEM_SOCKET = "/run/roomd/roomd.sock"  # RuntimeDirectory=roomd in the shipped unit
+
+
+def peer_allowed(uid: int, gid: int, *, own_uid: int, group_gid: int | None, groups: tuple[int, ...] = ()) -> bool:
+    """May a peer with these credentials use the admin socket?
+
+    Allowed: the daemon's own user, root, and (when a group is configured)
+    a peer whose gid, or one of whose supplementary ``groups``, is that group.
+    """
+    if uid == own_uid or uid == 0:
+        return True
+    if group_gid is None:
+        return False
+    return gid == group_gid or group_gid in groups
+
+
+def unpack_peercred(raw: bytes) -> tuple[int, int, int]:
+    """(pid, uid, gid) from a SO_PEERCRED getsockopt result."""
+    return struct.unpack(PEERCRED_FORMAT, raw)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"_binary": len(value)}
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def encode_line(obj: dict) -> bytes:
+    """One protocol line. Bytes become {"_binary": length}; other odd values their repr."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode() + b"\n"
+
+
+def decode_line(line: bytes) -> dict:
+    """Parse one line; raises AdminError when it is not a JSON object."""
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdminError(f"malformed admin message: {e}") from None
+    if not isinstance(obj, dict):
+        raise AdminError("malformed admin message: not a JSON object")
+    return obj
+
+
+def preview_args(args: Any, limit: int = PREVIEW_CHARS) -> str:
+    """The event arguments as compact JSON without the outer brackets, cut to ``limit``."""
+    def binary(value: Any) -> Any:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return f"<{len(value)} bytes>"
+        return _json_default(value)
+
+    if isinstance(args, (list, tuple)):
+        text = json.dumps(list(args), ensure_ascii=False, separators=(",", ":"), default=binary)[1:-1]
+    else:
+        text = json.dumps(args, ensure_ascii=False, separators=(",", ":"), default=binary)
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text
+
+
+def client_socket_path(configured: str) -> str:
+    """The path the CLI should connect to.
+
+    ``configured`` (from --socket, ROOMD_SOCKET or the config) is used when
+    it exists; failing that the shipped unit's ``/run/roomd/roomd.sock`` when
+    that exists; else ``configured`` (so the error message names it).
+    """
+    if os.path.exists(configured):
+        return configured
+    if os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    return configured
+
+
+class AdminClient:
+    """A blocking client of the admin socket, for the CLI and for scripts.
+
+    Every call opens its own connection. Raises AdminError naming the socket
+    path when no daemon answers, when the daemon refuses the request (the
+    message is the daemon's error), or when the connection breaks.
+    """
+
+    def __init__(self, path: str, *, timeout: float | None = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            sock.close()
+            raise AdminError(f"no roomd daemon answering on {self.path}") from None
+        except PermissionError:
+            sock.close()
+            raise AdminError(f"permission denied connecting to {self.path}") from None
+        except socket.timeout:
+            sock.close()
+            raise AdminError(f"no roomd daemon answering on {self.path} (timed out)") from None
+        except OSError as e:
+            sock.close()
+            raise AdminError(f"cannot connect to {self.path}: {e.strerror or e}") from None
+        return sock
+
+    def _lines(self, sock: socket.socket) -> Iterator[dict]:
+        buffer = b""
+        while True:
+            newline = buffer.find(b"\n")
+            if newline >= 0:
+                line, buffer = buffer[:newline], buffer[newline + 1 :]
+                yield decode_line(line)
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                raise AdminError(f"the roomd daemon on {self.path} did not answer in time") from None
+            except OSError as e:
+                raise AdminError(f"connection to {self.path} broke: {e.strerror or e}") from None
+            if not chunk:
+                return
+            buffer += chunk
+
+    def _send(self, sock: socket.socket, cmd: str, args: dict) -> None:
+        request = {k: v for k, v in args.items() if v is not None}
+        request["cmd"] = cmd
+        try:
+            sock.sendall(encode_line(request))
+        except OSError as e:
+            # A daemon refusing us answers and closes at once, maybe before we
+            # finished sending: its answer says more than EPIPE does.
+            try:
+                sock.settimeout(1.0)
+                for response in self._lines(sock):
+                    self._check(response)
+            except AdminError as refusal:
+                raise refusal from None
+            raise AdminError(f"connection to {self.path} broke: {e.strerror or e}") from None
+
+    @staticmethod
+    def _check(response: dict) -> dict:
+        if not response.get("ok"):
+            raise AdminError(str(response.get("error") or "the daemon refused the request"))
+        return response
+
+    def request(self, cmd: str, **args: Any) -> dict:
+        """Send one command (None arguments are left out) and return its response."""
+        with self._connect() as sock:
+            self._send(sock, cmd, args)
+            for response in self._lines(sock):
+                return self._check(response)
+        raise AdminError(f"the roomd daemon on {self.path} closed the connection without answering")
+
+    def stream(self, cmd: str, **args: Any) -> Iterator[dict]:
+        """Send a streaming command and yield each item after the ok line.
+
+        Blocks between items without a timeout. Ends by raising AdminError
+        "the roomd daemon went away" when the daemon closes the stream.
+        Closing the generator closes the connection.
+        """
+        with self._connect() as sock:
+            self._send(sock, cmd, args)
+            lines = self._lines(sock)
+            first = next(lines, None)
+            if first is None:
+                raise AdminError(f"the roomd daemon on {self.path} closed the connection without answering")
+            self._check(first)
+            sock.settimeout(None)
+            for item in lines:
+                if item.get("end"):
+                    break
+                yield item
+        raise AdminError("daemon went away")

@@ -1,0 +1,406 @@
+"""The daemon's configuration: a TOML file, flags on top, defaults under both.
+
+``load_config(path, overrides)`` returns a frozen :class:`Config`. With no file
+at all every value has a working default (the relay app on 127.0.0.1:3000 with
+one namespace "/"). Every key of the file is checked: an unknown key, a value
+of the wrong type or out of range raises :class:`~roomd.ConfigError` whose
+message names the dotted key (``server.port``, ``namespaces[1].rooms``); a
+file that is not valid TOML raises ConfigError naming the file and the line.
+Nothing is ever silently ignored.
+
+``config_to_toml(config)`` prints the effective configuration back as TOML
+that ``load_config`` reads to the same value (used by ``roomd config check``).
+
+CORS (``server.cors_origins``): an empty list (the default) means roomd sends
+no CORS headers and checks no Origin, so browsers let only pages of roomd's
+own origin use HTTP long-polling (WebSocket is not origin-checked then).
+``["*"]`` allows any origin; otherwise the list holds exact origins such as
+``"https://app.example.com"`` and a request from any other Origin is refused
+with HTTP 403.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ._errors import ConfigError
+
+__all__ = [
+    "AdminConfig",
+    "AppConfig",
+    "Config",
+    "LimitsConfig",
+    "LogConfig",
+    "NamespaceConfig",
+    "ServerConfig",
+    "config_to_toml",
+    "default_admin_socket",
+    "load_config",
+]
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SLOW_CONSUMER_POLICIES = ("disconnect", "drop")
+_APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def default_admin_socket(env: Mapping[str, str] | None = None) -> str:
+    """The admin socket path used when the config names none.
+
+    ``$RUNTIME_DIRECTORY/roomd.sock`` (systemd's RuntimeDirectory=), else
+    ``$XDG_RUNTIME_DIR/roomd/roomd.sock``, else ``/tmp/roomd-<uid>/roomd.sock``.
+    A colon-separated RUNTIME_DIRECTORY (several directories) uses the first.
+    """
+    env = os.environ if env is None else env
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return os.path.join(runtime, "roomd.sock")
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg:
+        return os.path.join(xdg, "roomd", "roomd.sock")
+    return f"/tmp/roomd-{os.geteuid()}/roomd.sock"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    path: str = "/socket.io/"
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    connect_timeout: float = 45.0
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    outbox_messages: int = 1024
+    slow_consumer: str = "disconnect"
+    max_connections: int = 0  # 0 = unlimited
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    socket: str = field(default_factory=default_admin_socket)
+    group: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    module: str | None = None  # "package.module:attribute"
+    dir: str | None = None  # put in front of sys.path before importing module
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    name: str
+    client_join: bool = True
+    client_leave: bool = True
+    client_publish: bool = True
+    rooms: tuple[str, ...] = ("*",)  # fnmatch-style patterns of allowed room names
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+    namespaces: tuple[NamespaceConfig, ...] = (NamespaceConfig(name="/"),)
+    source: str | None = field(default=None, compare=False)  # the file read, if any
+
+
+# ---------------------------------------------------------------------------
+# Checking values
+# ---------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _want(key: str, value: Any, kind: str) -> Any:
+    """Check ``value`` against ``kind`` and return it normalised."""
+    ok = {
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "array": isinstance(value, (list, tuple)),
+        "table": isinstance(value, dict),
+    }[kind]
+    if not ok:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ConfigError(f"{key} must be {article} {kind}, got {_type_name(value)}")
+    if kind == "number":
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    items = _want(key, value, "array")
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}[{i}] must be a string, got {_type_name(item)}")
+    return tuple(items)
+
+
+def _at_least(key: str, value: float, low: float, *, strict: bool = False) -> None:
+    if value < low or (strict and value == low):
+        word = "greater than" if strict else "at least"
+        raise ConfigError(f"{key} must be {word} {low:g}, got {value:g}")
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# Per table: key -> kind. "strings" is an array of strings.
+_SCHEMA: dict[str, dict[str, str]] = {
+    "server": {
+        "host": "string",
+        "port": "integer",
+        "path": "string",
+        "ping_interval": "number",
+        "ping_timeout": "number",
+        "max_payload": "integer",
+        "connect_timeout": "number",
+        "cors_origins": "strings",
+    },
+    "limits": {
+        "outbox_messages": "integer",
+        "slow_consumer": "string",
+        "max_connections": "integer",
+        "shutdown_grace": "number",
+    },
+    "admin": {"socket": "string", "group": "string", "enabled": "boolean"},
+    "log": {"level": "string"},
+    "app": {"module": "string", "dir": "string"},
+}
+_NAMESPACE_SCHEMA = {
+    "name": "string",
+    "client_join": "boolean",
+    "client_leave": "boolean",
+    "client_publish": "boolean",
+    "rooms": "strings",
+}
+
+
+def _check_table(prefix: str, table: dict, schema: dict[str, str], where: str) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}"
+        kind = schema.get(key)
+        if kind is None:
+            raise ConfigError(f"unknown key '{dotted}'{where}")
+        out[key] = _strings(dotted, value) if kind == "strings" else _want(dotted, value, kind)
+    return out
+
+
+def _build(raw: dict, where: str) -> Config:
+    for key in raw:
+        if key not in _SCHEMA and key != "namespaces":
+            raise ConfigError(f"unknown key '{key}'{where}")
+    sections: dict[str, dict] = {}
+    for name, schema in _SCHEMA.items():
+        table = raw.get(name, {})
+        _want(name, table, "table")
+        sections[name] = _check_table(name, table, schema, where)
+
+    server = ServerConfig(**sections["server"])
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"server.port must be between 0 and 65535, got {server.port}")
+    if not server.host:
+        raise ConfigError("server.host must not be empty")
+    if not server.path.startswith("/"):
+        raise ConfigError(f"server.path must start with '/', got {server.path!r}")
+    if not server.path.endswith("/"):
+        server = dataclasses.replace(server, path=server.path + "/")
+    for key in ("ping_interval", "ping_timeout", "connect_timeout"):
+        _at_least(f"server.{key}", getattr(server, key), 0, strict=True)
+    _at_least("server.max_payload", server.max_payload, 1)
+
+    limits = LimitsConfig(**sections["limits"])
+    _at_least("limits.outbox_messages", limits.outbox_messages, 1)
+    _one_of("limits.slow_consumer", limits.slow_consumer, SLOW_CONSUMER_POLICIES)
+    _at_least("limits.max_connections", limits.max_connections, 0)
+    _at_least("limits.shutdown_grace", limits.shutdown_grace, 0)
+
+    admin_raw = sections["admin"]
+    if "socket" in admin_raw:
+        if not admin_raw["socket"]:
+            raise ConfigError("admin.socket must not be empty")
+        admin_raw["socket"] = os.path.abspath(os.path.expanduser(admin_raw["socket"]))
+    if admin_raw.get("group") == "":
+        raise ConfigError("admin.group must not be empty (leave it out for no group)")
+    admin = AdminConfig(**admin_raw)
+
+    log = LogConfig(**sections["log"])
+    log = dataclasses.replace(log, level=log.level.lower())
+    _one_of("log.level", log.level, LOG_LEVELS)
+
+    app = AppConfig(**sections["app"])
+    if app.module is not None and not _APP_RE.match(app.module):
+        raise ConfigError(f"app.module must look like 'package.module:attribute', got {app.module!r}")
+
+    return Config(
+        server=server,
+        limits=limits,
+        admin=admin,
+        log=log,
+        app=app,
+        namespaces=_build_namespaces(raw.get("namespaces"), where),
+    )
+
+
+def _build_namespaces(value: Any, where: str) -> tuple[NamespaceConfig, ...]:
+    if value is None:
+        return (NamespaceConfig(name="/"),)
+    items = _want("namespaces", value, "array")
+    out: list[NamespaceConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        prefix = f"namespaces[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{prefix} must be a table, got {_type_name(item)}")
+        fields = _check_table(prefix, item, _NAMESPACE_SCHEMA, where)
+        name = fields.get("name")
+        if name is None:
+            raise ConfigError(f"{prefix}.name is required{where}")
+        if not name.startswith("/"):
+            raise ConfigError(f"{prefix}.name must start with '/', got {name!r}")
+        if name in seen:
+            raise ConfigError(f"{prefix}.name {name!r} is given twice")
+        seen.add(name)
+        fields.setdefault("client_leave", fields.get("client_join", True))
+        out.append(NamespaceConfig(**fields))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message reads "<what> (at line L, column C)".
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+
+
+def _apply_overrides(raw: dict, overrides: Mapping[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        if section not in _SCHEMA or key not in _SCHEMA[section]:
+            raise ConfigError(f"unknown key '{dotted}' (override)")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section} must be a table, got {_type_name(table)}")
+        table[key] = list(value) if isinstance(value, tuple) else value
+
+
+def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read the config file (if any), apply ``overrides`` and check everything.
+
+    ``path`` None means ``$ROOMD_CONFIG`` when set, else no file (defaults).
+    ``overrides`` maps dotted keys (``"server.port"``) to values that win over
+    the file; None values are skipped, so CLI flags can be passed as they are.
+
+    Raises ConfigError, naming the file and line for bad TOML, and the dotted
+    key for an unknown key, a wrong type or a value out of range.
+    """
+    if path is None:
+        path = os.environ.get("ROOMD_CONFIG") or None
+    raw: dict = {}
+    where = ""
+    if path is not None:
+        raw = _read_toml(path)
+        where = f" in {path}"
+    _apply_overrides(raw, overrides or {})
+    config = _build(raw, where)
+    return dataclasses.replace(config, source=path)
+
+
+# ---------------------------------------------------------------------------
+# Printing
+# ---------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_table(obj: Any) -> list[str]:
+    lines = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            lines.append(f"# {f.name} is not set")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return lines
+
+
+def config_to_toml(config: Config) -> str:
+    """The effective configuration as TOML; ``load_config`` reads it back equal."""
+    out: list[str] = []
+    if config.source:
+        out.append(f"# effective configuration (read from {config.source})")
+    else:
+        out.append("# effective configuration (defaults, no file)")
+    for section in ("server", "limits", "admin", "log", "app"):
+        out.append("")
+        out.append(f"[{section}]")
+        out.extend(_toml_table(getattr(config, section)))
+    for ns in config.namespaces:
+        out.append("")
+        out.append("[[namespaces]]")
+        out.extend(_toml_table(ns))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,226 @@
+"""The commands that talk to a running daemon over its admin socket."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from ._common import admin_options, client, namespace_arg
+from ._format import clock, duration, echo_json, table, when
+
+
+@click.command(short_help="Show the daemon's vital statistics.")
+@admin_options
+@click.pass_context
+def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+    """Version, uptime, listen address, connections, namespaces, rooms, event rate."""
+    s = client(ctx, socket_path).request("status")["status"]
+    if as_json:
+        echo_json(s)
+        return
+    listen = s.get("listen") or []
+    rows = [
+        ("version", s.get("version", "-")),
+        ("pid", s.get("pid", "-")),
+        ("started", when(s.get("started_at"))),
+        ("uptime", duration(s.get("uptime"))),
+        ("listen", ", ".join(listen) if isinstance(listen, list) else listen),
+        ("connections", s.get("connections", "-")),
+        ("namespaces", s.get("namespaces", "-")),
+        ("rooms", s.get("rooms", "-")),
+        ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':<13}{value}")
+
+
+@click.group()
+def namespaces() -> None:
+    """The live namespaces."""
+
+
+@namespaces.command("list")
+@admin_options
+@click.pass_context
+def namespaces_list(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+    """List the namespaces with their socket and room counts."""
+    items = client(ctx, socket_path).request("namespaces")["namespaces"]
+    if as_json:
+        echo_json(items)
+        return
+    click.echo(table(("NAMESPACE", "SOCKETS", "ROOMS"), [(n["name"], n["sockets"], n["rooms"]) for n in items]))
+
+
+@click.group()
+def rooms() -> None:
+    """The live rooms."""
+
+
+@rooms.command("list")
+@click.argument("namespace", required=False)
+@click.option("--members", is_flag=True, help="Also list the socket ids in each room.")
+@click.option("--all", "include_private", is_flag=True, help="Include each socket's private own-id room.")
+@admin_options
+@click.pass_context
+def rooms_list(
+    ctx: click.Context,
+    namespace: str | None,
+    members: bool,
+    include_private: bool,
+    socket_path: str | None,
+    as_json: bool,
+) -> None:
+    """List the rooms (of NAMESPACE, or of all namespaces) with their member counts."""
+    items = client(ctx, socket_path).request(
+        "rooms", namespace=namespace_arg(namespace), members=members or None, all=include_private or None
+    )["rooms"]
+    if as_json:
+        echo_json(items)
+        return
+    if not items:
+        click.echo("no rooms")
+        return
+    headers = ["NAMESPACE", "ROOM", "MEMBERS"] + (["SOCKETS"] if members else [])
+    rows = []
+    for r in items:
+        row = [r["namespace"], r["room"] + (" (private)" if r.get("private") else ""), r["count"]]
+        if members:
+            row.append(",".join(r.get("members", [])))
+        rows.append(row)
+    click.echo(table(headers, rows))
+
+
+@click.group()
+def sockets() -> None:
+    """The connected sockets."""
+
+
+@sockets.command("list")
+@click.argument("namespace", required=False)
+@click.option("--room", metavar="ROOM", help="Only the sockets in this room.")
+@admin_options
+@click.pass_context
+def sockets_list(
+    ctx: click.Context, namespace: str | None, room: str | None, socket_path: str | None, as_json: bool
+) -> None:
+    """List the connected sockets (of NAMESPACE, or of all namespaces)."""
+    items = client(ctx, socket_path).request("sockets", namespace=namespace_arg(namespace), room=room)["sockets"]
+    if as_json:
+        echo_json(items)
+        return
+    if not items:
+        click.echo("no sockets")
+        return
+    now = time.time()
+    rows = []
+    for s in items:
+        connected = s.get("connected_at")
+        age = duration(now - connected) if isinstance(connected, (int, float)) else "-"
+        own = [r for r in s.get("rooms", []) if r != s.get("id")]
+        rows.append((s.get("id"), s.get("namespace"), s.get("transport", "-"), s.get("address", "-"), age, ",".join(own)))
+    click.echo(table(("ID", "NAMESPACE", "TRANSPORT", "ADDRESS", "CONNECTED", "ROOMS"), rows))
+
+
+def _tail_line(item: dict) -> str:
+    rooms = ",".join(item.get("rooms") or []) or "*"
+    excepted = item.get("except") or []
+    if excepted:
+        rooms += " !" + ",!".join(excepted)
+    recipients = item.get("recipients")
+    return (
+        f"{clock(item.get('time'))} {item.get('namespace')} {rooms} {item.get('event')} "
+        f"{item.get('preview', '')} -> {recipients if recipients is not None else '?'}"
+    )
+
+
+@click.command(short_help="Print every emitted event, live, until Ctrl-C.")
+@click.argument("namespace", required=False)
+@click.option("--room", metavar="ROOM", help="Only events emitted to this room.")
+@click.option("--event", metavar="EVENT", help="Only events with this name.")
+@admin_options
+@click.pass_context
+def tail(
+    ctx: click.Context,
+    namespace: str | None,
+    room: str | None,
+    event: str | None,
+    socket_path: str | None,
+    as_json: bool,
+) -> None:
+    """Print every emitted event, live, one line each, until Ctrl-C.
+
+    Each line: time, namespace, rooms (* for the whole namespace, !R for an
+    excepted room), event, a preview of the arguments, -> recipients.
+    """
+    items = client(ctx, socket_path).stream(
+        "tail", namespace=namespace_arg(namespace), room=room, event=event, args=as_json or None
+    )
+    try:
+        for item in items:
+            if as_json:
+                click.echo(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+            else:
+                click.echo(_tail_line(item))
+    except KeyboardInterrupt:
+        items.close()
+        ctx.exit(0)
+
+
+def _json_args(values: tuple[str, ...]) -> list:
+    out = []
+    for value in values:
+        try:
+            out.append(json.loads(value))
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(
+                f"{value!r} is not valid JSON ({e.msg}); quote strings, e.g. '\"hello\"'", param_hint="JSON-ARG"
+            ) from None
+    return out
+
+
+@click.command(short_help="Emit an event from the command line.")
+@click.argument("namespace")
+@click.argument("event")
+@click.argument("json_args", metavar="[JSON-ARG]...", nargs=-1)
+@click.option("--room", "rooms", metavar="ROOM", multiple=True, help="Emit to this room (repeatable).")
+@click.option("--except", "except_rooms", metavar="ROOM", multiple=True, help="Leave out this room's sockets (repeatable).")
+@admin_options
+@click.pass_context
+def emit(
+    ctx: click.Context,
+    namespace: str,
+    event: str,
+    json_args: tuple[str, ...],
+    rooms: tuple[str, ...],
+    except_rooms: tuple[str, ...],
+    socket_path: str | None,
+    as_json: bool,
+) -> None:
+    """Emit EVENT with the JSON arguments to NAMESPACE (or to its --room rooms)."""
+    args = _json_args(json_args)
+    response = client(ctx, socket_path).request(
+        "emit", namespace=namespace_arg(namespace), event=event, args=args, rooms=list(rooms), **{"except": list(except_rooms)}
+    )
+    recipients = response.get("recipients")
+    if as_json:
+        echo_json({"recipients": recipients})
+    else:
+        click.echo(f"delivered to {recipients} socket{'' if recipients == 1 else 's'}")
+
+
+@click.command(short_help="Disconnect one socket.")
+@click.argument("socket_id", metavar="SOCKET-ID")
+@admin_options
+@click.pass_context
+def disconnect(ctx: click.Context, socket_id: str, socket_path: str | None, as_json: bool) -> None:
+    """Disconnect the socket with this id (it receives a Socket.IO disconnect)."""
+    client(ctx, socket_path).request("disconnect", sid=socket_id)
+    if as_json:
+        echo_json({"disconnected": True, "id": socket_id})
+    else:
+        click.echo(f"disconnected {socket_id}")
+
+
+COMMANDS = [status, namespaces, rooms, sockets, tail, emit, disconnect]

@@ -1,0 +1,140 @@
+"""The ``roomd`` group: serve, config check, unit-file, and the admin commands."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import click
+
+from roomd import run_daemon
+from roomd._config import LOG_LEVELS, config_to_toml, load_config
+from roomd._errors import ConfigError, RoomdError
+
+from ._admin_cmds import COMMANDS
+from ._common import RoomdGroup, State
+
+EX_CONFIG = 78  # sysexits.h; the shipped unit does not restart on it
+UNIT_EXEC_PATH = "/usr/local/bin/roomd"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("roomd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@click.group(cls=RoomdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket",
+    "socket_path",
+    metavar="PATH",
+    envvar="ROOMD_SOCKET",
+    help="The admin socket: where the admin commands connect, where serve listens. [env: ROOMD_SOCKET]",
+)
+@click.version_option(_version(), prog_name="roomd")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None) -> None:
+    """roomd: a Socket.IO v5 message-room daemon, and the tool to operate it."""
+    ctx.obj = State(socket=socket_path)
+
+
+@cli.command()
+@click.option("--config", "config_path", metavar="PATH", help="TOML config file. [env: ROOMD_CONFIG]")
+@click.option("--host", metavar="HOST", help="Listen on this address (server.host).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen on this port (server.port).")
+@click.option("--path", "sio_path", metavar="PATH", help="The Socket.IO path (server.path).")
+@click.option("--app", "app_module", metavar="MODULE:ATTR", help="Run this application instead of the relay app (app.module).")
+@click.option("--app-dir", metavar="DIR", help="Look for the --app module in DIR first (app.dir).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level (log.level).")
+@click.option("--socket", "socket_path", metavar="PATH", help="The admin socket to create (admin.socket).")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    sio_path: str | None,
+    app_module: str | None,
+    app_dir: str | None,
+    log_level: str | None,
+    socket_path: str | None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C.
+
+    Flags override the config file; without a file the defaults apply.
+    A bad configuration exits with status 78.
+    """
+    state: State = ctx.ensure_object(State)
+    overrides = {
+        "server.host": host,
+        "server.port": port,
+        "server.path": sio_path,
+        "app.module": app_module,
+        "app.dir": app_dir,
+        "log.level": log_level.lower() if log_level else None,
+        "admin.socket": socket_path or state.socket,
+    }
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as e:
+        click.echo(f"roomd: {e}", err=True)
+        ctx.exit(EX_CONFIG)
+    try:
+        status = run_daemon(config, overrides)
+    except ConfigError as e:
+        click.echo(f"roomd: {e}", err=True)
+        ctx.exit(EX_CONFIG)
+    except KeyboardInterrupt:
+        ctx.exit(130)
+    except RoomdError:
+        raise
+    ctx.exit(status if isinstance(status, int) else 0)
+
+
+@cli.group()
+def config() -> None:
+    """Check configuration files."""
+
+
+@config.command("check")
+@click.argument("path", required=False, metavar="[PATH]")
+def config_check(path: str | None) -> None:
+    """Validate PATH (default: $ROOMD_CONFIG, else none) and print the effective config.
+
+    Exits 1 with a message naming the key on an unknown key, a wrong type or
+    a bad value.
+    """
+    cfg = load_config(path, {})
+    if cfg.admin.group is not None:
+        from roomd._admin import resolve_group
+
+        resolve_group(cfg.admin.group)
+    click.echo(config_to_toml(cfg), nl=False)
+
+
+def unit_file_text() -> str:
+    """The systemd unit shipped in the roomd package."""
+    try:
+        import importlib.resources
+
+        return importlib.resources.files("roomd").joinpath("roomd.service").read_text()
+    except (FileNotFoundError, ModuleNotFoundError, TypeError):
+        import roomd._config
+
+        return Path(roomd._config.__file__).with_name("roomd.service").read_text()
+
+
+@cli.command("unit-file", short_help="Print the hardened systemd unit.")
+@click.option("--exec-path", metavar="PATH", help=f"The roomd executable in ExecStart= (default {UNIT_EXEC_PATH}).")
+def unit_file(exec_path: str | None) -> None:
+    """Print the hardened systemd unit (save as /etc/systemd/system/roomd.service)."""
+    text = unit_file_text()
+    if exec_path:
+        text = text.replace(UNIT_EXEC_PATH, exec_path)
+    click.echo(text, nl=False)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)

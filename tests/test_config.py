@@ -1,0 +1,209 @@
+"""The TOML config: defaults, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from roomd._config import (
+    Config,
+    NamespaceConfig,
+    config_to_toml,
+    default_admin_socket,
+    load_config,
+)
+from roomd._errors import ConfigError
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "roomd.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_a_file(monkeypatch):
+    monkeypatch.delenv("ROOMD_CONFIG", raising=False)
+    config = load_config(None, {})
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 3000
+    assert config.server.path == "/socket.io/"
+    assert config.server.ping_interval == 25.0
+    assert config.server.ping_timeout == 20.0
+    assert config.server.max_payload == 1_000_000
+    assert config.server.connect_timeout == 45.0
+    assert config.server.cors_origins == ()
+    assert config.limits.outbox_messages == 1024
+    assert config.limits.slow_consumer == "disconnect"
+    assert config.limits.max_connections == 0
+    assert config.limits.shutdown_grace == 10.0
+    assert config.admin.enabled is True
+    assert config.admin.group is None
+    assert config.log.level == "info"
+    assert config.app.module is None
+    assert config.namespaces == (NamespaceConfig(name="/"),)
+    assert config.source is None
+
+
+def test_default_admin_socket_order():
+    assert default_admin_socket({"RUNTIME_DIRECTORY": "/run/roomd", "XDG_RUNTIME_DIR": "/run/user/1"}) == (
+        "/run/roomd/roomd.sock"
+    )
+    assert default_admin_socket({"RUNTIME_DIRECTORY": "/run/a:/run/b"}) == "/run/a/roomd.sock"
+    assert default_admin_socket({"XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/user/1/roomd/roomd.sock"
+    import os
+
+    assert default_admin_socket({}) == f"/tmp/roomd-{os.geteuid()}/roomd.sock"
+
+
+def test_full_file(tmp_path):
+    path = write(
+        tmp_path,
+        """
+[server]
+host = "0.0.0.0"
+port = 8080
+path = "/io"
+ping_interval = 5
+cors_origins = ["https://app.example.com"]
+
+[limits]
+slow_consumer = "drop"
+max_connections = 100
+
+[admin]
+socket = "/run/x/admin.sock"
+group = "wheel"
+enabled = false
+
+[log]
+level = "DEBUG"
+
+[app]
+module = "myapp.main:io"
+
+[[namespaces]]
+name = "/orders"
+client_join = false
+rooms = ["order-*", "all"]
+
+[[namespaces]]
+name = "/chat"
+client_publish = false
+client_leave = true
+""",
+    )
+    config = load_config(path, {})
+    assert config.server.host == "0.0.0.0"
+    assert config.server.port == 8080
+    assert config.server.path == "/io/"  # normalised with a trailing slash
+    assert config.server.ping_interval == 5.0 and isinstance(config.server.ping_interval, float)
+    assert config.server.cors_origins == ("https://app.example.com",)
+    assert config.limits.slow_consumer == "drop"
+    assert config.admin == dataclasses.replace(config.admin, socket="/run/x/admin.sock", group="wheel", enabled=False)
+    assert config.log.level == "debug"
+    assert config.app.module == "myapp.main:io"
+    orders, chat = config.namespaces
+    assert orders == NamespaceConfig("/orders", client_join=False, client_leave=False, rooms=("order-*", "all"))
+    assert chat == NamespaceConfig("/chat", client_join=True, client_leave=True, client_publish=False)
+    assert config.source == path
+
+
+def test_roomd_config_env(tmp_path, monkeypatch):
+    path = write(tmp_path, "[server]\nport = 4000\n")
+    monkeypatch.setenv("ROOMD_CONFIG", path)
+    assert load_config(None, {}).server.port == 4000
+    # An explicit path wins over the environment.
+    other = tmp_path / "other.toml"
+    other.write_text("[server]\nport = 5000\n")
+    assert load_config(str(other), {}).server.port == 5000
+
+
+def test_overrides_win_and_none_is_skipped(tmp_path):
+    path = write(tmp_path, "[server]\nport = 4000\nhost = \"::1\"\n")
+    config = load_config(path, {"server.port": 4001, "server.host": None, "log.level": "debug"})
+    assert config.server.port == 4001
+    assert config.server.host == "::1"
+    assert config.log.level == "debug"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[server]\nprot = 1\n", "unknown key 'server.prot' in {path}"),
+        ("[sever]\nport = 1\n", "unknown key 'sever' in {path}"),
+        ("[[namespaces]]\nname = \"/a\"\nclient_joins = true\n", "unknown key 'namespaces[0].client_joins' in {path}"),
+        ("[server]\nport = \"80\"\n", "server.port must be an integer, got string"),
+        ("[server]\nport = 1.5\n", "server.port must be an integer, got float"),
+        ("[server]\nport = true\n", "server.port must be an integer, got boolean"),
+        ("[server]\nping_interval = \"x\"\n", "server.ping_interval must be a number, got string"),
+        ("[server]\ncors_origins = \"*\"\n", "server.cors_origins must be an array, got string"),
+        ("[server]\ncors_origins = [1]\n", "server.cors_origins[0] must be a string, got integer"),
+        ("[admin]\nenabled = 1\n", "admin.enabled must be a boolean, got integer"),
+        ("server = 1\n", "server must be a table, got integer"),
+        ("[server]\nport = 70000\n", "server.port must be between 0 and 65535, got 70000"),
+        ("[server]\npath = \"io\"\n", "server.path must start with '/'"),
+        ("[server]\nping_timeout = 0\n", "server.ping_timeout must be greater than 0"),
+        ("[limits]\noutbox_messages = 0\n", "limits.outbox_messages must be at least 1"),
+        ("[limits]\nslow_consumer = \"block\"\n", "limits.slow_consumer must be one of disconnect, drop"),
+        ("[log]\nlevel = \"loud\"\n", "log.level must be one of debug, info"),
+        ("[app]\nmodule = \"myapp\"\n", "app.module must look like 'package.module:attribute'"),
+        ("[[namespaces]]\nclient_join = true\n", "namespaces[0].name is required in {path}"),
+        ("[[namespaces]]\nname = \"orders\"\n", "namespaces[0].name must start with '/'"),
+        ("[[namespaces]]\nname = \"/a\"\n[[namespaces]]\nname = \"/a\"\n", "namespaces[1].name '/a' is given twice"),
+        ("[[namespaces]]\nname = \"/a\"\nrooms = \"*\"\n", "namespaces[0].rooms must be an array, got string"),
+        ("namespaces = 3\n", "namespaces must be an array, got integer"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert message.format(path=path) in str(info.value)
+
+
+def test_bad_override_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'server\.prot' \(override\)"):
+        load_config(None, {"server.prot": 1})
+    with pytest.raises(ConfigError, match="server.port must be an integer, got string"):
+        load_config(None, {"server.port": "x"})
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "[server]\nport = 3000\nhost = \n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert path in str(info.value)
+    assert "line 3" in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file .*nope.toml"):
+        load_config(str(tmp_path / "nope.toml"), {})
+
+
+def test_config_to_toml_round_trips(tmp_path):
+    path = write(
+        tmp_path,
+        """
+[server]
+host = "h\\"x"
+cors_origins = ["*"]
+[admin]
+group = "adm"
+[app]
+module = "a.b:c"
+[[namespaces]]
+name = "/ü"
+rooms = ["a*", "b"]
+""",
+    )
+    config = load_config(path, {})
+    text = config_to_toml(config)
+    again = load_config(write(tmp_path, text), {})
+    assert again == config
+    assert isinstance(again, Config)
+    # Unset optional values are shown as comments, and the defaults round-trip too.
+    default_text = config_to_toml(load_config(None, {}))
+    assert "# module is not set" in default_text
+    assert load_config(write(tmp_path, default_text), {}) == load_config(None, {})
