@@ -1,12 +1,16 @@
 """One client connection at the Socket.IO level: namespaces over one session.
 
-:func:`run_connection` is the session task: it reads the session's messages,
-decodes Socket.IO packets and runs the handlers, in order. A malformed packet
-or a handler's exception is logged and closes this connection only.
+The task reading the transport decodes each message (:meth:`Connection.on_message`).
+ACKs are resolved there at once, so a handler may await an acknowledgement
+from its own client. Every other packet is queued and handled, in order, by
+one worker task that exists only while there is work: an idle connection
+costs no task. A malformed packet or a handler's exception is logged and
+closes this connection only.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +29,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("roomd")
 
 CLEANUP_TIMEOUT = 10.0
+QUEUE_LIMIT = 64
 
 
 class Connection:
-    """The namespaces one Engine.IO session is connected to."""
+    """The namespaces one Engine.IO session is connected to (its SessionHandler)."""
 
     def __init__(self, server: Server, session: EngineSession) -> None:
         self.server = server
@@ -36,6 +41,89 @@ class Connection:
         self.sockets: dict[str, Socket] = {}
         self.decoder = _sio.Decoder()
         self.ever_connected = False
+        self._queue: collections.deque[_sio.Packet] = collections.deque()
+        self._working = False
+        self._room: trio.Event | None = None
+        self._cleaned = False
+        server._connections[session.sid] = self
+        server._timers.call_later_weak(server.connect_timeout, self.check_connected)
+
+    async def on_message(self, data: str | bytes) -> None:
+        """Decode one message; raises ProtocolError when it is malformed."""
+        packet = self.decoder.feed(data)
+        if packet is None:
+            return
+        kind = packet.type
+        if kind is _sio.PacketType.ACK or kind is _sio.PacketType.BINARY_ACK:
+            socket = self.sockets.get(packet.namespace)
+            if socket is not None and packet.id is not None:
+                socket._on_ack(packet.id, packet.data)
+            return
+        if kind is _sio.PacketType.EVENT or kind is _sio.PacketType.BINARY_EVENT:
+            name = packet.data[0]
+            if name in RESERVED_EVENTS:
+                raise ProtocolError(f"{name!r} is a reserved event name")
+        elif kind is _sio.PacketType.CONNECT_ERROR:
+            raise ProtocolError("a client may not send CONNECT_ERROR")
+        elif kind is _sio.PacketType.DISCONNECT:
+            # No ack can come any more: a handler awaiting one learns it now.
+            socket = self.sockets.get(packet.namespace)
+            if socket is not None:
+                socket._abandon_acks()
+        while len(self._queue) >= QUEUE_LIMIT and not self.session.closed:
+            # Backpressure: the reader waits, so the client's TCP window fills.
+            self._room = self._room or trio.Event()
+            await self._room.wait()
+        self._queue.append(packet)
+        if not self._working:
+            self._start_worker()
+
+    def on_close(self, reason: str) -> None:
+        for socket in self.sockets.values():
+            socket._abandon_acks()
+        if self._room is not None:
+            self._room.set()
+        if not self._working:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._working = True
+        self.server._nursery_for_connections().start_soon(self._work)
+
+    async def _work(self) -> None:
+        queue = self._queue
+        session = self.session
+        try:
+            while queue:
+                packet = queue.popleft()
+                if self._room is not None and len(queue) < QUEUE_LIMIT // 2:
+                    self._room.set()
+                    self._room = None
+                await self.handle(packet)
+        except ProtocolError as exc:
+            logger.warning("session %s: closing on malformed packet: %s", session.sid, exc)
+            session.close("parse error")
+        except Exception:
+            logger.exception("session %s: handler failed; closing the connection", session.sid)
+            session.close("server error")
+        finally:
+            self._working = False
+            if session.closed and not self._cleaned:
+                self._cleaned = True
+                queue.clear()
+                with trio.CancelScope(shield=True):
+                    await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """Run every socket's disconnect sequence once the session is closed."""
+        reason = self.session.close_reason
+        with trio.move_on_after(CLEANUP_TIMEOUT):
+            for socket in list(self.sockets.values()):
+                try:
+                    await self.close_socket(socket, reason)
+                except Exception:
+                    logger.exception("socket %s: disconnect handler failed", socket.id)
+        self.server._connections.pop(self.session.sid, None)
 
     async def _send(self, packet: _sio.Packet) -> None:
         # CONNECT_ERROR: there is no socket, so nothing to keep in order with.
@@ -43,19 +131,14 @@ class Connection:
         self.session.send(message)
 
     async def handle(self, packet: _sio.Packet) -> None:
+        """Handle a queued packet (CONNECT, EVENT, DISCONNECT), in the worker."""
         kind = packet.type
         if kind is _sio.PacketType.EVENT or kind is _sio.PacketType.BINARY_EVENT:
             socket = self.sockets.get(packet.namespace)
             if socket is None:
                 return  # Socket.IO ignores packets for namespaces not joined
             args = packet.data
-            if args[0] in RESERVED_EVENTS:
-                raise ProtocolError(f"{args[0]!r} is a reserved event name")
             await socket._dispatch(args[0], args[1:], packet.id)
-        elif kind is _sio.PacketType.ACK or kind is _sio.PacketType.BINARY_ACK:
-            socket = self.sockets.get(packet.namespace)
-            if socket is not None and packet.id is not None:
-                socket._on_ack(packet.id, packet.data)
         elif kind is _sio.PacketType.CONNECT:
             await self._connect(packet.namespace, packet.data)
         elif kind is _sio.PacketType.DISCONNECT:
@@ -122,32 +205,3 @@ class Connection:
         if not self.ever_connected and not self.session.closed:
             logger.info("session %s: no CONNECT within connect_timeout", self.session.sid)
             self.session.close("connect timeout")
-
-
-async def run_connection(server: Server, session: EngineSession) -> None:
-    """The session task: dispatch until the session ends, then clean up."""
-    connection = Connection(server, session)
-    server._connections[session.sid] = connection
-    server._timers.call_later(server.connect_timeout, connection.check_connected)
-    try:
-        async for message in session.messages:
-            packet = connection.decoder.feed(message)
-            if packet is not None:
-                await connection.handle(packet)
-    except ProtocolError as exc:
-        logger.warning("session %s: closing on malformed packet: %s", session.sid, exc)
-        session.close("parse error")
-    except Exception:
-        logger.exception("session %s: handler failed; closing the connection", session.sid)
-        session.close("server error")
-    finally:
-        session.close(session.close_reason or "server shutting down")
-        reason = session.close_reason
-        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
-            for socket in list(connection.sockets.values()):
-                try:
-                    await connection.close_socket(socket, reason)
-                except Exception:
-                    logger.exception("socket %s: disconnect handler failed", socket.id)
-        server._connections.pop(session.sid, None)
-

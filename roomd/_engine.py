@@ -1,9 +1,9 @@
 """Engine.IO v4 sessions on trio: heartbeats, transports, the upgrade.
 
 An :class:`EngineSession` is one Engine.IO connection, whatever carries it
-(long-polling requests, a WebSocket, or polling upgraded to WebSocket). Its
-incoming Socket.IO messages go into a bounded memory channel that the
-application layer's session task reads; its outgoing messages go into the
+(long-polling requests, a WebSocket, or polling upgraded to WebSocket). The
+task reading its transport hands each incoming message to the session's
+:class:`SessionHandler` (the Socket.IO layer); outgoing messages go into the
 transport's outbox (see ``_outbox``). The HTTP front door that creates and
 feeds sessions is ``_http``.
 """
@@ -14,16 +14,16 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
 
 import trio
-import trio_websocket
 
 from . import _eio
 from ._errors import ProtocolError
 from ._outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox
 from ._timers import Timers
+from ._websocket import WebSocketProtocol
 from ._wsframe import encode_frames
 
 logger = logging.getLogger("roomd")
@@ -32,6 +32,7 @@ logger = logging.getLogger("roomd")
 # and how long a closing session may take to flush before its socket is shut.
 UPGRADE_TIMEOUT = 10.0
 CLOSE_FLUSH_TIMEOUT = 2.0
+RECEIVE_SIZE = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +60,18 @@ class RequestInfo:
     url: str
 
 
-class EngineSession:
-    """One Engine.IO connection.
+class SessionHandler(Protocol):
+    """What the layer above does with a session's traffic."""
 
-    ``messages`` yields the Engine.IO MESSAGE payloads (str or bytes) in order
-    and ends when the session closes; ``close_reason`` then says why.
-    """
+    async def on_message(self, data: str | bytes) -> None:
+        """One Engine.IO MESSAGE payload, in order; may raise ProtocolError."""
+
+    def on_close(self, reason: str) -> None:
+        """The session closed (called once, never blocks)."""
+
+
+class EngineSession:
+    """One Engine.IO connection; ``close_reason`` says why it ended."""
 
     def __init__(self, engine: Engine, sid: str, transport: str, request: RequestInfo) -> None:
         self.engine = engine
@@ -73,14 +80,14 @@ class EngineSession:
         self.request = request
         self.connected_at = time.time()
         self.outbox: PollingOutbox | WebSocketOutbox = PollingOutbox(engine.options.outbox_limit)
+        self.handler: SessionHandler | None = None
         self.closed = False
         self.close_reason = ""
-        self.closed_event = trio.Event()
-        self._inbox_send, self.messages = trio.open_memory_channel[str | bytes](64)
         self._awaiting_pong = False
         self._ping_generation = 0
         self.reader_scope: trio.CancelScope | None = None
         self.poll_pending = False
+        self.post_pending = False
         self.upgrading = False
         self.noop_pending = False
 
@@ -103,19 +110,18 @@ class EngineSession:
     async def receive(self, packet: _eio.Packet) -> None:
         """Handle one Engine.IO packet from the client.
 
-        Raises ProtocolError for a packet a client may not send now.
+        Raises ProtocolError for a packet a client may not send now, and
+        whatever the handler raises for a malformed message.
         """
         kind = packet.type
         if kind is _eio.PacketType.MESSAGE:
-            try:
-                await self._inbox_send.send(packet.data)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
+            if not self.closed and self.handler is not None:
+                await self.handler.on_message(packet.data)
         elif kind is _eio.PacketType.PONG:
             if self._awaiting_pong:
                 self._awaiting_pong = False
-                self.engine.timers.call_later(self.engine.options.ping_interval,
-                                              self._ping, self._ping_generation)
+                self.engine.timers.call_later_weak(self.engine.options.ping_interval,
+                                                   self._ping, self._ping_generation)
         elif kind is _eio.PacketType.CLOSE:
             self.close("transport close")
         elif kind is _eio.PacketType.NOOP:
@@ -127,8 +133,8 @@ class EngineSession:
 
     # -- heartbeat ------------------------------------------------------
     def start_heartbeat(self) -> None:
-        self.engine.timers.call_later(self.engine.options.ping_interval,
-                                      self._ping, self._ping_generation)
+        self.engine.timers.call_later_weak(self.engine.options.ping_interval,
+                                           self._ping, self._ping_generation)
 
     def _ping(self, generation: int) -> None:
         if self.closed or generation != self._ping_generation:
@@ -136,8 +142,8 @@ class EngineSession:
         self._ping_generation += 1
         self._awaiting_pong = True
         self.send_packet(_eio.Packet(_eio.PacketType.PING))
-        self.engine.timers.call_later(self.engine.options.ping_timeout,
-                                      self._check_pong, self._ping_generation)
+        self.engine.timers.call_later_weak(self.engine.options.ping_timeout,
+                                           self._check_pong, self._ping_generation)
 
     def _check_pong(self, generation: int) -> None:
         if not self.closed and self._awaiting_pong and generation == self._ping_generation:
@@ -148,36 +154,35 @@ class EngineSession:
         """Close the session (idempotent, never blocks).
 
         Queued messages are still flushed for a short while; then the
-        transport is shut. The application sees ``messages`` end.
+        transport is shut. The handler's ``on_close`` runs once.
         """
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
-        self._inbox_send.close()
         self.engine.forget(self)
         outbox = self.outbox
         if isinstance(outbox, PollingOutbox):
             outbox.put_packet(_eio.Packet(_eio.PacketType.CLOSE))
         if self.reader_scope is not None:
             self.reader_scope.cancel()
-        self.closed_event.set()
+        if self.handler is not None:
+            self.handler.on_close(reason)
 
 
 class Engine:
     """The registry of sessions and the behaviour shared by both transports.
 
-    ``on_session(session)`` is started in the server's nursery for each new
-    session; it should read ``session.messages`` until they end.
+    ``on_session(session)`` is called for each new session and returns its
+    handler.
     """
 
     def __init__(self, options: EngineOptions, timers: Timers,
-                 on_session: Callable[[EngineSession], Awaitable[Any]]) -> None:
+                 on_session: Callable[[EngineSession], SessionHandler]) -> None:
         self.options = options
         self.timers = timers
         self.on_session = on_session
         self.sessions: dict[str, EngineSession] = {}
-        self.nursery: trio.Nursery | None = None
         self.accepting = True
         self.live_websockets = 0
 
@@ -191,12 +196,14 @@ class Engine:
         limit = self.options.max_connections
         return bool(limit) and len(self.sessions) >= limit
 
-    def new_session(self, transport: str, request: RequestInfo) -> EngineSession:
+    def new_session(self, transport: str, request: RequestInfo,
+                    outbox: WebSocketOutbox | None = None) -> EngineSession:
         sid = secrets.token_urlsafe(15)
         session = EngineSession(self, sid, transport, request)
+        if outbox is not None:
+            session.outbox = outbox
         self.sessions[sid] = session
-        assert self.nursery is not None
-        self.nursery.start_soon(self.on_session, session)
+        session.handler = self.on_session(session)
         session.start_heartbeat()
         return session
 
@@ -204,93 +211,133 @@ class Engine:
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
 
-    async def run_websocket(self, ws: trio_websocket.WebSocketConnection,
-                            outbox: WebSocketOutbox, request: RequestInfo,
-                            sid: str | None) -> None:
-        """Serve one accepted WebSocket until it or its session closes."""
+    async def run_websocket(self, stream: trio.SocketStream, received: bytes,
+                            request: RequestInfo, sid: str | None) -> None:
+        """Serve one accepted WebSocket until it or its session closes.
+
+        ``received`` is what the client sent after the upgrade request.
+        Errors caused by the peer close this connection only.
+        """
         self.live_websockets += 1
         try:
-            await self._run_websocket(ws, outbox, request, sid)
+            async with trio.open_nursery() as nursery:
+                outbox = WebSocketOutbox(stream, nursery, self.options.outbox_limit)
+                protocol = WebSocketProtocol(self.options.max_payload)
+                await _WebSocketSession(self, stream, outbox, protocol).run(received, request, sid)
+                nursery.cancel_scope.cancel()
         finally:
             self.live_websockets -= 1
 
-    async def _run_websocket(self, ws: trio_websocket.WebSocketConnection,
-                             outbox: WebSocketOutbox, request: RequestInfo,
-                             sid: str | None) -> None:
+
+class _WebSocketSession:
+    """The read loop of one WebSocket, and its part in the upgrade."""
+
+    def __init__(self, engine: Engine, stream: trio.SocketStream, outbox: WebSocketOutbox,
+                 protocol: WebSocketProtocol) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.outbox = outbox
+        self.protocol = protocol
+        self.session: EngineSession | None = None
+        self.upgraded = False
+        self.scope = trio.CancelScope()
+
+    async def run(self, received: bytes, request: RequestInfo, sid: str | None) -> None:
+        engine = self.engine
         if sid is None:
-            session = self.new_session("websocket", request)
-            session.outbox = outbox
-            session.send_packet(self.open_packet(session.sid, websocket=True))
+            session = engine.new_session("websocket", request, self.outbox)
+            self.upgraded = True
+            session.send_packet(engine.open_packet(session.sid, websocket=True))
         else:
-            found = self.sessions.get(sid)
+            found = engine.sessions.get(sid)
             if found is None or found.transport != "polling" or found.upgrading:
-                await ws.aclose(1008, "Session ID unknown")
+                await self._close(1008)
                 return
             session = found
-            if not await self._upgrade(session, ws, outbox):
-                return
-        await self._read_websocket(session, ws, outbox)
-
-    async def _upgrade(self, session: EngineSession, ws: trio_websocket.WebSocketConnection,
-                       outbox: WebSocketOutbox) -> bool:
-        session.upgrading = True
-        packet = None
-        try:
-            with trio.move_on_after(UPGRADE_TIMEOUT):
-                while True:
-                    packet = _eio.decode_packet(await ws.get_message())
-                    if packet.type is _eio.PacketType.PING and packet.data == "probe":
-                        outbox.put_bytes(encode_frames(["3probe"]))
-                        # Release the client's pending long-poll so it can pause.
-                        session.noop_pending = True
-                        session.outbox.wake()  # type: ignore[union-attr]
-                    elif packet.type is _eio.PacketType.UPGRADE:
-                        break
-                    else:
-                        raise ProtocolError(f"unexpected {packet.type.name} during upgrade")
-            if session.closed:
-                return False
-            if packet is None or packet.type is not _eio.PacketType.UPGRADE:
-                logger.info("session %s: upgrade timed out", session.sid)
-                await ws.aclose(1002, "upgrade timed out")
-                return False
-        except (trio_websocket.ConnectionClosed, ProtocolError) as exc:
-            logger.info("session %s: upgrade failed: %s", session.sid, exc)
-            await ws.aclose(1002, "upgrade failed")
-            return False
-        finally:
-            session.upgrading = False
-        polling = session.outbox
-        assert isinstance(polling, PollingOutbox)
-        session.transport = "websocket"
-        session.outbox = outbox
-        leftover = polling.take_all_raw()
-        if leftover:
-            outbox.put_bytes(encode_frames(leftover))
-        polling.wake()
-        return True
-
-    async def _read_websocket(self, session: EngineSession,
-                              ws: trio_websocket.WebSocketConnection,
-                              outbox: WebSocketOutbox) -> None:
-        reason = None
-        with trio.CancelScope() as session.reader_scope:
-            if session.closed:
-                session.reader_scope.cancel()
+            session.upgrading = True
+        self.session = session
+        reason: str | None = None
+        with trio.CancelScope() as self.scope:
+            if self.upgraded:
+                session.reader_scope = self.scope
+            else:
+                self.scope.deadline = trio.current_time() + UPGRADE_TIMEOUT
             try:
-                while True:
-                    message = await ws.get_message()
-                    await session.receive(_eio.decode_packet(message))
-            except trio_websocket.ConnectionClosed:
-                reason = "transport close"
+                reason = await self._read(received)
             except ProtocolError as exc:
                 logger.warning("session %s: closing on malformed packet: %s", session.sid, exc)
                 reason = "parse error"
-        session.reader_scope = None
-        if reason is not None:
-            session.close(reason)
+        if not self.upgraded:
+            session.upgrading = False
+            logger.info("session %s: upgrade failed: %s", session.sid, reason or "timed out")
+            await self._close(1002)
             return
-        # Closed by the server: let queued frames (a DISCONNECT, say) leave first.
+        session.reader_scope = None
+        if reason is None:
+            # Closed by the server: let queued frames (a DISCONNECT, say) leave first.
+            await self._close(1000)
+            return
+        session.close(reason)
         with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-            await outbox.drain()
-            await ws.aclose(1000)
+            self.outbox.put_bytes(self.protocol.take_output())
+            await self.outbox.drain()
+
+    async def _close(self, code: int) -> None:
+        with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+            self.outbox.put_bytes(self.protocol.close_frame(code))
+            await self.outbox.drain()
+
+    async def _read(self, data: bytes) -> str:
+        """Read until the peer goes away; returns the close reason."""
+        protocol = self.protocol
+        session = self.session
+        assert session is not None
+        while True:
+            if data:
+                messages = protocol.receive(data)
+                output = protocol.take_output()
+                if output:
+                    self.outbox.put_bytes(output)
+                for message in messages:
+                    packet = _eio.decode_packet(message)
+                    if self.upgraded:
+                        await session.receive(packet)
+                    else:
+                        self._upgrade_step(packet)
+                if protocol.close_code is not None:
+                    return "transport close"
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                protocol.receive(None)
+                return "transport close"
+
+    def _upgrade_step(self, packet: _eio.Packet) -> None:
+        """One packet of the polling-to-WebSocket upgrade."""
+        session = self.session
+        assert session is not None
+        if session.closed:
+            raise ProtocolError("session closed during the upgrade")
+        if packet.type is _eio.PacketType.PING and packet.data == "probe":
+            self.outbox.put_bytes(encode_frames(["3probe"]))
+            # Release the client's pending long-poll so it can pause.
+            session.noop_pending = True
+            session.outbox.wake()  # type: ignore[union-attr]
+            return
+        if packet.type is not _eio.PacketType.UPGRADE:
+            raise ProtocolError(f"unexpected {packet.type.name} during upgrade")
+        polling = session.outbox
+        assert isinstance(polling, PollingOutbox)
+        session.transport = "websocket"
+        session.upgrading = False
+        session.outbox = self.outbox
+        leftover = polling.take_all_raw()
+        if leftover:
+            self.outbox.put_bytes(encode_frames(leftover))
+        polling.wake()
+        # From now on this task reads the session: a close must interrupt it.
+        self.upgraded = True
+        self.scope.deadline = float("inf")
+        session.reader_scope = self.scope

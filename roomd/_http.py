@@ -16,12 +16,12 @@ import urllib.parse
 
 import h11
 import trio
-import trio_websocket
 
 from . import _eio
 from ._engine import Engine, EngineSession, RequestInfo
 from ._errors import ProtocolError
-from ._outbox import PollingOutbox, SharedStream, WebSocketOutbox
+from ._outbox import PollingOutbox
+from ._websocket import accept_token, handshake_error
 
 logger = logging.getLogger("roomd")
 
@@ -137,6 +137,10 @@ class _HttpConnection:
         method = request.method.decode("latin-1")
         cors: list[tuple[str, str]] = []
         try:
+            # h11 bounds only a head that arrives in pieces; one read may hold a bigger one.
+            if len(request.target) + sum(len(k) + len(v) + 4 for k, v in
+                                         request.headers.raw_items()) > MAX_HEAD_BYTES:
+                raise _Refusal(431, BAD_REQUEST, "request head too large")
             if path.rstrip("/") + "/" != self.engine.options.path:
                 raise _Refusal(404, BAD_REQUEST, "not found")
             cors = self._cors_headers(headers)
@@ -234,18 +238,24 @@ class _HttpConnection:
         if length is not None and length.isdigit() and int(length) > limit:
             session.close("transport error")
             raise _Refusal(413, BAD_REQUEST, f"payload of {length} bytes over maxPayload")
-        body = await self._read_body(limit)
-        if body is None:
+        if session.post_pending:
             session.close("transport error")
-            raise _Refusal(413, BAD_REQUEST, "payload over maxPayload")
+            raise _Refusal(400, BAD_REQUEST, "overlapping POST")
+        session.post_pending = True
         try:
-            packets = _eio.decode_payload(body.decode("utf-8"))
-            for packet in packets:
-                await session.receive(packet)
-        except (ProtocolError, UnicodeDecodeError) as exc:
-            logger.warning("session %s: closing on malformed payload: %s", session.sid, exc)
-            session.close("parse error")
-            raise _Refusal(400, BAD_REQUEST, str(exc)) from None
+            body = await self._read_body(limit)
+            if body is None:
+                session.close("transport error")
+                raise _Refusal(413, BAD_REQUEST, "payload over maxPayload")
+            try:
+                for packet in _eio.decode_payload(body.decode("utf-8")):
+                    await session.receive(packet)
+            except (ProtocolError, UnicodeDecodeError) as exc:
+                logger.warning("session %s: closing on malformed payload: %s", session.sid, exc)
+                session.close("parse error")
+                raise _Refusal(400, BAD_REQUEST, str(exc)) from None
+        finally:
+            session.post_pending = False
         await self.respond(200, b"ok", "text/html", cors)
 
     async def _websocket(self, request: h11.Request, headers: dict[str, str],
@@ -258,30 +268,19 @@ class _HttpConnection:
                 raise _Refusal(400, SESSION_UNKNOWN)
         elif not self.engine.accepting or self.engine.full():
             raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+        problem = handshake_error(headers)
+        if problem is not None:
+            raise _Refusal(400, BAD_REQUEST, problem)
         event = await self._next_event()
-        if event is not h11.PAUSED and not isinstance(event, h11.EndOfMessage):
+        if not isinstance(event, h11.EndOfMessage):
             raise _Refusal(400, BAD_REQUEST, "websocket upgrade with a body")
-        if isinstance(event, h11.EndOfMessage):
-            event = await self._next_event()
-        trailing, _ = self.conn.trailing_data
-        head = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
-        head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw_items()]
-        head.append(b"\r\n")
-        stream = SharedStream(self.stream, b"".join(head) + trailing)
-        options = self.engine.options
-        async with trio.open_nursery() as nursery:
-            try:
-                ws_request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, message_queue_size=4,
-                    max_message_size=options.max_payload, receive_buffer_size=None)
-                ws = await ws_request.accept()
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
-                logger.info("%s: websocket handshake failed: %s", self.address, exc)
-                nursery.cancel_scope.cancel()
-                return False
-            outbox = WebSocketOutbox(stream, nursery, options.outbox_limit)
-            await self.engine.run_websocket(ws, outbox, info, sid)
-            nursery.cancel_scope.cancel()
+        response = h11.InformationalResponse(status_code=101, headers=[
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", accept_token(headers["sec-websocket-key"]))])
+        await self.stream.send_all(self.conn.send(response) or b"")
+        received, _ = self.conn.trailing_data
+        self.conn = None  # type: ignore[assignment]  # h11's part is over; free it
+        await self.engine.run_websocket(self.stream, received, info, sid)
         return False
 
 

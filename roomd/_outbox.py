@@ -49,57 +49,24 @@ class OutgoingMessage:
         return frames
 
 
-class SharedStream(trio.abc.Stream):
-    """The TCP stream of a WebSocket, shared by trio-websocket and roomd's writer.
-
-    trio-websocket owns the handshake, reading, ping/pong and the close
-    handshake; roomd writes its pre-framed data frames itself (see
-    docs/architecture.md). Both write through :meth:`send_all`, serialised by
-    one lock, and roomd may write synchronously to the non-blocking socket
-    when nobody holds that lock. The bytes h11 already read from the socket
-    (the upgrade request) are replayed first to the reader.
-    """
-
-    def __init__(self, inner: trio.SocketStream, replay: bytes) -> None:
-        self._inner = inner
-        self._replay = replay
-        self.send_lock = trio.Lock()
-        self.fileno = inner.socket.fileno()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        async with self.send_lock:
-            await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._replay:
-            data, self._replay = self._replay, b""
-            return data
-        return await self._inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 class WebSocketOutbox:
-    """Outbox of a WebSocket session.
+    """Outbox of a WebSocket session: everything roomd sends on it goes here.
 
-    When nothing is queued and no send is in progress, :meth:`put` writes the
-    frames straight into the socket's kernel buffer with one non-blocking
-    ``write``; no task is woken. Whatever does not fit is queued, and one
-    flush task (started on demand in the connection's nursery) sends the
-    whole queue in one ``send_all`` per round, so a burst for one socket
-    leaves in as few syscalls as possible.
+    When no flush is in progress, :meth:`put_bytes` writes the frames straight
+    into the socket's kernel buffer with one non-blocking ``write``; no task
+    is woken. Whatever does not fit is queued, and one flush task (started on
+    demand in the connection's nursery) sends the whole queue in one
+    ``send_all`` per round, so a burst for one socket leaves in as few
+    syscalls as possible. Being the only writer of the socket, it keeps
+    frames in order.
     """
 
     __slots__ = ("_stream", "_fd", "_nursery", "_limit", "_queue", "_flushing",
                  "_drained", "broken")
 
-    def __init__(self, stream: SharedStream, nursery: trio.Nursery, limit: int) -> None:
+    def __init__(self, stream: trio.SocketStream, nursery: trio.Nursery, limit: int) -> None:
         self._stream = stream
-        self._fd = stream.fileno
+        self._fd = stream.socket.fileno()
         self._nursery = nursery
         self._limit = limit
         self._queue: collections.deque[bytes] = collections.deque()
@@ -109,41 +76,36 @@ class WebSocketOutbox:
 
     @property
     def idle(self) -> bool:
-        return not self._queue and not self._flushing
+        return not self._flushing
 
     def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
         return self.put_bytes(message.ws_frames, volatile)
 
     def put_bytes(self, data: bytes, volatile: bool = False) -> bool:
-        """Queue or write ``data``; False when the outbox is full."""
+        """Write or queue ``data``; False when the outbox is full."""
         if self.broken:
             return True
-        queue = self._queue
-        if queue or self._flushing or self._stream.send_lock.locked():
+        if self._flushing:
+            # Queued data is waiting: a volatile message is simply dropped.
             if volatile:
                 return True
-            if len(queue) >= self._limit:
+            if len(self._queue) >= self._limit:
                 return False
-            queue.append(data)
-            self._start_flush()
+            self._queue.append(data)
             return True
         try:
             sent = os.write(self._fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            # The reader notices the dead socket and closes the session.
+            # The reader sees the dead socket and closes the session.
             self.broken = True
             return True
         if sent < len(data):
-            queue.append(data[sent:])
-            self._start_flush()
-        return True
-
-    def _start_flush(self) -> None:
-        if not self._flushing:
+            self._queue.append(data[sent:])
             self._flushing = True
             self._nursery.start_soon(self._flush)
+        return True
 
     async def _flush(self) -> None:
         queue = self._queue
@@ -163,7 +125,7 @@ class WebSocketOutbox:
 
     async def drain(self) -> None:
         """Wait until everything queued has been handed to the kernel."""
-        while not self.idle and not self.broken:
+        while self._flushing and not self.broken:
             if self._drained is None:
                 self._drained = trio.Event()
             await self._drained.wait()

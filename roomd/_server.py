@@ -14,7 +14,7 @@ import trio
 
 from ._acks import BroadcastAcks
 from ._broadcast import BroadcastOperator, encode_event
-from ._connection import Connection, run_connection
+from ._connection import Connection
 from ._engine import Engine, EngineOptions, EngineSession
 from ._errors import ConfigError
 from ._http import handle_connection
@@ -71,6 +71,7 @@ class Server:
         self._ack_ids = itertools.count(1)
         self._broadcast_acks = BroadcastAcks()
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._accept_scope: trio.CancelScope | None = None
         self.listen_addresses: list[str] = []
         self.started_at: float | None = None
@@ -160,8 +161,12 @@ class Server:
         """What ``roomd tail`` shows of an emitted event (and what counts it)."""
         return {"event": event, "args": args, "source": source}
 
-    async def _on_session(self, session: EngineSession) -> None:
-        await run_connection(self, session)
+    def _on_session(self, session: EngineSession) -> Connection:
+        return Connection(self, session)
+
+    def _nursery_for_connections(self) -> trio.Nursery:
+        assert self._nursery is not None, "the server is not serving"
+        return self._nursery
 
     # -- running --------------------------------------------------------
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, *,
@@ -186,7 +191,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._timers.run)
                 await nursery.start(self._manager.run)
-                self._engine.nursery = nursery
+                self._nursery = nursery
                 self._engine.accepting = True
                 self.started_at = time.time()
                 self._accept_scope = trio.CancelScope()

@@ -157,6 +157,9 @@ class Socket:
         try:
             message = encode_event(self.namespace.name, event, args, ack_id)
             await self._server._manager.deliver(self._member, message)
+            if self._connection.session.closed:
+                pending.value = _DISCONNECTED
+                pending.done.set()
             with trio.move_on_after(timeout):
                 await pending.done.wait()
             if not pending.done.is_set():
@@ -220,11 +223,15 @@ class Socket:
             self.connected = False
             await self._server._manager.remove(self._member)
             self.namespace._sockets.pop(self.id, None)
-            for pending in (self._acks or {}).values():
-                if not pending.done.is_set():
-                    pending.value = _DISCONNECTED
-                    pending.done.set()
+            self._abandon_acks()
         await self._emit_reserved("disconnect", reason)
+
+    def _abandon_acks(self) -> None:
+        """Fail the acks this socket waits for: the connection is gone."""
+        for pending in (self._acks or {}).values():
+            if not pending.done.is_set():
+                pending.value = _DISCONNECTED
+                pending.done.set()
 
 
 _DISCONNECTED = object()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,15 @@ class Timers:
         if sleep is not None and due < sleep.deadline:
             sleep.deadline = due
 
+    def call_later_weak(self, delay: float, method: Callable[..., Any], *args: Any) -> None:
+        """``call_later`` for a bound method that must not keep its object alive.
+
+        A pending entry then holds only a weak reference: a closed session or
+        connection is freed at once instead of when its timer comes due, and
+        the callback is skipped if the object is gone by then.
+        """
+        self.call_later(delay, _call_weak, weakref.WeakMethod(method), args)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fire due callbacks until cancelled."""
         task_status.started()
@@ -56,3 +66,9 @@ class Timers:
             with trio.CancelScope(deadline=min(heads, default=float("inf"))) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
+
+
+def _call_weak(method_ref: weakref.WeakMethod, args: tuple) -> None:
+    method = method_ref()
+    if method is not None:
+        method(*args)
