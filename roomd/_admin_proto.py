@@ -211,7 +211,7 @@ class AdminClient:
         """Send a streaming command and yield each item after the ok line.
 
         Blocks between items without a timeout. Ends by raising AdminError
-        "the roomd daemon went away" when the daemon closes the stream.
+        "daemon went away" when the daemon closes the stream.
         Closing the generator closes the connection.
         """
         with self._connect() as sock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -58,6 +59,31 @@ class RequestInfo:
     address: str
     time: float
     url: str
+
+
+async def receive_some(fd: int) -> bytes:
+    """Read what a non-blocking socket has; b"" at the end of the stream.
+
+    trio's SocketStream yields twice per read (on parking and once more
+    after the data arrived); on the hot path one park per read is enough.
+    A read that finds data at once still yields, so a flooding client
+    cannot starve the others. A reset connection reads as its end.
+    """
+    while True:
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+        except OSError:
+            return b""
+        await trio.lowlevel.checkpoint()
+        return data
 
 
 class SessionHandler(Protocol):
@@ -185,6 +211,7 @@ class Engine:
         self.sessions: dict[str, EngineSession] = {}
         self.accepting = True
         self.live_websockets = 0
+        self.nursery: trio.Nursery | None = None
 
     def open_packet(self, sid: str, websocket: bool) -> _eio.Packet:
         o = self.options
@@ -218,14 +245,16 @@ class Engine:
         ``received`` is what the client sent after the upgrade request.
         Errors caused by the peer close this connection only.
         """
+        assert self.nursery is not None
+        # Flush tasks run in the server's nursery: an idle WebSocket owns no nursery.
+        outbox = WebSocketOutbox(stream, self.nursery, self.options.outbox_limit)
+        protocol = WebSocketProtocol(self.options.max_payload)
         self.live_websockets += 1
         try:
-            async with trio.open_nursery() as nursery:
-                outbox = WebSocketOutbox(stream, nursery, self.options.outbox_limit)
-                protocol = WebSocketProtocol(self.options.max_payload)
-                await _WebSocketSession(self, stream, outbox, protocol).run(received, request, sid)
-                nursery.cancel_scope.cancel()
+            await _WebSocketSession(self, stream, outbox, protocol).run(received, request, sid)
         finally:
+            # The descriptor is about to close (and may be reused): never write to it again.
+            outbox.broken = True
             self.live_websockets -= 1
 
 
@@ -238,6 +267,7 @@ class _WebSocketSession:
         self.stream = stream
         self.outbox = outbox
         self.protocol = protocol
+        self.fd = stream.socket.fileno()
         self.session: EngineSession | None = None
         self.upgraded = False
         self.scope = trio.CancelScope()
@@ -306,10 +336,7 @@ class _WebSocketSession:
                         self._upgrade_step(packet)
                 if protocol.close_code is not None:
                     return "transport close"
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await receive_some(self.fd)
             if not data:
                 protocol.receive(None)
                 return "transport close"

@@ -52,6 +52,7 @@ class _HttpConnection:
         self.engine = engine
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.websocket: tuple[bytes, RequestInfo, str | None] | None = None
         try:
             peer = stream.socket.getpeername()
             self.address = peer[0] if isinstance(peer, tuple) else str(peer)
@@ -279,8 +280,8 @@ class _HttpConnection:
             ("Sec-WebSocket-Accept", accept_token(headers["sec-websocket-key"]))])
         await self.stream.send_all(self.conn.send(response) or b"")
         received, _ = self.conn.trailing_data
-        self.conn = None  # type: ignore[assignment]  # h11's part is over; free it
-        await self.engine.run_websocket(self.stream, received, info, sid)
+        # Served by handle_connection once this request's frames are gone.
+        self.websocket = (received, info, sid)
         return False
 
 
@@ -291,13 +292,15 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
     propagates.
     """
     try:
-        await _HttpConnection(engine, stream).serve()
+        http = _HttpConnection(engine, stream)
+        await http.serve()
+        websocket, http = http.websocket, None
+        if websocket is not None:
+            await engine.run_websocket(stream, *websocket)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except trio.TooSlowError:
         pass
     except Exception:
         logger.exception("connection handler failed")
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await stream.aclose()
+    # trio.serve_listeners closes the stream when this returns.

@@ -191,7 +191,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._timers.run)
                 await nursery.start(self._manager.run)
-                self._nursery = nursery
+                self._nursery = self._engine.nursery = nursery
                 self._engine.accepting = True
                 self.started_at = time.time()
                 self._accept_scope = trio.CancelScope()

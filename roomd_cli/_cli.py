@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from roomd import run_daemon
 from roomd._config import LOG_LEVELS, config_to_toml, load_config
 from roomd._errors import ConfigError, RoomdError
 
@@ -81,6 +80,8 @@ def serve(
     except ConfigError as e:
         click.echo(f"roomd: {e}", err=True)
         ctx.exit(EX_CONFIG)
+    from roomd import run_daemon  # the server and trio: imported only for serve
+
     try:
         status = run_daemon(config, overrides)
     except ConfigError as e:

@@ -1,0 +1,277 @@
+"""Drive the real ``roomd`` executable in subprocesses: the daemon, the CLI commands, ``tail``.
+
+- :func:`short_dir` makes a short directory under /tmp (unix socket paths must stay under
+  108 bytes, which pytest's tmp_path does not promise) and removes it afterwards.
+- :func:`roomd` runs one CLI command to completion (bounded) and returns a :class:`CliResult`.
+- :func:`running_daemon` starts ``roomd serve --port 0 --socket PATH`` (plus a config file when
+  given), waits for its "listening on HOST:PORT" and admin-socket log lines, and stops it on
+  exit with SIGTERM (SIGKILL after 5 s), by its PID.
+- :class:`Tail` runs ``roomd tail ...`` and reads its stdout lines with bounded waits;
+  :meth:`Tail.sync` makes sure its event tap is open before the test emits anything.
+
+Only processes started here are signalled, each by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Iterator, Sequence
+
+import trio
+
+ROOMD = str(Path(sys.executable).with_name("roomd"))
+LISTENING_RE = re.compile(r"listening on (\S+):(\d+)")
+PROBE = "__tail_probe__"
+
+
+@contextmanager
+def short_dir(prefix: str = "roomd-e2e-") -> Iterator[Path]:
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class CliResult:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:  # what an assertion message shows
+        return (f"roomd {' '.join(self.args)} -> {self.returncode}\n"
+                f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
+
+    def json(self):
+        assert self.returncode == 0, str(self)
+        return json.loads(self.stdout)
+
+
+async def roomd(*args: str, timeout: float = 15, env: dict | None = None,
+                prefix: Sequence[str] = ()) -> CliResult:
+    """Run ``roomd ARGS`` (after ``prefix``, e.g. setpriv) and return its outcome."""
+    with trio.fail_after(timeout):  # run_process kills the child when cancelled
+        done = await trio.run_process([*prefix, ROOMD, *args], capture_stdout=True,
+                                      capture_stderr=True, check=False, env=env,
+                                      stdin=subprocess.DEVNULL)
+    return CliResult(list(args), done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def admin_request(path: str, cmd: str, timeout: float = 5, **args) -> dict:
+    """One request over the admin socket's line-JSON protocol (no CLI start-up cost)."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await stream.send_all(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    raise ConnectionError(f"admin socket {path} closed without answering")
+                buf += chunk
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+@dataclass
+class Daemon:
+    proc: trio.Process
+    socket: str
+    log_path: Path
+    host: str
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def cli(self, *args: str, **kw) -> CliResult:
+        """``roomd --socket SOCKET ARGS``."""
+        return await roomd("--socket", self.socket, *args, **kw)
+
+    async def admin(self, cmd: str, **args) -> dict:
+        return await admin_request(self.socket, cmd, **args)
+
+
+async def wait_for_log(log_path: Path, pattern: str | re.Pattern, proc: trio.Process,
+                       timeout: float = 10) -> re.Match:
+    """Poll the log file until ``pattern`` appears; fail early if the process exits."""
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    with trio.fail_after(timeout):
+        while True:
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            match = regex.search(text)
+            if match:
+                return match
+            if proc.poll() is not None:
+                raise AssertionError(f"roomd exited with {proc.returncode} before "
+                                     f"{regex.pattern!r}:\n{text}")
+            await trio.sleep(0.02)
+
+
+async def stop(proc: trio.Process, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
+    """Signal our child by PID and wait (bounded) for it; SIGKILL if it does not exit."""
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.send_signal(sig)
+            with trio.move_on_after(timeout):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+    return proc.returncode
+
+
+@asynccontextmanager
+async def running_daemon(directory: Path, config: str | None = None, *,
+                         args: Sequence[str] = (), env: dict | None = None,
+                         command: Sequence[str] | None = None, **popen) -> AsyncIterator[Daemon]:
+    """``roomd serve --port 0 --socket DIR/admin.sock [--config DIR/roomd.toml] ARGS``.
+
+    ``command`` replaces the ``[ROOMD]`` prefix (a wrapper that execs roomd); extra keyword
+    arguments go to trio.open_process (``pass_fds``...). stderr (the log) goes to DIR/roomd.log.
+    """
+    sock = str(directory / "admin.sock")
+    argv = [*(command or [ROOMD]), "serve", "--socket", sock]
+    if "--port" not in args:
+        argv += ["--port", "0"]
+    if config is not None:
+        (directory / "roomd.toml").write_text(config)
+        argv += ["--config", str(directory / "roomd.toml")]
+    argv += list(args)
+    log_path = directory / "roomd.log"
+    full_env = dict(os.environ, **(env or {}))
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                 "JOURNAL_STREAM", "ROOMD_CONFIG", "ROOMD_SOCKET"):
+        if env is None or name not in env:
+            full_env.pop(name, None)
+    with open(log_path, "wb") as log_file:
+        proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
+                                                stdout=log_file, stderr=log_file,
+                                                env=full_env, **popen)
+    try:
+        match = await wait_for_log(log_path, LISTENING_RE, proc)
+        await wait_for_log(log_path, "admin socket listening on", proc)
+        yield Daemon(proc, sock, log_path, match.group(1), int(match.group(2)))
+    finally:
+        await stop(proc)
+        # shown by pytest when the test fails
+        print(f"--- roomd serve log (exit status {proc.returncode}):\n{log_path.read_text(errors='replace')}")
+
+
+class Tail:
+    """``roomd tail ARGS`` as a child process, its stdout read line by line."""
+
+    def __init__(self, proc: trio.Process, args: Sequence[str]) -> None:
+        self.proc = proc
+        self.args = list(args)
+        self.lines: list[str] = []  # every stdout line, probes included
+        self.stderr = b""
+        self._pending: list[str] = []
+        self._changed = trio.Event()
+        self.eof = False
+
+    async def _read_stdout(self) -> None:
+        buf = b""
+        while True:
+            chunk = await self.proc.stdout.receive_some(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                self.lines.append(text)
+                self._pending.append(text)
+                self._changed.set()
+                self._changed = trio.Event()
+        self.eof = True
+        self._changed.set()
+
+    async def _read_stderr(self) -> None:
+        while True:
+            chunk = await self.proc.stderr.receive_some(65536)
+            if not chunk:
+                break
+            self.stderr += chunk
+
+    async def line(self, timeout: float = 5) -> str:
+        """The next stdout line that is not a probe."""
+        with trio.fail_after(timeout):
+            while True:
+                while self._pending:
+                    text = self._pending.pop(0)
+                    if PROBE not in text:
+                        return text
+                if self.eof:
+                    raise AssertionError(f"roomd tail {self.args} ended: {self.stderr!r}")
+                await self._changed.wait()
+
+    async def no_line(self, wait: float = 0.3) -> None:
+        with trio.move_on_after(wait):
+            while True:
+                extra = [t for t in self._pending if PROBE not in t]
+                assert not extra, f"roomd tail {self.args} printed {extra}"
+                if self.eof:
+                    return
+                await self._changed.wait()
+
+    async def sync(self, socket: str, namespace: str = "/", room: str | None = None,
+                   event: str | None = None, timeout: float = 10) -> None:
+        """Emit probe events that match this tail's filters but reach no socket, until one
+        is printed: from then on the tail's event tap is open."""
+        rooms = [room] if room else [PROBE]
+        with trio.fail_after(timeout):
+            while True:
+                answer = await admin_request(socket, "emit", namespace=namespace,
+                                             event=event or PROBE, args=[PROBE], rooms=rooms,
+                                             **{"except": rooms})
+                assert answer == {"ok": True, "recipients": 0}, answer
+                with trio.move_on_after(0.25):
+                    while not any(PROBE in t for t in self.lines):
+                        if self.eof:
+                            raise AssertionError(f"roomd tail ended: {self.stderr!r}")
+                        await self._changed.wait()
+                    return
+
+    async def wait_exit(self, timeout: float = 5) -> int:
+        with trio.fail_after(timeout):
+            return await self.proc.wait()
+
+
+@asynccontextmanager
+async def tailing(socket: str, *args: str) -> AsyncIterator[Tail]:
+    """``async with tailing(sock, "/orders", "--room", "eu") as t:`` — stopped by PID on exit."""
+    argv = [ROOMD, "tail", *args, "--socket", socket]
+    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail = Tail(proc, args)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tail._read_stdout)
+            nursery.start_soon(tail._read_stderr)
+            try:
+                yield tail
+            finally:
+                await stop(proc)
+    finally:
+        await stop(proc)

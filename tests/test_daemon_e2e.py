@@ -1,0 +1,355 @@
+"""The real ``roomd`` executable, end to end: ``roomd serve`` in a subprocess (its own port and
+admin socket), stock clients (socket.io-client under node, python-socketio) connected to it, and
+the admin commands run as subprocesses against it: rooms/sockets/namespaces/status, tail, emit,
+disconnect; plus the no-daemon message, ``config check`` and the admin credential check."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+
+import pytest
+import trio
+
+from daemon_proc import ROOMD, roomd, running_daemon, short_dir, stop, tailing
+
+CONFIG = """\
+[limits]
+shutdown_grace = 3.0
+
+[[namespaces]]
+name = "/"
+
+[[namespaces]]
+name = "/orders"
+rooms = ["eu", "us", "asia", "eu-*"]
+"""
+
+TAIL_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (\S+) (.+) (\S+) (.*) -> (\d+)$")
+
+
+@pytest.fixture
+def tmpdir_short():
+    with short_dir() as path:
+        yield path
+
+
+def no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr, str(result)
+
+
+async def test_rooms_sockets_namespaces_status(tmpdir_short, node, py_client):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        n1 = await node.connect(d.url, "/orders", transports=["websocket"])
+        n2 = await node.connect(d.url, "/orders", transports=["polling"], force_new=True)
+        p = await py_client()
+        await p.connect(d.url, namespaces=["/", "/orders"])
+        assert await n1.emit_with_ack("join", ["eu", "us"]) == [{"rooms": sorted([n1.sid, "eu", "us"])}]
+        assert await n2.emit_with_ack("join", "eu") == [{"rooms": sorted([n2.sid, "eu"])}]
+        assert (await p.call("join", "lobby", namespace="/"))[0]["rooms"] == sorted([p.get_sid("/"), "lobby"])
+        # the relay refuses a room the namespace does not allow
+        assert await n2.emit_with_ack("join", "mars") == [{"error": "room 'mars' is not allowed in /orders"}]
+
+        js, table, members, orders, everything, status = await _gather(
+            d.cli("rooms", "list", "--json"),
+            d.cli("rooms", "list"),
+            d.cli("rooms", "list", "--members", "--json"),
+            roomd("rooms", "list", "orders", "--members", "--socket", d.socket),  # no leading slash
+            d.cli("rooms", "list", "--all", "--json"),
+            d.cli("status", "--json"),
+        )
+        for r in (js, table, members, orders, everything, status):
+            assert r.returncode == 0 and r.stderr == "", str(r)
+        assert js.json() == [
+            {"namespace": "/", "room": "lobby", "count": 1, "private": False},
+            {"namespace": "/orders", "room": "eu", "count": 2, "private": False},
+            {"namespace": "/orders", "room": "us", "count": 1, "private": False},
+        ]
+        assert table.stdout.splitlines() == [
+            "NAMESPACE  ROOM   MEMBERS",
+            "/          lobby  1",
+            "/orders    eu     2",
+            "/orders    us     1",
+        ]
+        assert {(r["room"], tuple(r["members"])) for r in members.json()} == {
+            ("lobby", (p.get_sid("/"),)), ("eu", tuple(sorted([n1.sid, n2.sid]))), ("us", (n1.sid,))}
+        lines = orders.stdout.splitlines()
+        assert lines[0].split() == ["NAMESPACE", "ROOM", "MEMBERS", "SOCKETS"]
+        assert [line.split() for line in lines[1:]] == [
+            ["/orders", "eu", "2", ",".join(sorted([n1.sid, n2.sid]))], ["/orders", "us", "1", n1.sid]]
+        private = {(r["namespace"], r["room"]) for r in everything.json() if r["private"]}
+        assert private == {("/", p.get_sid("/")), ("/orders", p.get_sid("/orders")),
+                           ("/orders", n1.sid), ("/orders", n2.sid)}
+
+        s = status.json()
+        assert s["listen"] == [f"127.0.0.1:{d.port}"] and s["pid"] == d.pid
+        assert (s["connections"], s["sockets"], s["namespaces"], s["rooms"]) == (3, 4, 2, 3)
+        assert s["version"] and s["uptime"] >= 0 and isinstance(s["events_total"], int)
+
+        eu_json, eu_table, ns_json, ns_table, st_table = await _gather(
+            d.cli("sockets", "list", "/orders", "--room", "eu", "--json"),
+            roomd("sockets", "list", "--room", "eu", "--socket", d.socket),
+            d.cli("namespaces", "list", "--json"),
+            d.cli("namespaces", "list"),
+            d.cli("status"),
+        )
+        eu = eu_json.json()
+        assert {s["id"]: s["transport"] for s in eu} == {n1.sid: "websocket", n2.sid: "polling"}
+        assert all(s["namespace"] == "/orders" and "eu" in s["rooms"] and
+                   s["address"] == "127.0.0.1" for s in eu)
+        rows = eu_table.stdout.splitlines()
+        assert rows[0].split() == ["ID", "NAMESPACE", "TRANSPORT", "ADDRESS", "CONNECTED", "ROOMS"]
+        assert sorted(line.split()[0] for line in rows[1:]) == sorted([n1.sid, n2.sid])
+        assert p.get_sid("/orders") not in eu_table.stdout
+        assert ns_json.json() == [{"name": "/", "sockets": 1, "rooms": 1},
+                                  {"name": "/orders", "sockets": 3, "rooms": 2}]
+        assert [line.split() for line in ns_table.stdout.splitlines()] == [
+            ["NAMESPACE", "SOCKETS", "ROOMS"], ["/", "1", "1"], ["/orders", "3", "2"]]
+        assert f"listen:      127.0.0.1:{d.port}" in st_table.stdout
+        assert re.search(r"^connections: 3$", st_table.stdout, re.M), st_table.stdout
+
+        # the listings follow leaves and disconnects
+        await n2.emit_with_ack("leave", "eu")
+        await n1.disconnect()
+        await p.call("leave", "lobby", namespace="/")
+        with trio.fail_after(5):
+            while (await d.admin("rooms"))["rooms"]:
+                await trio.sleep(0.02)
+        r1, r2 = await _gather(d.cli("rooms", "list"), d.cli("sockets", "list", "/orders", "--room", "eu"))
+        assert (r1.returncode, r1.stdout) == (0, "no rooms\n"), str(r1)
+        assert (r2.returncode, r2.stdout) == (0, "no sockets\n"), str(r2)
+
+
+async def test_tail_filters_and_daemon_going_away(tmpdir_short, node, py_client):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        a = await node.connect(d.url, "/orders")
+        b = await node.connect(d.url, "/orders", force_new=True)
+        await a.emit_with_ack("join", "eu")
+        await b.emit_with_ack("join", ["eu", "us"])
+        p = await py_client()
+        await p.connect(d.url, namespaces=["/"])
+        await p.call("join", "lobby", namespace="/")
+
+        async with tailing(d.socket) as everything, \
+                tailing(d.socket, "/orders") as orders, \
+                tailing(d.socket, "orders", "--room", "eu") as eu, \
+                tailing(d.socket, "--event", "created") as created, \
+                tailing(d.socket, "/orders", "--json") as js:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(everything.sync, d.socket)
+                nursery.start_soon(orders.sync, d.socket, "/orders")
+                nursery.start_soon(eu.sync, d.socket, "/orders", "eu")
+                nursery.start_soon(created.sync, d.socket, "/", None, "created")
+                nursery.start_soon(js.sync, d.socket, "/orders")
+
+            # 1. a client publishes to /orders eu (the relay: everyone in eu but the sender)
+            assert await a.emit_with_ack("publish", "eu", "created", {"id": 1}) == [{"recipients": 1}]
+            assert (await b.next_event("created")).args == [{"id": 1}]
+            e1 = await everything.line()
+            assert TAIL_LINE.match(e1), e1
+            assert e1.split(" ", 1)[1] == f'/orders eu !{a.sid} created {{"id":1}} -> 1'
+            # 2. roomd emit to /orders us
+            r = await d.cli("emit", "/orders", "shipped", '{"id": 2}', '"fast"', "--room", "us")
+            assert (r.returncode, r.stdout) == (0, "delivered to 1 socket\n"), str(r)
+            assert (await b.next_event("shipped")).args == [{"id": 2}, "fast"]
+            e2 = await everything.line()
+            assert e2.split(" ", 1)[1] == '/orders us shipped {"id":2},"fast" -> 1'
+            # 3. a client publishes in / to lobby (nobody else there)
+            assert await p.call("publish", "lobby", "created", "hello", namespace="/") == [{"recipients": 0}]
+            e3 = await everything.line()
+            assert e3.split(" ", 1)[1] == f'/ lobby !{p.get_sid("/")} created "hello" -> 0'
+            # 4. roomd emit to the whole of /
+            r = await d.cli("emit", "/", "created", "42", "--json")
+            assert (r.returncode, r.json()) == (0, {"recipients": 1}), str(r)
+            assert (await p.next_event("created", namespace="/")).args == [42]
+            e4 = await everything.line()
+            assert e4.split(" ", 1)[1] == "/ * created 42 -> 1"
+
+            assert [await orders.line(), await orders.line()] == [e1, e2]
+            assert await eu.line() == e1
+            assert [await created.line() for _ in range(3)] == [e1, e3, e4]
+            j1, j2 = [__import__("json").loads(await js.line()) for _ in range(2)]
+            assert {k: j1[k] for k in ("namespace", "rooms", "except", "event", "args", "recipients", "source")} == {
+                "namespace": "/orders", "rooms": ["eu"], "except": [a.sid], "event": "created",
+                "args": [{"id": 1}], "recipients": 1, "source": "client"}
+            assert (j2["event"], j2["args"], j2["source"]) == ("shipped", [{"id": 2}, "fast"], "admin")
+            for t in (everything, orders, eu, created, js):
+                await t.no_line(0.2 if t is everything else 0)
+
+            # Ctrl-C ends a tail quietly; SIGTERM by PID ends it too
+            assert await stop(created.proc, signal.SIGINT) == 0
+            assert created.stderr == b""
+            assert await stop(js.proc, signal.SIGTERM) == -signal.SIGTERM
+
+            # the daemon goes away: the tails say so and exit 1
+            assert await stop(d.proc) == 0
+            for t in (everything, orders, eu):
+                assert await t.wait_exit() == 1
+                assert t.stderr == b"roomd: daemon went away\n", t.stderr
+
+
+async def test_tail_daemon_killed(tmpdir_short):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        async with tailing(d.socket, "/orders") as t:
+            await t.sync(d.socket, "/orders")
+            assert await stop(d.proc, signal.SIGKILL) == -signal.SIGKILL
+            assert await t.wait_exit() == 1
+            assert t.stderr == b"roomd: daemon went away\n", t.stderr
+
+
+async def test_emit_reaches_exactly_the_right_clients(tmpdir_short, node, py_client):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        only_eu = await node.connect(d.url, "/orders")
+        eu_us = await node.connect(d.url, "/orders", force_new=True)
+        only_us = await node.connect(d.url, "/orders", force_new=True)
+        no_room = await node.connect(d.url, "/orders", force_new=True)
+        main_eu = await node.connect(d.url, "/")  # "eu" in / is not "eu" in /orders
+        py_eu = await py_client()
+        await py_eu.connect(d.url, namespaces=["/orders"])
+        await only_eu.emit_with_ack("join", "eu")
+        await eu_us.emit_with_ack("join", ["eu", "us"])
+        await only_us.emit_with_ack("join", "us")
+        await main_eu.emit_with_ack("join", "eu")
+        await py_eu.call("join", "eu", namespace="/orders")
+        everyone = [only_eu, eu_us, only_us, no_room, main_eu]
+
+        async def expect(result, received, what, args, py=False):
+            n = len(received) + py
+            assert result.returncode == 0, str(result)
+            assert result.stdout == f"delivered to {n} socket{'' if n == 1 else 's'}\n", str(result)
+            for s in received:
+                assert (await s.next_event(what)).args == args
+            if py:
+                assert (await py_eu.next_event(what, namespace="/orders")).args == args
+            await trio.sleep(0.3)
+            for s in everyone:  # nobody else, and no duplicates
+                await s.no_event(what, wait=0)
+            await py_eu.no_event(what, wait=0)
+
+        # --room eu --except us: eu members not in us
+        r = await d.cli("emit", "/orders", "e1", '{"a": [1, 2]}', "null", "--room", "eu", "--except", "us")
+        await expect(r, [only_eu], "e1", [{"a": [1, 2]}, None], py=True)
+        # two rooms: the union, each socket once
+        r = await d.cli("emit", "orders", "e2", '"x"', "--room", "eu", "--room", "us")
+        await expect(r, [only_eu, eu_us, only_us], "e2", ["x"], py=True)
+        # the whole namespace except a room
+        r = await d.cli("emit", "/orders", "e3", "--except", "eu")
+        await expect(r, [only_us, no_room], "e3", [])
+        # another namespace
+        r = await d.cli("emit", "/", "e4", "true", "--room", "eu")
+        await expect(r, [main_eu], "e4", [True])
+        # a room nobody is in
+        r = await d.cli("emit", "/orders", "e5", "--room", "asia")
+        await expect(r, [], "e5", [])
+
+        # errors: one line, exit 1 (bad JSON is a usage error, exit 2)
+        r = await d.cli("emit", "orders", "e6", "hello")
+        assert r.returncode == 2 and "'hello' is not valid JSON" in r.stderr, str(r)
+        r = await d.cli("emit", "/orders", "connect", "1")
+        assert r.returncode == 1 and r.stderr.startswith("roomd: ") and len(r.stderr.splitlines()) == 1, str(r)
+        no_traceback(r)
+
+
+async def test_disconnect_drops_exactly_that_socket(tmpdir_short, node, py_client):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        main = await node.connect(d.url, "/")
+        orders = await node.connect(d.url, "/orders")  # multiplexed on main's connection
+        other = await node.connect(d.url, "/", force_new=True)
+        p = await py_client()
+        await p.connect(d.url, namespaces=["/", "/orders"])
+        assert main.sid != orders.sid
+
+        r = await d.cli("disconnect", orders.sid)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"disconnected {orders.sid}\n", ""), str(r)
+        assert (await orders.next_event("disconnect")).args == ["io server disconnect"]
+        for s in (main, other):
+            await s.no_event("disconnect", wait=0.2)
+            assert await s.is_connected()
+        await p.no_event("disconnect", wait=0)
+        # the other namespace of the same connection still works
+        assert await main.emit_with_ack("join", "r") == [{"rooms": sorted([main.sid, "r"])}]
+
+        sid = p.get_sid("/orders")
+        r = await roomd("disconnect", sid, "--json", "--socket", d.socket)
+        assert (r.returncode, r.json()) == (0, {"disconnected": True, "id": sid}), str(r)
+        ev = await p.next_event("disconnect", namespace="/orders")
+        assert ev.args == ["server disconnect"]  # python-socketio's name for a DISCONNECT packet
+        await p.no_event("disconnect", namespace="/", wait=0.2)
+        assert p.get_sid("/") is not None
+
+        listed = (await d.cli("sockets", "list", "--json")).json()
+        assert sorted(s["id"] for s in listed) == sorted([main.sid, other.sid, p.get_sid("/")])
+
+        r = await d.cli("disconnect", "no-such-sid")
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", "roomd: no socket with id 'no-such-sid'\n"), str(r)
+
+
+async def test_no_daemon(tmpdir_short):
+    missing = "/tmp/nonexistent.sock"
+    stale = str(tmpdir_short / "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(stale)  # a socket file nobody listens on: a crashed daemon's leftover
+    s.close()
+    results = await _gather(
+        roomd("status", "--socket", missing),
+        roomd("--socket", missing, "rooms", "list", "--json"),
+        roomd("tail", "/orders", "--socket", missing),
+        roomd("status", "--socket", stale),
+        roomd("emit", "/", "x", env=dict(os.environ, ROOMD_SOCKET=stale)),
+    )
+    for r, path in zip(results, [missing, missing, missing, stale, stale]):
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"roomd: no roomd daemon answering on {path}\n"), str(r)
+
+
+async def test_config_check_and_serve_reject_bad_files(tmpdir_short):
+    misspelt = tmpdir_short / "misspelt.toml"
+    misspelt.write_text('[server]\nport = 4000\n\n[[namespaces]]\nname = "/orders"\nclient_joins = true\n')
+    wrong_type = tmpdir_short / "wrong-type.toml"
+    wrong_type.write_text('[limits]\nshutdown_grace = "5s"\n')
+    good = tmpdir_short / "good.toml"
+    good.write_text(CONFIG)
+    bad1, bad2, ok, serve_bad = await _gather(
+        roomd("config", "check", str(misspelt)),
+        roomd("config", "check", str(wrong_type)),
+        roomd("config", "check", str(good)),
+        roomd("serve", "--config", str(misspelt), "--socket", str(tmpdir_short / "x.sock")),
+    )
+    assert (bad1.returncode, bad1.stdout, bad1.stderr) == (
+        1, "", f"roomd: unknown key 'namespaces[0].client_joins' in {misspelt}\n"), str(bad1)
+    assert (bad2.returncode, bad2.stdout, bad2.stderr) == (
+        1, "", "roomd: limits.shutdown_grace must be a number, got string\n"), str(bad2)
+    assert ok.returncode == 0 and 'rooms = ["eu", "us", "asia", "eu-*"]' in ok.stdout, str(ok)
+    assert (serve_bad.returncode, serve_bad.stderr) == (
+        78, f"roomd: unknown key 'namespaces[0].client_joins' in {misspelt}\n"), str(serve_bad)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run roomd as another uid")
+async def test_admin_socket_refuses_another_uid(tmpdir_short):
+    os.chmod(tmpdir_short, 0o711)
+    async with running_daemon(tmpdir_short) as d:
+        # Open the file mode so that only the credential check stands in the way.
+        os.chmod(d.socket, 0o666)
+        nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        r = await roomd("status", "--socket", d.socket, prefix=nobody)
+        assert (r.returncode, r.stdout, r.stderr) == (
+            1, "", "roomd: permission denied: uid 65534 may not use this admin socket\n"), str(r)
+        assert "admin socket: refused pid" in d.log() and "uid 65534" in d.log()
+        r = await d.cli("status", "--json")  # its own uid still gets in
+        assert r.returncode == 0 and r.json()["pid"] == d.pid
+
+
+async def _gather(*coros):
+    """Run the coroutines concurrently; return their results in order."""
+    results: list = [None] * len(coros)
+
+    async def one(i, coro):
+        results[i] = await coro
+
+    async with trio.open_nursery() as nursery:
+        for i, coro in enumerate(coros):
+            nursery.start_soon(one, i, coro)
+    return results
