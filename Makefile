@@ -2,6 +2,8 @@
 #   make install   .venv with roomd editable + test extras; npm packages for tests/node
 #   make test      install, then pytest (fails when no test is collected: pytest exits 5)
 #   make serve     install, then `roomd serve $(ARGS)`, e.g. make serve ARGS='--port 3001'
+#   make bench     install, then run the yardstick (../shared/bench) with roomd,
+#                  Node.js socket.io and python-socketio (docs/performance.md)
 #   make clean     remove .venv, node_modules, stamps and caches
 # Stamp files make repeated runs fast; they are redone when their inputs change.
 
@@ -16,7 +18,7 @@ PY_STAMP   := $(VENV)/.install.stamp
 NODE_STAMP := $(NODE_DIR)/node_modules/.install.stamp
 NODE_LOCK  := $(wildcard $(NODE_DIR)/package-lock.json)
 
-.PHONY: all install test serve clean
+.PHONY: all install test serve bench clean
 .DEFAULT_GOAL := test
 
 all: test
@@ -43,6 +45,9 @@ test: install
 
 serve: install
 	$(BIN)/roomd serve $(ARGS)
+
+bench: install
+	bench/run.sh
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .hypothesis build *.egg-info

@@ -27,6 +27,8 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
 
 
 def _room_names(rooms: tuple[str | Iterable[str], ...]) -> frozenset[str]:
+    if len(rooms) == 1 and type(rooms[0]) is str:
+        return frozenset(rooms)
     names: set[str] = set()
     for room in rooms:
         if isinstance(room, str):

@@ -22,7 +22,7 @@ import trio
 
 from . import _eio
 from ._errors import ProtocolError
-from ._outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox
+from ._outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
 from ._timers import Timers
 from ._websocket import WebSocketProtocol
 from ._wsframe import encode_frames
@@ -212,6 +212,7 @@ class Engine:
         self.accepting = True
         self.live_websockets = 0
         self.nursery: trio.Nursery | None = None
+        self.write_batch = WriteBatch()
 
     def open_packet(self, sid: str, websocket: bool) -> _eio.Packet:
         o = self.options
@@ -247,7 +248,8 @@ class Engine:
         """
         assert self.nursery is not None
         # Flush tasks run in the server's nursery: an idle WebSocket owns no nursery.
-        outbox = WebSocketOutbox(stream, self.nursery, self.options.outbox_limit)
+        outbox = WebSocketOutbox(stream, self.nursery, self.options.outbox_limit,
+                                 self.write_batch)
         protocol = WebSocketProtocol(self.options.max_payload)
         self.live_websockets += 1
         try:

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from ._outbox import OutgoingMessage
+from ._outbox import OutgoingMessage, WriteBatch
 
 logger = logging.getLogger("roomd")
 
@@ -85,7 +85,9 @@ class RoomManager:
     manager stopped raise ``trio.ClosedResourceError``.
     """
 
-    def __init__(self, slow_consumer: str = "disconnect") -> None:
+    def __init__(self, slow_consumer: str = "disconnect",
+                 write_batch: WriteBatch | None = None) -> None:
+        self._batch = write_batch or WriteBatch()
         self._send, self._receive = trio.open_memory_channel[tuple](COMMAND_QUEUE)
         self._namespaces: dict[str, _NamespaceState] = {}
         self._taps: list[trio.MemorySendChannel[dict]] = []
@@ -100,8 +102,25 @@ class RoomManager:
         """
         task_status.started()
         try:
-            async for command in self._receive:
-                self._execute(*command)
+            receive = self._receive
+            async for command in receive:
+                if not receive.statistics().current_buffer_used:
+                    self._execute(*command)
+                    del command  # a departed socket must not stay alive until the next one
+                    continue
+                # A backlog: run it all, then write once per socket.
+                self._batch.open = True
+                try:
+                    self._execute(*command)
+                    while True:
+                        try:
+                            command = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        self._execute(*command)
+                finally:
+                    self._batch.close()
+                del command
         finally:
             # Commands are synchronous: finish the ones already queued so that
             # no caller waits forever for a stopped manager.
@@ -128,9 +147,17 @@ class RoomManager:
             reply.done.set()
 
     async def cast(self, function: Callable[..., Any], *args: Any) -> None:
-        """Queue a command; a stopped manager runs it at once."""
+        """Queue a command; a stopped manager runs it at once.
+
+        Yields only when the command queue is full (backpressure): an emit
+        need not cost its task a trip through the scheduler.
+        """
+        command = (function, args, None)
         try:
-            await self._send.send((function, args, None))
+            try:
+                self._send.send_nowait(command)
+            except trio.WouldBlock:
+                await self._send.send(command)
         except trio.ClosedResourceError:
             self._execute(function, args, None)
 

@@ -63,8 +63,8 @@ class Server:
             max_connections=int(max_connections), transports=tuple(transports))
         self.connect_timeout = float(connect_timeout)
         self._timers = Timers()
-        self._manager = RoomManager(slow_consumer)
         self._engine = Engine(self.options, self._timers, self._on_session)
+        self._manager = RoomManager(slow_consumer, self._engine.write_batch)
         self._namespaces: dict[str, Namespace] = {"/": Namespace(self, "/")}
         self._families: list[NamespaceFamily] = []
         self._connections: dict[str, Connection] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from types import CoroutineType
 import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ Handler = Callable[..., Any]
 async def call_handler(handler: Handler, *args: Any) -> Any:
     """Call a sync or async handler and return its result."""
     result = handler(*args)
-    if inspect.isawaitable(result):
+    if type(result) is CoroutineType or inspect.isawaitable(result):
         result = await result
     return result
 
@@ -192,7 +193,8 @@ class Socket:
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """The rooms' sockets except this one."""
-        return self._operator().to(*rooms)
+        return BroadcastOperator(self._server, self.namespace._target_names,
+                                 _room_names(rooms), frozenset((self.id,)))
 
     in_ = to
 

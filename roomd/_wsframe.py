@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["encode_text_frame", "encode_binary_frame", "encode_frames"]
+__all__ = ["encode_text_frame", "encode_binary_frame", "encode_frames", "frame_header"]
 
 _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
@@ -24,7 +24,7 @@ _pack16 = struct.Struct("!BBH").pack
 _pack64 = struct.Struct("!BBQ").pack
 
 
-def _header(first: int, length: int) -> bytes:
+def frame_header(first: int, length: int) -> bytes:
     if length < 126:
         return bytes((first, length))
     if length < 0x10000:
@@ -40,14 +40,14 @@ def encode_text_frame(payload: str | bytes) -> bytes:
     """
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
-    return _header(_FIN_TEXT, len(payload)) + payload
+    return frame_header(_FIN_TEXT, len(payload)) + payload
 
 
 def encode_binary_frame(payload: bytes) -> bytes:
     """One unmasked binary frame (opcode 2, FIN) holding payload."""
     if type(payload) is not bytes:
         payload = bytes(payload)
-    return _header(_FIN_BINARY, len(payload)) + payload
+    return frame_header(_FIN_BINARY, len(payload)) + payload
 
 
 def encode_frames(parts: list[str | bytes]) -> bytes:
@@ -67,6 +67,6 @@ def encode_frames(parts: list[str | bytes]) -> bytes:
             if type(part) is not bytes:
                 part = bytes(part)
             first = _FIN_BINARY
-        append(_header(first, len(part)))
+        append(frame_header(first, len(part)))
         append(part)
     return b"".join(chunks)
