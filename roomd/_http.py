@@ -9,6 +9,7 @@ of :func:`handle_connection`.
 
 from __future__ import annotations
 
+import http
 import json
 import logging
 import time
@@ -112,7 +113,8 @@ class _HttpConnection:
         status = exc.error_status_hint or 400
         body = json.dumps({"code": BAD_REQUEST[0], "message": BAD_REQUEST[1]}).encode()
         # h11 refuses to send once the peer's side is broken; write by hand.
-        head = (f"HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\n"
+        head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+                f"Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         try:
             await self.stream.send_all(head + body)

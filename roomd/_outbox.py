@@ -99,10 +99,6 @@ class WebSocketOutbox:
         self._drained: trio.Event | None = None
         self.broken = False
 
-    @property
-    def idle(self) -> bool:
-        return not self._flushing
-
     def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
         return self.put_bytes(message.ws_frames, volatile)
 
@@ -180,10 +176,6 @@ class PollingOutbox:
         self._limit = limit
         self._queue: collections.deque[str | bytes] = collections.deque()
         self._wakeup = trio.Event()
-
-    @property
-    def idle(self) -> bool:
-        return not self._queue
 
     def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
         if volatile and self._queue:
