@@ -7,7 +7,6 @@ An operator is immutable: each chained call returns a new one, so
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +127,7 @@ class BroadcastOperator:
                     volatile=self._volatile, tap=server._tap_record(event, args, "server"),
                     wait=True)
                 collector.expect(member.id for member in recipients or ())
-                with trio.move_on_after(timeout if math.isfinite(timeout) else math.inf):
+                with trio.move_on_after(timeout):
                     await collector.complete.wait()
                 replies.extend(collector.replies.values())
                 if not collector.complete.is_set():
