@@ -15,21 +15,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._broadcast import BroadcastOperator
-    from ._daemon import run_daemon
-    from ._errors import (AckTimeout, AdminError, ConfigError, ConnectRefused, ProtocolError,
-                          RoomdError)
-    from ._namespace import Namespace, NamespaceFamily
-    from ._server import VERSION as __version__
-    from ._server import Server
-    from ._socket import Handshake, Socket
+    from ._errors import (
+        AckTimeout,
+        AdminError,
+        ConfigError,
+        ConnectRefused,
+        ProtocolError,
+        RoomdError,
+    )
+    from .api.broadcast import BroadcastOperator
+    from .api.namespace import Namespace, NamespaceFamily
+    from .api.server import VERSION as __version__
+    from .api.server import Server
+    from .api.socket import Handshake, Socket
+    from .ops.daemon import run_daemon
 
 _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
     "ConnectRefused": "_errors", "ProtocolError": "_errors", "RoomdError": "_errors",
-    "BroadcastOperator": "_broadcast", "run_daemon": "_daemon",
-    "Namespace": "_namespace", "NamespaceFamily": "_namespace",
-    "Server": "_server", "__version__": "_server", "Handshake": "_socket", "Socket": "_socket",
+    "BroadcastOperator": "api.broadcast", "run_daemon": "ops.daemon",
+    "Namespace": "api.namespace", "NamespaceFamily": "api.namespace",
+    "Server": "api.server", "__version__": "api.server", "Handshake": "api.socket", "Socket": "api.socket",
 }
 
 __all__ = [

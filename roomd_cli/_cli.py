@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from roomd._config import LOG_LEVELS, config_to_toml, load_config
 from roomd._errors import ConfigError, RoomdError
+from roomd.ops.config import LOG_LEVELS, config_to_toml, load_config
 
 from ._admin_cmds import COMMANDS
 from ._common import RoomdGroup, State
@@ -109,7 +109,7 @@ def config_check(path: str | None) -> None:
     """
     cfg = load_config(path, {})
     if cfg.admin.group is not None:
-        from roomd._admin import resolve_group
+        from roomd.ops.admin import resolve_group
 
         resolve_group(cfg.admin.group)
     click.echo(config_to_toml(cfg), nl=False)
@@ -120,11 +120,11 @@ def unit_file_text() -> str:
     try:
         import importlib.resources
 
-        return importlib.resources.files("roomd").joinpath("roomd.service").read_text()
+        return importlib.resources.files("roomd.ops").joinpath("roomd.service").read_text()
     except (FileNotFoundError, ModuleNotFoundError, TypeError):
-        import roomd._config
+        import roomd.ops.config
 
-        return Path(roomd._config.__file__).with_name("roomd.service").read_text()
+        return Path(roomd.ops.config.__file__).with_name("roomd.service").read_text()
 
 
 @cli.command("unit-file", short_help="Print the hardened systemd unit.")

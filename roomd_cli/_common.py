@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from roomd._admin_proto import AdminClient, client_socket_path
-from roomd._config import load_config
 from roomd._errors import RoomdError
+from roomd.ops.admin_proto import AdminClient, client_socket_path
+from roomd.ops.config import load_config
 
 
 @dataclass

@@ -26,7 +26,6 @@ import struct
 import sys
 
 import trio
-
 from harness import HOST, build_request, read_ws_frame, ws_frame
 
 ROOMS = [f"room{i}" for i in range(40)]
@@ -48,7 +47,7 @@ class RawClient:
 
     @classmethod
     async def connect(cls, port: int, *, rcvbuf: int | None = None,
-                      timeout: float = 10) -> "RawClient":
+                      timeout: float = 10) -> RawClient:
         """Upgrade to WebSocket and read the Engine.IO open packet. ``rcvbuf`` sets a small
         SO_RCVBUF before connecting (a client that fills up quickly when it stops reading)."""
         sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)

@@ -22,10 +22,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator, Sequence
 
 import trio
 

@@ -16,8 +16,9 @@ Namespace-level handler: ``/orders`` ``place`` is answered as ``("placed", socke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import trio
 

@@ -21,10 +21,11 @@ import shutil
 import struct
 import subprocess
 import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import trio
 
@@ -168,7 +169,7 @@ def _matcher(name: str | None, **attrs: Any) -> Callable[[Received], bool]:
 class NodeSocket:
     """A socket of a :class:`NodeClient`; methods forward to the client with this handle."""
 
-    client: "NodeClient"
+    client: NodeClient
     handle: str
     sid: str
     namespace: str
@@ -230,7 +231,7 @@ class NodeClient:
         self._send_lock = trio.Lock()
         self._dead: str | None = None
 
-    async def __aenter__(self) -> "NodeClient":
+    async def __aenter__(self) -> NodeClient:
         self._cm = self._run()
         return await self._cm.__aenter__()
 
@@ -239,7 +240,7 @@ class NodeClient:
         return await cm.__aexit__(*exc)
 
     @asynccontextmanager
-    async def _run(self) -> AsyncIterator["NodeClient"]:
+    async def _run(self) -> AsyncIterator[NodeClient]:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not on PATH")
@@ -494,7 +495,7 @@ class PyClient:
         self._token: trio.lowlevel.TrioToken | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def __aenter__(self) -> "PyClient":
+    async def __aenter__(self) -> PyClient:
         self._token = trio.lowlevel.current_trio_token()
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -625,7 +626,7 @@ class PyClient:
             await self.sio.emit(event, data=tuple(args), namespace=namespace, callback=cb)
             try:
                 return await asyncio.wait_for(got, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AckTimeout(f"no ack for {event!r} within {timeout} s") from None
 
         return await self._call(go(), timeout + 2)

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import struct
 import sys
 import tempfile
 import textwrap
-import shutil
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from roomd._admin import serve_admin
-from roomd._admin_proto import AdminClient, PEERCRED_FORMAT, peer_allowed, preview_args, unpack_peercred
 from roomd._errors import AdminError, RoomdError
+from roomd.ops.admin import serve_admin
+from roomd.ops.admin_proto import (
+    PEERCRED_FORMAT,
+    AdminClient,
+    peer_allowed,
+    preview_args,
+    unpack_peercred,
+)
 
 
 class FakeBackend:
@@ -358,7 +364,7 @@ CLIENT_AS_NOBODY_WITH_ADMINCLIENT = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, ".")
-    from roomd._admin_proto import AdminClient
+    from roomd.ops.admin_proto import AdminClient
     from roomd._errors import AdminError
     try:
         AdminClient(sys.argv[1]).request("ping")

@@ -18,12 +18,12 @@ import sys
 
 import pytest
 import trio
-
-import roomd
 from churn_client import NAMESPACES, RawClient
 from harness import TESTS_DIR
-from roomd._config import NamespaceConfig
-from roomd._relay import RelayApp
+
+import roomd
+from roomd.apps.relay import RelayApp
+from roomd.ops.config import NamespaceConfig
 
 
 def rss_bytes() -> int:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
+from test_admin import FakeBackend, running
 
 from roomd_cli import cli
-from test_admin import FakeBackend, running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,7 +123,7 @@ def test_unit_file():
 
 
 def test_shipped_unit_files_are_identical():
-    assert (ROOT / "dist" / "roomd.service").read_text() == (ROOT / "roomd" / "roomd.service").read_text()
+    assert (ROOT / "dist" / "roomd.service").read_text() == (ROOT / "roomd" / "ops" / "roomd.service").read_text()
 
 
 async def cli_in_thread(*args: str):

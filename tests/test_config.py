@@ -6,14 +6,14 @@ import dataclasses
 
 import pytest
 
-from roomd._config import (
+from roomd._errors import ConfigError
+from roomd.ops.config import (
     Config,
     NamespaceConfig,
     config_to_toml,
     default_admin_socket,
     load_config,
 )
-from roomd._errors import ConfigError
 
 
 def write(tmp_path, text: str) -> str:

@@ -13,8 +13,7 @@ import socket
 
 import pytest
 import trio
-
-from daemon_proc import ROOMD, roomd, running_daemon, short_dir, stop, tailing
+from daemon_proc import roomd, running_daemon, short_dir, stop, tailing
 
 CONFIG = """\
 [limits]

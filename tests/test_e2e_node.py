@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import trio
-
 from e2e_app import healthy_round_trip, make_app
 from harness import ConnectError
 

@@ -1,4 +1,4 @@
-"""Table and property tests for the Engine.IO v4 codec (roomd._eio)."""
+"""Table and property tests for the Engine.IO v4 codec (roomd.protocol.eio)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomd._eio import (
+from roomd._errors import ProtocolError, RoomdError
+from roomd.protocol.eio import (
     Packet,
     PacketType,
     decode_packet,
@@ -18,7 +19,6 @@ from roomd._eio import (
     encode_packet,
     encode_payload,
 )
-from roomd._errors import ProtocolError, RoomdError
 
 T = PacketType
 OPEN_JSON = '{"sid":"abc","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}'

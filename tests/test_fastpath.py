@@ -9,10 +9,10 @@ a socket closing in the middle of a burst must cost nobody else anything.
 from __future__ import annotations
 
 import trio
+from churn_client import RawClient
 
 import roomd
-from churn_client import RawClient
-from roomd._outbox import WriteBatch
+from roomd.transport.outbox import WriteBatch
 
 WS = ["websocket"]
 BURST = 300

@@ -12,16 +12,22 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 
 import h11
 import pytest
 import trio
-
 from e2e_app import make_app
-from harness import (ConnectError, HarnessError, build_request, http_request, open_raw_ws,
-                     raw_ws_upgrade, read_ws_frame, ws_frame)
+from harness import (
+    ConnectError,
+    HarnessError,
+    build_request,
+    http_request,
+    open_raw_ws,
+    raw_ws_upgrade,
+    read_ws_frame,
+    ws_frame,
+)
 
 EIO = "/socket.io/?EIO=4"
 MAX_PAYLOAD = 1_000_000

@@ -14,11 +14,17 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
-
 from e2e_app import make_app
-from harness import (NoResponse, build_request, http_request, open_raw_ws, raw_http,
-                     raw_ws_upgrade, read_ws_frame, ws_frame)
+from harness import (
+    NoResponse,
+    build_request,
+    http_request,
+    open_raw_ws,
+    raw_http,
+    raw_ws_upgrade,
+    read_ws_frame,
+    ws_frame,
+)
 
 EIO = "/socket.io/?EIO=4"
 

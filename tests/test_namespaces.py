@@ -11,10 +11,10 @@ import re
 
 import pytest
 import trio
-
-import roomd
 from harness import AckTimeout, ConnectError
 from rooms_app import RoomsApp, count, make_server
+
+import roomd
 
 WS = ["websocket"]
 

@@ -2,7 +2,7 @@
 
 Client events ``join`` / ``leave`` (acked ``{"rooms": [...]}``) and ``publish`` (acked
 ``{"recipients": N}``), and every refusal as an ``{"error": "..."}`` ack, never silence.
-The policies are the configuration's: ``roomd._config.NamespaceConfig``, read from the TOML
+The policies are the configuration's: ``roomd.ops.config.NamespaceConfig``, read from the TOML
 form of issue 3.
 """
 
@@ -11,13 +11,12 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-import trio
-
-import roomd
-from roomd._config import Config, NamespaceConfig, load_config
-from roomd._relay import MAX_ROOM_NAME, MAX_ROOMS_PER_REQUEST, RelayApp
 from harness import ConnectError
 from rooms_app import count
+
+import roomd
+from roomd.apps.relay import MAX_ROOM_NAME, MAX_ROOMS_PER_REQUEST, RelayApp
+from roomd.ops.config import Config, NamespaceConfig, load_config
 
 WS = ["websocket"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import trio
-
-import roomd
 from churn_client import RawClient
 from rooms_app import count, make_server
+
+import roomd
 
 WS = ["websocket"]
 

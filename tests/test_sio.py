@@ -1,4 +1,4 @@
-"""Table and property tests for the Socket.IO v5 codec (roomd._sio)."""
+"""Table and property tests for the Socket.IO v5 codec (roomd.protocol.sio)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roomd._errors import ProtocolError
-from roomd._sio import Decoder, Packet, PacketType, encode, encode_event
+from roomd.protocol.sio import Decoder, Packet, PacketType, encode, encode_event
 
 T = PacketType
 PH0 = '{"_placeholder":true,"num":0}'

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import trio
 
-from roomd import _systemd
 from roomd._errors import ConfigError
+from roomd.ops import systemd as _systemd
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_listen_fds_takes_the_passed_socket():
         os.close({listener.fileno()})
         os.environ["LISTEN_PID"] = str(os.getpid())
         os.environ["LISTEN_FDS"] = "1"
-        from roomd._systemd import listen_fds
+        from roomd.ops.systemd import listen_fds
         socks = listen_fds()
         assert "LISTEN_FDS" not in os.environ
         assert len(socks) == 1
@@ -171,7 +171,7 @@ def test_listen_fds_rejects_a_non_socket():
         os.dup2(r, 3)
         os.environ["LISTEN_PID"] = str(os.getpid())
         os.environ["LISTEN_FDS"] = "1"
-        from roomd._systemd import listen_fds
+        from roomd.ops.systemd import listen_fds
         from roomd._errors import ConfigError
         try:
             listen_fds()
@@ -202,7 +202,7 @@ def _log_in_child(env_extra: dict[str, str], journal: bool) -> str:
         if {journal!r}:
             st = os.fstat(2)
             os.environ["JOURNAL_STREAM"] = f"{{st.st_dev}}:{{st.st_ino}}"
-        from roomd._systemd import setup_logging
+        from roomd.ops.systemd import setup_logging
         log = setup_logging("info")
         setup_logging("info")  # again: still one handler
         log.debug("hidden")

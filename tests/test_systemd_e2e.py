@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-
 from daemon_proc import ROOMD, running_daemon, short_dir, stop
 
 # Socket activation needs LISTEN_PID to be the daemon's own pid, known only in the child:

@@ -1,4 +1,4 @@
-"""The server-side WebSocket protocol (roomd._websocket), checked against wsproto.
+"""The server-side WebSocket protocol (roomd.protocol.websocket), checked against wsproto.
 
 Client frames are built by wsproto's client-side FrameProtocol (masked, as a
 browser sends them) or, for frames wsproto refuses to build, by ``raw``.
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from roomd._websocket import WebSocketProtocol, accept_token, close_frame, handshake_error
+from roomd.protocol.websocket import WebSocketProtocol, accept_token, close_frame, handshake_error
 
 MAX = 1 << 20
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="

@@ -1,4 +1,4 @@
-"""WebSocket frame encoding (roomd._wsframe), checked against wsproto."""
+"""WebSocket frame encoding (roomd.protocol.wsframe), checked against wsproto."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from roomd import _eio, _sio
-from roomd._wsframe import encode_binary_frame, encode_frames, encode_text_frame
+from roomd.protocol import eio as _eio
+from roomd.protocol import sio as _sio
+from roomd.protocol.wsframe import encode_binary_frame, encode_frames, encode_text_frame
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 

@@ -18,11 +18,11 @@ import urllib.parse
 import h11
 import trio
 
-from . import _eio
-from ._engine import Engine, EngineSession, RequestInfo
-from ._errors import ProtocolError
-from ._outbox import PollingOutbox
-from ._websocket import accept_token, handshake_error
+from .._errors import ProtocolError
+from ..protocol import eio
+from ..protocol.websocket import accept_token, handshake_error
+from .engine import Engine, EngineSession, RequestInfo
+from .outbox import PollingOutbox
 
 logger = logging.getLogger("roomd")
 
@@ -211,7 +211,7 @@ class _HttpConnection:
         if not self.engine.accepting or self.engine.full():
             raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
         session = self.engine.new_session("polling", info)
-        payload = _eio.encode_payload([self.engine.open_packet(session.sid, websocket=False)])
+        payload = eio.encode_payload([self.engine.open_packet(session.sid, websocket=False)])
         await self.respond(200, payload.encode(), "text/plain; charset=UTF-8", cors)
 
     async def _poll(self, session: EngineSession, cors: list[tuple[str, str]]) -> None:
@@ -226,12 +226,12 @@ class _HttpConnection:
                 await outbox.wait()
             if session.noop_pending or session.transport != "polling":
                 session.noop_pending = False
-                packets = [_eio.Packet(_eio.PacketType.NOOP)]
+                packets = [eio.Packet(eio.PacketType.NOOP)]
             else:
                 packets = outbox.take(self.engine.options.max_payload)
         finally:
             session.poll_pending = False
-        body = _eio.encode_payload(packets).encode()
+        body = eio.encode_payload(packets).encode()
         await self.respond(200, body, "text/plain; charset=UTF-8", cors)
 
     async def _post(self, session: EngineSession, headers: dict[str, str],
@@ -251,7 +251,7 @@ class _HttpConnection:
                 session.close("transport error")
                 raise _Refusal(413, BAD_REQUEST, "payload over maxPayload")
             try:
-                for packet in _eio.decode_payload(body.decode("utf-8")):
+                for packet in eio.decode_payload(body.decode("utf-8")):
                     await session.receive(packet)
             except (ProtocolError, UnicodeDecodeError) as exc:
                 logger.warning("session %s: closing on malformed payload: %s", session.sid, exc)

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _sio
-from ._errors import AckTimeout, RoomdError
-from ._outbox import OutgoingMessage
-from ._rooms import Target
+from .._errors import AckTimeout, RoomdError
+from ..protocol import sio
+from ..rooms.manager import Target
+from ..transport.outbox import OutgoingMessage
 
 if TYPE_CHECKING:
-    from ._server import Server
-    from ._socket import Socket
+    from .server import Server
+    from .socket import Socket
 
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
                              "newListener", "removeListener"})
@@ -44,7 +44,7 @@ def encode_event(namespace: str, event: str, args: tuple, ack_id: int | None = N
         raise TypeError("the event name must be a string")
     if event in RESERVED_EVENTS:
         raise RoomdError(f"{event!r} is a reserved event name")
-    return OutgoingMessage(_sio.encode_event(namespace, [event, *args], ack_id))
+    return OutgoingMessage(sio.encode_event(namespace, [event, *args], ack_id))
 
 
 class BroadcastOperator:

@@ -20,7 +20,7 @@ import base64
 import binascii
 import hashlib
 
-from ._wsframe import frame_header
+from .wsframe import frame_header
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -20,12 +20,12 @@ from typing import Protocol
 
 import trio
 
-from . import _eio
-from ._errors import ProtocolError
-from ._outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
-from ._timers import Timers
-from ._websocket import WebSocketProtocol
-from ._wsframe import encode_frames
+from .._errors import ProtocolError
+from ..protocol import eio
+from ..protocol.websocket import WebSocketProtocol
+from ..protocol.wsframe import encode_frames
+from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
+from .timers import Timers
 
 logger = logging.getLogger("roomd")
 
@@ -124,36 +124,36 @@ class EngineSession:
             return True
         return self.outbox.put(message, volatile)
 
-    def send_packet(self, packet: _eio.Packet) -> None:
+    def send_packet(self, packet: eio.Packet) -> None:
         """Queue an Engine.IO control packet; never refused."""
         outbox = self.outbox
         if isinstance(outbox, PollingOutbox):
             outbox.put_packet(packet)
         else:
-            outbox.put_bytes(encode_frames([_eio.encode_packet(packet)]))
+            outbox.put_bytes(encode_frames([eio.encode_packet(packet)]))
 
     # -- incoming -------------------------------------------------------
-    async def receive(self, packet: _eio.Packet) -> None:
+    async def receive(self, packet: eio.Packet) -> None:
         """Handle one Engine.IO packet from the client.
 
         Raises ProtocolError for a packet a client may not send now, and
         whatever the handler raises for a malformed message.
         """
         kind = packet.type
-        if kind is _eio.PacketType.MESSAGE:
+        if kind is eio.PacketType.MESSAGE:
             if not self.closed and self.handler is not None:
                 await self.handler.on_message(packet.data)
-        elif kind is _eio.PacketType.PONG:
+        elif kind is eio.PacketType.PONG:
             if self._awaiting_pong:
                 self._awaiting_pong = False
                 self.engine.timers.call_later_weak(self.engine.options.ping_interval,
                                                    self._ping, self._ping_generation)
-        elif kind is _eio.PacketType.CLOSE:
+        elif kind is eio.PacketType.CLOSE:
             self.close("transport close")
-        elif kind is _eio.PacketType.NOOP:
+        elif kind is eio.PacketType.NOOP:
             pass
-        elif kind is _eio.PacketType.PING:
-            self.send_packet(_eio.Packet(_eio.PacketType.PONG, packet.data))
+        elif kind is eio.PacketType.PING:
+            self.send_packet(eio.Packet(eio.PacketType.PONG, packet.data))
         else:
             raise ProtocolError(f"unexpected {kind.name} packet from a client")
 
@@ -167,7 +167,7 @@ class EngineSession:
             return
         self._ping_generation += 1
         self._awaiting_pong = True
-        self.send_packet(_eio.Packet(_eio.PacketType.PING))
+        self.send_packet(eio.Packet(eio.PacketType.PING))
         self.engine.timers.call_later_weak(self.engine.options.ping_timeout,
                                            self._check_pong, self._ping_generation)
 
@@ -189,7 +189,7 @@ class EngineSession:
         self.engine.forget(self)
         outbox = self.outbox
         if isinstance(outbox, PollingOutbox):
-            outbox.put_packet(_eio.Packet(_eio.PacketType.CLOSE))
+            outbox.put_packet(eio.Packet(eio.PacketType.CLOSE))
         if self.reader_scope is not None:
             self.reader_scope.cancel()
         if self.handler is not None:
@@ -214,10 +214,10 @@ class Engine:
         self.nursery: trio.Nursery | None = None
         self.write_batch = WriteBatch()
 
-    def open_packet(self, sid: str, websocket: bool) -> _eio.Packet:
+    def open_packet(self, sid: str, websocket: bool) -> eio.Packet:
         o = self.options
         upgrades = [] if websocket or "websocket" not in o.transports else ["websocket"]
-        return _eio.encode_open(sid, upgrades, int(o.ping_interval * 1000),
+        return eio.encode_open(sid, upgrades, int(o.ping_interval * 1000),
                                 int(o.ping_timeout * 1000), o.max_payload)
 
     def full(self) -> bool:
@@ -331,7 +331,7 @@ class _WebSocketSession:
                 if output:
                     self.outbox.put_bytes(output)
                 for message in messages:
-                    packet = _eio.decode_packet(message)
+                    packet = eio.decode_packet(message)
                     if self.upgraded:
                         await session.receive(packet)
                     else:
@@ -343,19 +343,19 @@ class _WebSocketSession:
                 protocol.receive(None)
                 return "transport close"
 
-    def _upgrade_step(self, packet: _eio.Packet) -> None:
+    def _upgrade_step(self, packet: eio.Packet) -> None:
         """One packet of the polling-to-WebSocket upgrade."""
         session = self.session
         assert session is not None
         if session.closed:
             raise ProtocolError("session closed during the upgrade")
-        if packet.type is _eio.PacketType.PING and packet.data == "probe":
+        if packet.type is eio.PacketType.PING and packet.data == "probe":
             self.outbox.put_bytes(encode_frames(["3probe"]))
             # Release the client's pending long-poll so it can pause.
             session.noop_pending = True
             session.outbox.wake()  # type: ignore[union-attr]
             return
-        if packet.type is not _eio.PacketType.UPGRADE:
+        if packet.type is not eio.PacketType.UPGRADE:
             raise ProtocolError(f"unexpected {packet.type.name} during upgrade")
         polling = session.outbox
         assert isinstance(polling, PollingOutbox)

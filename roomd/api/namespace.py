@@ -13,11 +13,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._broadcast import BroadcastOperator
-from ._socket import Handler, Socket, call_handler
+from .broadcast import BroadcastOperator
+from .socket import Handler, Socket, call_handler
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .server import Server
 
 Middleware = Callable[..., Any]
 

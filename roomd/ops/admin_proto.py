@@ -36,9 +36,10 @@ import json
 import os
 import socket
 import struct
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from ._errors import AdminError
+from .._errors import AdminError
 
 __all__ = [
     "AdminClient",
@@ -151,7 +152,7 @@ class AdminClient:
         except PermissionError:
             sock.close()
             raise AdminError(f"permission denied connecting to {self.path}") from None
-        except socket.timeout:
+        except TimeoutError:
             sock.close()
             raise AdminError(f"no roomd daemon answering on {self.path} (timed out)") from None
         except OSError as e:
@@ -169,7 +170,7 @@ class AdminClient:
                 continue
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise AdminError(f"the roomd daemon on {self.path} did not answer in time") from None
             except OSError as e:
                 raise AdminError(f"connection to {self.path} broke: {e.strerror or e}") from None

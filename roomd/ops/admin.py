@@ -31,7 +31,8 @@ from typing import Any
 
 import trio
 
-from ._admin_proto import (
+from .._errors import AdminError, ConfigError, RoomdError
+from .admin_proto import (
     MAX_LINE,
     PEERCRED_FORMAT,
     decode_line,
@@ -40,7 +41,6 @@ from ._admin_proto import (
     preview_args,
     unpack_peercred,
 )
-from ._errors import AdminError, ConfigError, RoomdError
 
 __all__ = ["serve_admin"]
 

@@ -54,7 +54,7 @@ def encode_frames(parts: list[str | bytes]) -> bytes:
     """The frames of one Engine.IO message list, concatenated.
 
     Each str becomes a text frame of its UTF-8 and each bytes-like a binary
-    frame (as the output of ``_sio.encode`` prefixed by ``_eio``), joined in
+    frame (as the output of ``sio.encode`` prefixed by ``_eio``), joined in
     one pass. Errors as in :func:`encode_text_frame`.
     """
     chunks = []

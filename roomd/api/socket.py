@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from types import CoroutineType
 import secrets
 from collections.abc import Callable, Iterable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _sio
-from ._acks import PendingAck
-from ._broadcast import BroadcastOperator, _room_names, encode_event
-from ._errors import AckTimeout
-from ._outbox import OutgoingMessage
-from ._rooms import Member
+from .._errors import AckTimeout
+from ..protocol import sio
+from ..rooms.manager import Member
+from ..transport.outbox import OutgoingMessage
+from .acks import PendingAck
+from .broadcast import BroadcastOperator, _room_names, encode_event
 
 if TYPE_CHECKING:
-    from ._connection import Connection
-    from ._namespace import Namespace
+    from .connection import Connection
+    from .namespace import Namespace
 
 Handler = Callable[..., Any]
 
@@ -120,7 +120,7 @@ class Socket:
                 data = list(result)
             else:
                 data = [result]
-            await self._send_packet(_sio.Packet(_sio.PacketType.ACK, self.namespace.name, data,
+            await self._send_packet(sio.Packet(sio.PacketType.ACK, self.namespace.name, data,
                                                 ack_id))
 
     async def _emit_reserved(self, event: str, *args: Any) -> None:
@@ -131,8 +131,8 @@ class Socket:
             await call_handler(handler, self, *args)
 
     # -- sending --------------------------------------------------------
-    async def _send_packet(self, packet: _sio.Packet) -> None:
-        message = OutgoingMessage(_sio.encode(packet))
+    async def _send_packet(self, packet: sio.Packet) -> None:
+        message = OutgoingMessage(sio.encode(packet))
         await self._server._manager.deliver(self._member, message)
 
     async def emit(self, event: str, *args: Any) -> None:
@@ -214,7 +214,7 @@ class Socket:
             return
         if not self.connected:
             return
-        await self._send_packet(_sio.Packet(_sio.PacketType.DISCONNECT, self.namespace.name))
+        await self._send_packet(sio.Packet(sio.PacketType.DISCONNECT, self.namespace.name))
         await self._connection.close_socket(self, "server namespace disconnect")
 
     async def _closed(self, reason: str) -> None:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ProtocolError
+from .._errors import ProtocolError
 
 __all__ = ["PacketType", "Packet", "encode", "encode_event", "Decoder"]
 

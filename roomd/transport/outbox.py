@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _eio
-from ._wsframe import encode_frames
+from ..protocol import eio
+from ..protocol.wsframe import encode_frames
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -186,9 +186,9 @@ class PollingOutbox:
         self._wakeup.set()
         return True
 
-    def put_packet(self, packet: _eio.Packet) -> None:
+    def put_packet(self, packet: eio.Packet) -> None:
         """Queue a control packet (ping, noop, close); never refused."""
-        self._queue.append(_eio.encode_packet(packet))
+        self._queue.append(eio.encode_packet(packet))
         self._wakeup.set()
 
     def wake(self) -> None:
@@ -200,9 +200,9 @@ class PollingOutbox:
             await self._wakeup.wait()
         self._wakeup = trio.Event()
 
-    def take(self, max_bytes: int) -> list[_eio.Packet]:
+    def take(self, max_bytes: int) -> list[eio.Packet]:
         """Remove and return queued packets, at least one and about max_bytes."""
-        out: list[_eio.Packet] = []
+        out: list[eio.Packet] = []
         size = 0
         queue = self._queue
         while queue:
@@ -211,8 +211,8 @@ class PollingOutbox:
             if out and size > max_bytes:
                 break
             queue.popleft()
-            out.append(_eio.decode_packet(item) if isinstance(item, str)
-                       else _eio.Packet(_eio.PacketType.MESSAGE, item))
+            out.append(eio.decode_packet(item) if isinstance(item, str)
+                       else eio.Packet(eio.PacketType.MESSAGE, item))
         return out
 
     def take_all_raw(self) -> list[str | bytes]:

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _sio
-from ._broadcast import RESERVED_EVENTS
-from ._engine import EngineSession
-from ._errors import ConnectRefused, ProtocolError
-from ._outbox import OutgoingMessage
-from ._socket import Handshake, Socket
+from .._errors import ConnectRefused, ProtocolError
+from ..protocol import sio
+from ..transport.engine import EngineSession
+from ..transport.outbox import OutgoingMessage
+from .broadcast import RESERVED_EVENTS
+from .socket import Handshake, Socket
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .server import Server
 
 logger = logging.getLogger("roomd")
 
@@ -39,9 +39,9 @@ class Connection:
         self.server = server
         self.session = session
         self.sockets: dict[str, Socket] = {}
-        self.decoder = _sio.Decoder()
+        self.decoder = sio.Decoder()
         self.ever_connected = False
-        self._queue: collections.deque[_sio.Packet] = collections.deque()
+        self._queue: collections.deque[sio.Packet] = collections.deque()
         self._working = False
         self._room: trio.Event | None = None
         self._cleaned = False
@@ -54,18 +54,18 @@ class Connection:
         if packet is None:
             return
         kind = packet.type
-        if kind is _sio.PacketType.ACK or kind is _sio.PacketType.BINARY_ACK:
+        if kind is sio.PacketType.ACK or kind is sio.PacketType.BINARY_ACK:
             socket = self.sockets.get(packet.namespace)
             if socket is not None and packet.id is not None:
                 socket._on_ack(packet.id, packet.data)
             return
-        if kind is _sio.PacketType.EVENT or kind is _sio.PacketType.BINARY_EVENT:
+        if kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT:
             name = packet.data[0]
             if name in RESERVED_EVENTS:
                 raise ProtocolError(f"{name!r} is a reserved event name")
-        elif kind is _sio.PacketType.CONNECT_ERROR:
+        elif kind is sio.PacketType.CONNECT_ERROR:
             raise ProtocolError("a client may not send CONNECT_ERROR")
-        elif kind is _sio.PacketType.DISCONNECT:
+        elif kind is sio.PacketType.DISCONNECT:
             # No ack can come any more: a handler awaiting one learns it now.
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
@@ -125,23 +125,23 @@ class Connection:
                     logger.exception("socket %s: disconnect handler failed", socket.id)
         self.server._connections.pop(self.session.sid, None)
 
-    async def _send(self, packet: _sio.Packet) -> None:
+    async def _send(self, packet: sio.Packet) -> None:
         # CONNECT_ERROR: there is no socket, so nothing to keep in order with.
-        message = OutgoingMessage(_sio.encode(packet))
+        message = OutgoingMessage(sio.encode(packet))
         self.session.send(message)
 
-    async def handle(self, packet: _sio.Packet) -> None:
+    async def handle(self, packet: sio.Packet) -> None:
         """Handle a queued packet (CONNECT, EVENT, DISCONNECT), in the worker."""
         kind = packet.type
-        if kind is _sio.PacketType.EVENT or kind is _sio.PacketType.BINARY_EVENT:
+        if kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT:
             socket = self.sockets.get(packet.namespace)
             if socket is None:
                 return  # Socket.IO ignores packets for namespaces not joined
             args = packet.data
             await socket._dispatch(args[0], args[1:], packet.id)
-        elif kind is _sio.PacketType.CONNECT:
+        elif kind is sio.PacketType.CONNECT:
             await self._connect(packet.namespace, packet.data)
-        elif kind is _sio.PacketType.DISCONNECT:
+        elif kind is sio.PacketType.DISCONNECT:
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
                 await self.close_socket(socket, "client namespace disconnect")
@@ -154,7 +154,7 @@ class Connection:
             return
         namespace = await self.server._resolve_namespace(name, auth)
         if namespace is None:
-            await self._send(_sio.Packet(_sio.PacketType.CONNECT_ERROR, name,
+            await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name,
                                          {"message": "Invalid namespace"}))
             return
         request = self.session.request
@@ -168,13 +168,13 @@ class Connection:
             data: dict[str, Any] = {"message": refusal.message}
             if refusal.data is not None:
                 data["data"] = refusal.data
-            await self._send(_sio.Packet(_sio.PacketType.CONNECT_ERROR, name, data))
+            await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name, data))
             return
         except Exception as exc:
             if isinstance(exc, trio.Cancelled):
                 raise
             logger.info("namespace %s: middleware refused %s: %s", name, self.session.sid, exc)
-            await self._send(_sio.Packet(_sio.PacketType.CONNECT_ERROR, name,
+            await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name,
                                          {"message": str(exc) or type(exc).__name__}))
             return
         if self.session.closed:
@@ -183,7 +183,7 @@ class Connection:
         self.sockets[name] = socket
         socket.connected = True
         await self.server._manager.add(socket._member)
-        await socket._send_packet(_sio.Packet(_sio.PacketType.CONNECT, name, {"sid": socket.id}))
+        await socket._send_packet(sio.Packet(sio.PacketType.CONNECT, name, {"sid": socket.id}))
         await namespace._connected(socket)
 
     async def close_socket(self, socket: Socket, reason: str) -> None:
@@ -195,7 +195,7 @@ class Connection:
     async def disconnect_all(self, reason: str) -> None:
         """Disconnect every namespace, then close the session."""
         for socket in list(self.sockets.values()):
-            await socket._send_packet(_sio.Packet(_sio.PacketType.DISCONNECT,
+            await socket._send_packet(sio.Packet(sio.PacketType.DISCONNECT,
                                                   socket.namespace.name))
             await self.close_socket(socket, reason)
         self.session.close("forced close")

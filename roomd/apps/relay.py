@@ -19,9 +19,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ._broadcast import RESERVED_EVENTS
-from ._server import Server
-from ._socket import Socket
+from ..api.broadcast import RESERVED_EVENTS
+from ..api.server import Server
+from ..api.socket import Socket
 
 logger = logging.getLogger("roomd")
 

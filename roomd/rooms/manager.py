@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import trio
 
-from ._outbox import OutgoingMessage, WriteBatch
+from ..transport.outbox import OutgoingMessage, WriteBatch
 
 logger = logging.getLogger("roomd")
 

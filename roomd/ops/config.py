@@ -27,10 +27,11 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = [
     "AdminConfig",

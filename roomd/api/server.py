@@ -11,16 +11,16 @@ from typing import Any
 
 import trio
 
-from ._acks import BroadcastAcks
-from ._broadcast import BroadcastOperator, encode_event
-from ._connection import Connection
-from ._engine import Engine, EngineOptions, EngineSession
-from ._errors import ConfigError
-from ._http import handle_connection
-from ._namespace import Namespace, NamespaceFamily
-from ._rooms import RoomManager, Target
-from ._socket import Handler, Socket
-from ._timers import Timers
+from .._errors import ConfigError
+from ..rooms.manager import RoomManager, Target
+from ..transport.engine import Engine, EngineOptions, EngineSession
+from ..transport.http import handle_connection
+from ..transport.timers import Timers
+from .acks import BroadcastAcks
+from .broadcast import BroadcastOperator, encode_event
+from .connection import Connection
+from .namespace import Namespace, NamespaceFamily
+from .socket import Handler, Socket
 
 logger = logging.getLogger("roomd")
 

@@ -26,7 +26,7 @@ import time
 
 import trio
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = [
     "journal_stream_connected",

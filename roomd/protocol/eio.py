@@ -22,10 +22,10 @@ import base64
 import binascii
 import enum
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from ._errors import ProtocolError
+from .._errors import ProtocolError
 
 __all__ = [
     "PacketType",

@@ -20,12 +20,12 @@ from typing import Any
 
 import trio
 
-from . import _systemd
-from ._admin import serve_admin
-from ._config import Config, load_config
-from ._errors import ConfigError, RoomdError
-from ._relay import RelayApp
-from ._server import Server
+from .._errors import ConfigError, RoomdError
+from ..api.server import Server
+from ..apps.relay import RelayApp
+from . import systemd
+from .admin import serve_admin
+from .config import Config, load_config
 
 logger = logging.getLogger("roomd")
 
@@ -87,7 +87,7 @@ class Daemon:
             self.relay = RelayApp(self.server, config.namespaces)
 
     def _listeners(self) -> list[trio.SocketListener] | None:
-        sockets = _systemd.listen_fds()
+        sockets = systemd.listen_fds()
         if not sockets:
             return None
         return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
@@ -107,29 +107,29 @@ class Daemon:
                 if config.admin.enabled:
                     await nursery.start(functools.partial(
                         serve_admin, self.server, config.admin.socket, group=config.admin.group))
-                await nursery.start(_systemd.run_watchdog)
+                await nursery.start(systemd.run_watchdog)
                 where = ", ".join(self.server.listen_addresses)
-                _systemd.notify_ready(f"serving on {where}")
+                systemd.notify_ready(f"serving on {where}")
                 task_status.started(port)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         self.reload()
                         continue
                     logger.info("received %s: shutting down", signal.Signals(signum).name)
-                    _systemd.notify_stopping("draining connections")
+                    systemd.notify_stopping("draining connections")
                     await self.server.shutdown(config.limits.shutdown_grace)
                     nursery.cancel_scope.cancel()
                     break
 
     def reload(self) -> None:
         """Re-read the configuration file; keep the old one when it is invalid."""
-        _systemd.notify_reloading("reloading configuration")
+        systemd.notify_reloading("reloading configuration")
         try:
             if self.config.source is None:
                 logger.info("SIGHUP: no configuration file to reload")
                 return
             new = load_config(self.config.source, self.overrides)
-            _systemd.setup_logging(new.log.level)
+            systemd.setup_logging(new.log.level)
             if self.relay is not None:
                 self.relay.update(new.namespaces)
             restart = [key for key in ("server", "admin", "app")
@@ -144,7 +144,7 @@ class Daemon:
         except RoomdError as exc:
             logger.error("SIGHUP: keeping the running configuration: %s", exc)
         finally:
-            _systemd.notify_ready("serving")
+            systemd.notify_ready("serving")
 
 
 def tune_gc() -> None:
@@ -169,7 +169,7 @@ def run_daemon(config: Config, overrides: dict[str, Any] | None = None) -> int:
     ConfigError (a bad app, say) propagates; other start-up errors are
     logged as one line (exit status 1), never as a traceback.
     """
-    _systemd.setup_logging(config.log.level)
+    systemd.setup_logging(config.log.level)
     status = 0
     daemon = Daemon(config, overrides)
     tune_gc()
