@@ -1,6 +1,7 @@
 # roomd — build and test plumbing (GNU make).
 #   make install   .venv with roomd editable + test extras; npm packages for tests/node
-#   make test      install, then pytest (fails when no test is collected: pytest exits 5)
+#   make test      install, then the import contracts (lint-imports), mypy and pytest
+#                  (pytest fails when no test is collected: it exits 5)
 #   make serve     install, then `roomd serve $(ARGS)`, e.g. make serve ARGS='--port 3001'
 #   make bench     install, then run the yardstick (../shared/bench) with roomd,
 #                  Node.js socket.io and python-socketio (docs/performance.md)
@@ -41,6 +42,8 @@ endif
 	@touch $@
 
 test: install
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 serve: install

@@ -1,12 +1,20 @@
 """roomd: a standalone message-room daemon speaking Socket.IO v5, on trio.
 
 The public surface: :class:`Server` and what it hands out (namespaces,
-sockets, broadcast operators), the error hierarchy, and the daemon entry
-points used by the ``roomd`` command.
+sockets, broadcast operators, remote sockets of a cluster), the error
+hierarchy, the adapter seam for cluster adapters, and the daemon entry
+point used by the ``roomd`` command. Everything else is internal.
 
-The names are imported on first use (PEP 562), so that ``import roomd._config``
-and the admin commands of the ``roomd`` CLI (``roomd status``...) do not pay
-for importing the server and trio.
+The package is layered, bottom up: ``protocol/`` (sans-IO codecs),
+``transport/`` (HTTP, Engine.IO sessions, outboxes, timers), ``rooms/``
+(the RoomManager actor and the per-namespace adapters), ``api/`` (this
+public API) beside ``cluster/`` (Redis adapters), ``apps/`` (the relay
+app) and ``ops/`` (config, admin socket, systemd, the daemon). Each layer
+imports only from the layers below it (see docs/architecture.md).
+
+The names are imported on first use (PEP 562), so that ``import
+roomd.ops.config`` and the admin commands of the ``roomd`` CLI (``roomd
+status``...) do not pay for importing the server and trio.
 """
 
 from __future__ import annotations
@@ -23,25 +31,39 @@ if TYPE_CHECKING:
         ProtocolError,
         RoomdError,
     )
-    from .api.broadcast import BroadcastOperator
+    from ._version import VERSION as __version__
+    from .api.broadcast import BroadcastOperator, RemoteSocket
     from .api.namespace import Namespace, NamespaceFamily
-    from .api.server import VERSION as __version__
     from .api.server import Server
     from .api.socket import Handshake, Socket
     from .ops.daemon import run_daemon
+    from .rooms.adapter import (
+        AdapterContext,
+        AdapterFactory,
+        BroadcastOptions,
+        Emission,
+        InMemoryAdapter,
+        RemoteSocketRecord,
+    )
 
 _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
     "ConnectRefused": "_errors", "ProtocolError": "_errors", "RoomdError": "_errors",
-    "BroadcastOperator": "api.broadcast", "run_daemon": "ops.daemon",
+    "__version__": "_version",
+    "BroadcastOperator": "api.broadcast", "RemoteSocket": "api.broadcast",
     "Namespace": "api.namespace", "NamespaceFamily": "api.namespace",
-    "Server": "api.server", "__version__": "api.server", "Handshake": "api.socket", "Socket": "api.socket",
+    "Server": "api.server", "Handshake": "api.socket", "Socket": "api.socket",
+    "run_daemon": "ops.daemon",
+    "AdapterContext": "rooms.adapter", "AdapterFactory": "rooms.adapter",
+    "BroadcastOptions": "rooms.adapter", "Emission": "rooms.adapter",
+    "InMemoryAdapter": "rooms.adapter", "RemoteSocketRecord": "rooms.adapter",
 }
 
 __all__ = [
-    "AckTimeout", "AdminError", "BroadcastOperator", "ConfigError", "ConnectRefused",
-    "Handshake", "Namespace", "NamespaceFamily", "ProtocolError", "RoomdError", "Server",
-    "Socket", "__version__", "run_daemon",
+    "AckTimeout", "AdapterContext", "AdapterFactory", "AdminError", "BroadcastOperator",
+    "BroadcastOptions", "ConfigError", "ConnectRefused", "Emission", "Handshake",
+    "InMemoryAdapter", "Namespace", "NamespaceFamily", "ProtocolError", "RemoteSocket",
+    "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__", "run_daemon",
 ]
 
 

@@ -33,24 +33,24 @@ def rss_bytes() -> int:
 
 async def settle(io: roomd.Server, timeout: float = 20) -> None:
     """Wait until the server holds no connection, session, socket or room."""
-    manager = io._manager
     with trio.fail_after(timeout):
-        while (io._connections or io._engine.sessions or io._engine.live_websockets
-               or manager.counts() != {"rooms": 0, "sockets": 0}):
+        while (io.connections or io.engine.sessions or io.engine.live_websockets
+               or (io.stats()["rooms"], io.stats()["sockets"]) != (0, 0)):
             await trio.sleep(0.05)
 
 
 def assert_empty(io: roomd.Server) -> None:
-    manager = io._manager
-    assert manager.counts() == {"rooms": 0, "sockets": 0}
-    for name, state in manager._namespaces.items():
-        assert not state.rooms and not state.members, name
-    assert io._engine.sessions == {}
-    assert io._connections == {}
-    assert io._engine.live_websockets == 0
-    for namespace in io._namespaces.values():
-        assert namespace._sockets == {}
-    assert io._broadcast_acks._open == {}
+    stats = io.stats()
+    assert (stats["rooms"], stats["sockets"]) == (0, 0)
+    for name in io.namespace_names():
+        namespace = io.get_namespace(name)
+        assert namespace is not None
+        assert not namespace.adapter.rooms and not namespace.adapter.members, name
+        assert namespace.sockets == {}
+    assert io.engine.sessions == {}
+    assert not io.connections
+    assert io.engine.live_websockets == 0
+    assert stats["broadcasts_awaiting_acks"] == 0
 
 
 async def run_churn(port: int, sockets: int, seed: int, concurrency: int = 300,

@@ -19,7 +19,7 @@ BLOB = bytes(range(256)) * 4  # every byte value, 1 KiB
 
 async def _wait_no_sessions(io, timeout: float = 5) -> None:
     with trio.fail_after(timeout):
-        while io._engine.sessions or io._connections:
+        while io.engine.sessions or io.connections:
             await trio.sleep(0.02)
 
 
@@ -52,7 +52,7 @@ async def test_node_client_end_to_end(start_server, node, transports, first_gone
     sa, sb = log.sockets[a.sid], log.sockets[b.sid]
     assert sa.namespace.name == "/" and sb.namespace.name == "/orders"
     assert sa._connection.session is sb._connection.session
-    assert len(io._engine.sessions) == 1
+    assert len(io.engine.sessions) == 1
     assert sa._connection.session.transport == "websocket"
 
     # auth payload, readable in socket.handshake.auth
@@ -120,7 +120,7 @@ async def test_node_unknown_namespace(start_server, node, transports):
     assert info.value.message == "Invalid namespace"
     # the refusal concerns that namespace only
     await healthy_round_trip(a)
-    assert len(io._engine.sessions) == 1
+    assert len(io.engine.sessions) == 1
     # and on a fresh connection of its own
     with pytest.raises(ConnectError) as info:
         await node.connect(srv.url, "/nope", force_new=True, **kw)

@@ -35,7 +35,7 @@ async def _disconnect_namespace(client: PyClient, namespace: str) -> None:
 
 async def _wait_no_sessions(io, timeout: float = 5) -> None:
     with trio.fail_after(timeout):
-        while io._engine.sessions or io._connections:
+        while io.engine.sessions or io.connections:
             await trio.sleep(0.02)
 
 
@@ -51,7 +51,7 @@ async def test_python_client_end_to_end(start_server, py_client, transports):
     sa, sb = log.sockets[sid_root], log.sockets[sid_orders]
     # one Engine.IO session carries both namespaces
     assert sa._connection.session is sb._connection.session
-    assert len(io._engine.sessions) == 1
+    assert len(io.engine.sessions) == 1
     session = sa._connection.session
     assert session.transport == transports[0]
     assert sa.handshake.auth == {"token": "py-secret"}

@@ -34,7 +34,7 @@ class CountingBatch(WriteBatch):
 
 def make_app() -> roomd.Server:
     io = roomd.Server()
-    io._engine.write_batch = io._manager._batch = CountingBatch()
+    io.engine.write_batch = io.manager.batch = CountingBatch()
 
     @io.on("join")
     async def join(socket: roomd.Socket, room: str) -> bool:
@@ -81,7 +81,7 @@ async def test_order_and_binary_survive_a_batched_burst(start_server, node, py_c
     # the direct emits kept their order too, interleaved with the broadcasts
     directs = [(await a.next_event("direct")).args[0] for _ in range(BURST // 100)]
     assert directs == list(range(0, BURST, 100))
-    assert io._manager._batch.held_total > 0  # the burst did go through the batched path
+    assert io.manager.batch.held_total > 0  # the burst did go through the batched path
     # and acks still round-trip after the burst
     assert await a.emit_with_ack("join", "r2") == [True]
 
@@ -110,7 +110,7 @@ async def test_a_close_in_the_middle_of_a_burst_harms_nobody(start_server, node)
     seen = [(await a.next_event("seq", timeout=10)).args[0] for _ in range(BURST)]
     assert seen == list(range(BURST))
     with trio.fail_after(5):
-        while io._manager.counts()["sockets"] != 1:
+        while io.stats()["sockets"] != 1:
             await trio.sleep(0.02)
     # the server still serves newcomers
     c = await node.connect(srv.url, "/", force_new=True, transports=WS)

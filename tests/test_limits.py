@@ -85,7 +85,7 @@ async def _healthy(start_server, py_client, **server_kwargs):
 
 async def _wait_gone(io, sid: str, timeout: float = 5) -> None:
     with trio.fail_after(timeout):
-        while sid in io._engine.sessions:
+        while sid in io.engine.sessions:
             await trio.sleep(0.01)
 
 
@@ -308,7 +308,7 @@ async def test_silent_websocket_client_is_dropped_with_ping_timeout(start_server
             elapsed = trio.current_time() - start
             assert PING_TIMEOUT <= elapsed <= PING_INTERVAL + PING_TIMEOUT + SLACK, elapsed
             await silent.wait_closed()
-            assert opened["sid"] not in io._engine.sessions
+            assert opened["sid"] not in io.engine.sessions
 
             # clients that answer pings stay, well past a few heartbeats
             await trio.sleep(3 * (PING_INTERVAL + PING_TIMEOUT))
@@ -331,7 +331,7 @@ async def test_silent_polling_client_is_dropped_with_ping_timeout(start_server, 
     seen = await log.wait("disconnect", "/", sock_id, timeout=PING_INTERVAL + PING_TIMEOUT + SLACK)
     assert seen.args == ["ping timeout"]
     assert trio.current_time() - start <= PING_INTERVAL + PING_TIMEOUT + SLACK
-    assert sid not in io._engine.sessions
+    assert sid not in io.engine.sessions
     assert await healthy.call("sum", 2, 3) == [5]
 
 
@@ -350,7 +350,7 @@ async def test_connect_timeout_over_websocket(start_server, py_client):
         start = trio.current_time()
         await ws.wait_closed(timeout=CONNECT_TIMEOUT + SLACK)
         assert trio.current_time() - start >= CONNECT_TIMEOUT * 0.5
-    assert opened["sid"] not in io._engine.sessions
+    assert opened["sid"] not in io.engine.sessions
     await trio.sleep(CONNECT_TIMEOUT)  # the healthy client (it connected) is not touched
     assert await healthy.call("sum", 2, 3) == [5]
 

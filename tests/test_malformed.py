@@ -53,12 +53,12 @@ class Env:
         for ns in ("/", "/orders"):
             assert self.log.find("disconnect", sid=h.get_sid(ns)) == []
         with trio.fail_after(5):  # only the healthy session is left
-            while len(self.io._engine.sessions) != 1:
+            while len(self.io.engine.sessions) != 1:
                 await trio.sleep(0.01)
 
     async def wait_session_gone(self, sid: str, timeout: float = 5) -> None:
         with trio.fail_after(timeout):
-            while sid in self.io._engine.sessions:
+            while sid in self.io.engine.sessions:
                 await trio.sleep(0.01)
 
 

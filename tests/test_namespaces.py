@@ -116,7 +116,7 @@ async def test_middleware_refusal_reaches_node_with_message_and_data(start_serve
     (fetched,) = await io.of("/orders").fetch_sockets()
     assert fetched.id == ok.sid and fetched.data == {"user": "authorized"}
     assert calls == ["/orders"] * 3
-    assert io._manager.counts()["sockets"] == 2  # refused sockets were never registered
+    assert io.stats()["sockets"] == 2  # refused sockets were never registered
 
 
 async def test_middleware_next_error_and_chain(start_server, node, py_client):

@@ -127,7 +127,7 @@ async def test_join_refusals(start_server, node, policies):
         {"error": "a socket cannot leave its own room"}]
     assert io.of("/").sockets[m1.sid].rooms == {m1.sid}
     assert io.of("/orders").sockets[a.sid].rooms == {a.sid}
-    assert io._manager.counts()["rooms"] == 0
+    assert io.stats()["rooms"] == 0
 
     # join / leave disabled by configuration
     locked = await node.connect(srv.url, "/locked", transports=WS)

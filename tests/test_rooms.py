@@ -212,11 +212,11 @@ async def test_empty_rooms_disappear(start_server, node, py_client):
     a = await node.connect(srv.url, transports=WS)
     p = await py_client()
     await p.connect(srv.url, transports=WS)
-    assert io._manager.counts() == {"rooms": 0, "sockets": 2}
+    assert (io.stats()["rooms"], io.stats()["sockets"]) == (0, 2)
     await a.emit_with_ack("join", ["r1", "r2"])
     await p.call("join", ["r2", "r3"])
     assert await rooms_of(io) == {"r1": [a.sid], "r2": sorted([a.sid, p.sid]), "r3": [p.sid]}
-    assert io._manager.counts() == {"rooms": 3, "sockets": 2}
+    assert (io.stats()["rooms"], io.stats()["sockets"]) == (3, 2)
 
     await a.emit_with_ack("leave", "r1")
     assert await rooms_of(io) == {"r2": sorted([a.sid, p.sid]), "r3": [p.sid]}
@@ -224,15 +224,15 @@ async def test_empty_rooms_disappear(start_server, node, py_client):
     assert await rooms_of(io) == {"r2": sorted([a.sid, p.sid])}
     await a.disconnect()
     with trio.fail_after(5):
-        while io._manager.counts()["sockets"] != 1:
+        while io.stats()["sockets"] != 1:
             await trio.sleep(0.01)
     assert await rooms_of(io) == {"r2": [p.sid]}
     await p.disconnect()
     with trio.fail_after(5):
-        while io._manager.counts() != {"rooms": 0, "sockets": 0}:
+        while (io.stats()["rooms"], io.stats()["sockets"]) != (0, 0):
             await trio.sleep(0.01)
     assert await io.rooms_snapshot() == []
-    assert io._manager._namespaces.get("/") is None or not io._manager._namespaces["/"].rooms
+    assert not io.sockets.adapter.rooms
 
 
 @pytest.mark.parametrize("how", ["client", "server", "server_close", "transport"])
@@ -384,7 +384,7 @@ async def test_disconnect_sockets_on_every_target(start_server, node, py_client)
                                                   await p.next_event("disconnect")]} == \
         {("/", "server disconnect"), ("/other", "server disconnect")}
     with trio.fail_after(5):
-        while p_other in io.of("/other").sockets or p_session.sid in io._connections:
+        while p_other in io.of("/other").sockets or p_session.sid in io.connections:
             await trio.sleep(0.01)
     assert p_session.closed
     assert {s.id for s in await io.of("/other").fetch_sockets()} == {c_other.sid}
@@ -395,7 +395,7 @@ async def test_disconnect_sockets_on_every_target(start_server, node, py_client)
     await io.disconnect_sockets()
     assert (await b.next_event("disconnect")).args == ["io server disconnect"]
     with trio.fail_after(5):
-        while io._manager.counts() != {"rooms": 0, "sockets": 0}:
+        while (io.stats()["rooms"], io.stats()["sockets"]) != (0, 0):
             await trio.sleep(0.01)
     reasons = {sid: [r for _, r, _ in app.events(sid)] for sid in (a.sid, b.sid, c.sid)}
     assert reasons == {sid: ["server namespace disconnect"] * 2 for sid in reasons}

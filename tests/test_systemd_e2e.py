@@ -134,7 +134,7 @@ async def test_systemd_play(notify_and_dir, node, py_client):
         lines = d.log().splitlines()
         assert lines and all(re.match(r"<[0-7]>roomd[.\w]*: ", line) for line in lines), lines
         assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), lines
-        assert f"<6>roomd: listening on 127.0.0.1:{port}" in lines
+        assert f"<6>roomd.server: listening on 127.0.0.1:{port}" in lines
 
         # SIGTERM: STOPPING=1, every client gets a Socket.IO disconnect, then exit 0
         mark = len(notes.received)
@@ -149,7 +149,7 @@ async def test_systemd_play(notify_and_dir, node, py_client):
         for namespace in ("/", "/orders"):
             assert (await py.next_event("disconnect", namespace=namespace)).args == ["server disconnect"]
         assert notes.count("READY", after=stopping) == 0
-        assert "<6>roomd: received SIGTERM: shutting down" in d.log().splitlines()
+        assert "<6>roomd.daemon: received SIGTERM: shutting down" in d.log().splitlines()
         assert not os.path.exists(d.socket)  # the admin socket file is cleaned up
 
 

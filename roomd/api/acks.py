@@ -1,8 +1,7 @@
-"""Pending acknowledgements: per socket, and gathered across a broadcast."""
+"""Waiting for acknowledgements: from one socket, and across a broadcast."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -20,67 +19,55 @@ def ack_value(args: list) -> Any:
 class PendingAck:
     """One outstanding ``emit_with_ack`` to one socket."""
 
-    __slots__ = ("done", "value")
+    __slots__ = ("done", "value", "disconnected")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: Any = None
+        self.disconnected = False
 
     def resolve(self, args: list) -> None:
         if not self.done.is_set():
             self.value = ack_value(args)
             self.done.set()
 
+    def abandon(self) -> None:
+        """The socket went away: no ack can come any more."""
+        if not self.done.is_set():
+            self.disconnected = True
+            self.done.set()
+
 
 class AckCollector:
     """Replies to one broadcast ``emit_with_ack``, keyed by socket id.
 
-    Replies may arrive before the set of recipients is known; the collector
-    is complete once every expected socket has answered.
+    Complete once every node that was sent the packet has said how many
+    sockets got it (``add_count``) and that many replies arrived. Replies
+    may come before the counts.
     """
 
-    __slots__ = ("replies", "expected", "complete")
+    __slots__ = ("replies", "_servers", "_counted", "_expected", "complete")
 
-    def __init__(self) -> None:
+    def __init__(self, servers: int = 1) -> None:
         self.replies: dict[str, Any] = {}
-        self.expected: frozenset[str] | None = None
+        self._servers = servers
+        self._counted = 0
+        self._expected = 0
         self.complete = trio.Event()
 
-    def expect(self, socket_ids: Iterable[str]) -> None:
-        self.expected = frozenset(socket_ids)
-        self.replies = {k: v for k, v in self.replies.items() if k in self.expected}
+    def add_count(self, count: int) -> None:
+        self._counted += 1
+        self._expected += count
         self._check()
 
-    def add(self, socket_id: str, args: list) -> None:
-        if self.expected is not None and socket_id not in self.expected:
-            return
+    def add_reply(self, socket_id: str, args: list) -> None:
         self.replies.setdefault(socket_id, ack_value(args))
         self._check()
 
-    def missing(self) -> set[str]:
-        return set(self.expected or ()) - set(self.replies)
+    def missing(self) -> int:
+        """How many replies are still expected (a node that never counted is one)."""
+        return max(0, self._expected - len(self.replies)) + (self._servers - self._counted)
 
     def _check(self) -> None:
-        if self.expected is not None and len(self.replies) >= len(self.expected):
+        if self._counted >= self._servers and len(self.replies) >= self._expected:
             self.complete.set()
-
-
-class BroadcastAcks:
-    """The server's open broadcast collectors, by ack id."""
-
-    def __init__(self) -> None:
-        self._open: dict[int, AckCollector] = {}
-
-    def open(self, ack_id: int) -> AckCollector:
-        collector = self._open[ack_id] = AckCollector()
-        return collector
-
-    def close(self, ack_id: int) -> None:
-        self._open.pop(ack_id, None)
-
-    def deliver(self, ack_id: int, socket_id: str, args: list) -> bool:
-        collector = self._open.get(ack_id)
-        if collector is None:
-            return False
-        collector.add(socket_id, args)
-        return True

@@ -1,33 +1,53 @@
 """The broadcast operator: ``to`` / ``in_`` / ``except_`` / ``volatile`` chains.
 
 An operator is immutable: each chained call returns a new one, so
-``io.to("a")`` can be kept and reused. Its terminal operations (``emit``,
-``fetch_sockets``, ...) go to the RoomManager.
+``io.to("a")`` can be kept and reused. It is built on the adapters of the
+namespaces it covers, as Socket.IO's BroadcastOperator is built on the
+namespace's adapter: with a cluster adapter every terminal operation
+(``emit``, ``fetch_sockets``, ...) reaches the whole cluster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from .._errors import AckTimeout, RoomdError
-from ..protocol import sio
-from ..rooms.manager import Target
-from ..transport.outbox import OutgoingMessage
-
-if TYPE_CHECKING:
-    from .server import Server
-    from .socket import Socket
+from ..rooms.adapter import BroadcastOptions, Emission, InMemoryAdapter, RemoteSocketRecord
+from .acks import AckCollector
 
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
                              "newListener", "removeListener"})
 
+Adapters = Callable[[], Iterable[InMemoryAdapter]]
+_NO_OPTIONS = BroadcastOptions()
 
-def _room_names(rooms: tuple[str | Iterable[str], ...]) -> frozenset[str]:
+
+class FetchedSocket(Protocol):
+    """What ``fetch_sockets`` returns: a local Socket or a RemoteSocket."""
+
+    id: str
+    data: Any
+
+    @property
+    def rooms(self) -> set[str]: ...
+
+    async def emit(self, event: str, *args: Any) -> None: ...
+
+    async def join(self, *rooms: str | Iterable[str]) -> None: ...
+
+    async def leave(self, *rooms: str | Iterable[str]) -> None: ...
+
+    async def disconnect(self, close: bool = False) -> None: ...
+
+
+def room_names(rooms: tuple[str | Iterable[str], ...]) -> frozenset[str]:
+    """Room arguments (names or iterables of names) as one set."""
     if len(rooms) == 1 and type(rooms[0]) is str:
-        return frozenset(rooms)
+        return frozenset(rooms)  # type: ignore[arg-type]
     names: set[str] = set()
     for room in rooms:
         if isinstance(room, str):
@@ -37,75 +57,71 @@ def _room_names(rooms: tuple[str | Iterable[str], ...]) -> frozenset[str]:
     return frozenset(names)
 
 
-def encode_event(namespace: str, event: str, args: tuple, ack_id: int | None = None
-                 ) -> OutgoingMessage:
-    """Encode an event once, for any number of recipients."""
+def check_event(event: Any) -> None:
+    """Raise when ``event`` cannot be emitted (not a string, or reserved)."""
     if not isinstance(event, str):
         raise TypeError("the event name must be a string")
     if event in RESERVED_EVENTS:
         raise RoomdError(f"{event!r} is a reserved event name")
-    return OutgoingMessage(sio.encode_event(namespace, [event, *args], ack_id))
 
 
 class BroadcastOperator:
-    """A set of target sockets: namespaces, rooms, excluded rooms, flags.
+    """A set of target sockets: rooms, excluded rooms and flags, over adapters.
 
-    ``namespaces`` is a callable so a dynamic namespace family targets the
+    ``adapters`` is a callable so a dynamic namespace family targets the
     children that exist when the operation runs.
     """
 
-    __slots__ = ("_server", "_namespaces", "_rooms", "_except", "_volatile")
+    __slots__ = ("_adapters", "_opts")
 
-    def __init__(self, server: Server, namespaces: Callable[[], tuple[str, ...]],
-                 rooms: frozenset[str] = frozenset(), except_rooms: frozenset[str] = frozenset(),
-                 volatile: bool = False) -> None:
-        self._server = server
-        self._namespaces = namespaces
-        self._rooms = rooms
-        self._except = except_rooms
-        self._volatile = volatile
+    def __init__(self, adapters: Adapters, opts: BroadcastOptions = _NO_OPTIONS) -> None:
+        self._adapters = adapters
+        self._opts = opts
 
-    def _with(self, rooms: frozenset[str] | None = None, except_rooms: frozenset[str] | None = None,
-              volatile: bool | None = None) -> BroadcastOperator:
-        return BroadcastOperator(
-            self._server, self._namespaces,
-            self._rooms if rooms is None else rooms,
-            self._except if except_rooms is None else except_rooms,
-            self._volatile if volatile is None else volatile)
+    def _with(self, **changes: Any) -> BroadcastOperator:
+        return BroadcastOperator(self._adapters, dataclasses.replace(self._opts, **changes))
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Also target these rooms (a union: each socket gets the event once)."""
-        return self._with(rooms=self._rooms | _room_names(rooms))
+        return self._with(rooms=self._opts.rooms | room_names(rooms))
 
     in_ = to
 
     def except_(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """Leave out the sockets of these rooms."""
-        return self._with(except_rooms=self._except | _room_names(rooms))
+        return self._with(except_rooms=self._opts.except_rooms | room_names(rooms))
 
     @property
     def volatile(self) -> BroadcastOperator:
         """Drop the event for sockets that are not ready to take it."""
         return self._with(volatile=True)
 
-    def _target(self) -> Target:
-        return Target(self._namespaces(), self._rooms, self._except)
+    @property
+    def local(self) -> BroadcastOperator:
+        """Only the sockets of this node, even with a cluster adapter."""
+        return self._with(local=True)
 
     async def emit(self, event: str, *args: Any) -> None:
-        """Send an event to every target socket; returns once it is queued."""
-        await self._emit(event, args)
+        """Send an event to every target socket; returns once it is queued.
 
-    async def _emit(self, event: str, args: tuple, source: str = "server",
-                    count: bool = False) -> int:
-        """Emit; with ``count``, wait for the manager and return the recipients."""
+        Raises TypeError when an argument cannot be encoded, before anything
+        is sent.
+        """
+        check_event(event)
+        opts = self._opts
+        for adapter in self._adapters():
+            await adapter.broadcast(Emission(adapter.namespace, [event, *args]), opts)
+
+    async def emit_counted(self, event: str, *args: Any, source: str = "server") -> int:
+        """Emit, and return how many sockets of this node it was queued for.
+
+        ``source`` is what ``roomd tail`` shows as the emitter.
+        """
+        check_event(event)
         recipients = 0
-        for namespace in self._namespaces():
-            message = encode_event(namespace, event, args)
-            delivered = await self._server._manager.broadcast(
-                Target((namespace,), self._rooms, self._except), message,
-                volatile=self._volatile, tap=self._server._tap_record(event, args, source),
-                wait=count)
-            recipients += len(delivered or ())
+        for adapter in self._adapters():
+            emission = Emission(adapter.namespace, [event, *args], source)
+            recipients += await adapter.broadcast_count(emission, self._opts)
         return recipients
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float) -> list[Any]:
@@ -113,44 +129,91 @@ class BroadcastOperator:
 
         Returns one reply per socket (a single ack argument as itself,
         several as a tuple). Raises AckTimeout, carrying the replies that
-        did arrive, when some socket has not answered within ``timeout``.
+        did arrive, when some socket (or node) has not answered within
+        ``timeout`` seconds.
         """
-        server = self._server
+        check_event(event)
         replies: list[Any] = []
-        for namespace in self._namespaces():
-            ack_id = server._next_ack_id()
-            collector = server._broadcast_acks.open(ack_id)
+        deadline = trio.current_time() + timeout
+        for adapter in self._adapters():
+            collector = AckCollector(await adapter.server_count())
+            emission = Emission(adapter.namespace, [event, *args])
+            stop = await adapter.broadcast_with_ack(emission, self._opts, collector.add_count,
+                                                    collector.add_reply)
             try:
-                message = encode_event(namespace, event, args, ack_id)
-                recipients = await server._manager.broadcast(
-                    Target((namespace,), self._rooms, self._except), message,
-                    volatile=self._volatile, tap=server._tap_record(event, args, "server"),
-                    wait=True)
-                collector.expect(member.id for member in recipients or ())
-                with trio.move_on_after(timeout):
+                with trio.move_on_at(deadline):
                     await collector.complete.wait()
-                replies.extend(collector.replies.values())
-                if not collector.complete.is_set():
-                    raise AckTimeout(f"{len(collector.missing())} socket(s) did not acknowledge "
-                                     f"{event!r} within {timeout} s", replies)
             finally:
-                server._broadcast_acks.close(ack_id)
+                stop()
+            replies.extend(collector.replies.values())
+            if not collector.complete.is_set():
+                raise AckTimeout(f"{collector.missing()} socket(s) did not acknowledge "
+                                 f"{event!r} within {timeout} s", replies)
         return replies
 
-    async def fetch_sockets(self) -> list[Socket]:
-        """The target sockets of this process."""
-        members = await self._server._manager.select(self._target())
-        return [member.owner for member in members]
+    async def fetch_sockets(self) -> list[FetchedSocket]:
+        """The target sockets: this node's as Socket, other nodes' as RemoteSocket."""
+        found: list[FetchedSocket] = []
+        for adapter in self._adapters():
+            for record in await adapter.fetch_sockets(self._opts):
+                if isinstance(record, RemoteSocketRecord):
+                    found.append(RemoteSocket(adapter, record))
+                else:
+                    found.append(record.owner)  # type: ignore[arg-type]
+        return found
 
     async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
         """Make every target socket join the rooms."""
-        await self._server._manager.join_target(self._target(), _room_names(rooms))
+        names = room_names(rooms)
+        for adapter in self._adapters():
+            await adapter.add_sockets(self._opts, names)
 
     async def sockets_leave(self, *rooms: str | Iterable[str]) -> None:
         """Make every target socket leave the rooms."""
-        await self._server._manager.leave_target(self._target(), _room_names(rooms))
+        names = room_names(rooms)
+        for adapter in self._adapters():
+            await adapter.del_sockets(self._opts, names)
 
     async def disconnect_sockets(self, close: bool = False) -> None:
         """Disconnect every target socket (and its whole connection with ``close``)."""
-        for socket in await self.fetch_sockets():
-            await socket.disconnect(close)
+        for adapter in self._adapters():
+            await adapter.disconnect_sockets(self._opts, close)
+
+
+class RemoteSocket:
+    """A socket connected to another node of the cluster.
+
+    It has the socket's id, rooms, data and handshake as they were when it
+    was fetched; ``emit``, ``join``, ``leave`` and ``disconnect`` act on it
+    through the cluster.
+    """
+
+    __slots__ = ("id", "_rooms", "data", "handshake", "_operator")
+
+    def __init__(self, adapter: InMemoryAdapter, record: RemoteSocketRecord) -> None:
+        self.id = record.id
+        self._rooms = record.rooms
+        self.data = record.data
+        self.handshake = record.handshake
+        self._operator = BroadcastOperator(lambda: (adapter,),
+                                           BroadcastOptions(rooms=frozenset((record.id,))))
+
+    def __repr__(self) -> str:
+        return f"<RemoteSocket {self.id}>"
+
+    @property
+    def rooms(self) -> set[str]:
+        """The socket's rooms when it was fetched (a copy)."""
+        return set(self._rooms)
+
+    async def emit(self, event: str, *args: Any) -> None:
+        await self._operator.emit(event, *args)
+
+    async def join(self, *rooms: str | Iterable[str]) -> None:
+        await self._operator.sockets_join(*rooms)
+
+    async def leave(self, *rooms: str | Iterable[str]) -> None:
+        await self._operator.sockets_leave(*rooms)
+
+    async def disconnect(self, close: bool = False) -> None:
+        await self._operator.disconnect_sockets(close)

@@ -11,8 +11,10 @@ closes this connection only.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -20,23 +22,38 @@ from .._errors import ConnectRefused, ProtocolError
 from ..protocol import sio
 from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
+from ..transport.timers import Timers
 from .broadcast import RESERVED_EVENTS
+from .namespace import Namespace
 from .socket import Handshake, Socket
 
-if TYPE_CHECKING:
-    from .server import Server
-
-logger = logging.getLogger("roomd")
+logger = logging.getLogger("roomd.api")
 
 CLEANUP_TIMEOUT = 10.0
 QUEUE_LIMIT = 64
 
 
+@dataclasses.dataclass(frozen=True)
+class ConnectionContext:
+    """What every connection of a server is handed.
+
+    ``resolve_namespace(name, auth)`` finds (or, for a dynamic family,
+    creates) a namespace, None when there is none; ``spawn`` starts a task
+    in the server's nursery; ``live`` holds the open connections by sid.
+    """
+
+    resolve_namespace: Callable[[str, Any], Awaitable[Namespace | None]]
+    spawn: Callable[[Callable[[], Awaitable[None]]], None]
+    live: dict[str, Connection]
+    timers: Timers
+    connect_timeout: float
+
+
 class Connection:
     """The namespaces one Engine.IO session is connected to (its SessionHandler)."""
 
-    def __init__(self, server: Server, session: EngineSession) -> None:
-        self.server = server
+    def __init__(self, session: EngineSession, context: ConnectionContext) -> None:
+        self.context = context
         self.session = session
         self.sockets: dict[str, Socket] = {}
         self.decoder = sio.Decoder()
@@ -45,8 +62,8 @@ class Connection:
         self._working = False
         self._room: trio.Event | None = None
         self._cleaned = False
-        server._connections[session.sid] = self
-        server._timers.call_later_weak(server.connect_timeout, self.check_connected)
+        context.live[session.sid] = self
+        context.timers.call_later_weak(context.connect_timeout, self.check_connected)
 
     async def on_message(self, data: str | bytes) -> None:
         """Decode one message; raises ProtocolError when it is malformed."""
@@ -57,7 +74,7 @@ class Connection:
         if kind is sio.PacketType.ACK or kind is sio.PacketType.BINARY_ACK:
             socket = self.sockets.get(packet.namespace)
             if socket is not None and packet.id is not None:
-                socket._on_ack(packet.id, packet.data)
+                socket.on_ack(packet.id, packet.data)
             return
         if kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT:
             name = packet.data[0]
@@ -69,7 +86,7 @@ class Connection:
             # No ack can come any more: a handler awaiting one learns it now.
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
-                socket._abandon_acks()
+                socket.abandon_acks()
         while len(self._queue) >= QUEUE_LIMIT and not self.session.closed:
             # Backpressure: the reader waits, so the client's TCP window fills.
             self._room = self._room or trio.Event()
@@ -80,7 +97,7 @@ class Connection:
 
     def on_close(self, reason: str) -> None:
         for socket in self.sockets.values():
-            socket._abandon_acks()
+            socket.abandon_acks()
         if self._room is not None:
             self._room.set()
         if not self._working:
@@ -88,7 +105,7 @@ class Connection:
 
     def _start_worker(self) -> None:
         self._working = True
-        self.server._nursery_for_connections().start_soon(self._work)
+        self.context.spawn(self._work)
 
     async def _work(self) -> None:
         queue = self._queue
@@ -123,7 +140,7 @@ class Connection:
                     await self.close_socket(socket, reason)
                 except Exception:
                     logger.exception("socket %s: disconnect handler failed", socket.id)
-        self.server._connections.pop(self.session.sid, None)
+        self.context.live.pop(self.session.sid, None)
 
     async def _send(self, packet: sio.Packet) -> None:
         # CONNECT_ERROR: there is no socket, so nothing to keep in order with.
@@ -138,7 +155,7 @@ class Connection:
             if socket is None:
                 return  # Socket.IO ignores packets for namespaces not joined
             args = packet.data
-            await socket._dispatch(args[0], args[1:], packet.id)
+            await socket.dispatch(args[0], args[1:], packet.id)
         elif kind is sio.PacketType.CONNECT:
             await self._connect(packet.namespace, packet.data)
         elif kind is sio.PacketType.DISCONNECT:
@@ -152,7 +169,7 @@ class Connection:
         if name in self.sockets:
             logger.info("session %s: duplicate CONNECT to %s ignored", self.session.sid, name)
             return
-        namespace = await self.server._resolve_namespace(name, auth)
+        namespace = await self.context.resolve_namespace(name, auth)
         if namespace is None:
             await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name,
                                          {"message": "Invalid namespace"}))
@@ -163,7 +180,7 @@ class Connection:
                               url=request.url)
         socket = Socket(namespace, self, handshake)
         try:
-            await namespace._run_middlewares(socket)
+            await namespace.run_middlewares(socket)
         except ConnectRefused as refusal:
             data: dict[str, Any] = {"message": refusal.message}
             if refusal.data is not None:
@@ -181,21 +198,20 @@ class Connection:
             return
         self.ever_connected = True
         self.sockets[name] = socket
-        socket.connected = True
-        await self.server._manager.add(socket._member)
-        await socket._send_packet(sio.Packet(sio.PacketType.CONNECT, name, {"sid": socket.id}))
-        await namespace._connected(socket)
+        await socket.registered()
+        await socket.send_packet(sio.Packet(sio.PacketType.CONNECT, name, {"sid": socket.id}))
+        await namespace.connected(socket)
 
     async def close_socket(self, socket: Socket, reason: str) -> None:
         if self.sockets.get(socket.namespace.name) is not socket:
             return
         del self.sockets[socket.namespace.name]
-        await socket._closed(reason)
+        await socket.closed(reason)
 
     async def disconnect_all(self, reason: str) -> None:
         """Disconnect every namespace, then close the session."""
         for socket in list(self.sockets.values()):
-            await socket._send_packet(sio.Packet(sio.PacketType.DISCONNECT,
+            await socket.send_packet(sio.Packet(sio.PacketType.DISCONNECT,
                                                   socket.namespace.name))
             await self.close_socket(socket, reason)
         self.session.close("forced close")

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, overload
 
 import trio
 
 from .._errors import ConfigError
-from ..rooms.manager import RoomManager, Target
+from .._version import VERSION
+from ..rooms.acks import AckRegistry
+from ..rooms.adapter import AdapterContext, AdapterFactory, InMemoryAdapter
+from ..rooms.delivery import Delivery
+from ..rooms.manager import RoomManager
+from ..rooms.taps import Taps
 from ..transport.engine import Engine, EngineOptions, EngineSession
 from ..transport.http import handle_connection
 from ..transport.timers import Timers
-from .acks import BroadcastAcks
-from .broadcast import BroadcastOperator, encode_event
-from .connection import Connection
+from .broadcast import BroadcastOperator, FetchedSocket
+from .connection import Connection, ConnectionContext
 from .namespace import Namespace, NamespaceFamily
-from .socket import Handler, Socket
+from .socket import Handler
 
-logger = logging.getLogger("roomd")
-
-VERSION = "0.1.0"
+logger = logging.getLogger("roomd.server")
 
 
 class Server:
@@ -36,6 +38,9 @@ class Server:
     connection's queue of unsent messages; a client that lets it fill is a
     slow consumer and ``slow_consumer`` says what happens: "disconnect" (the
     default) or "drop" (its messages are dropped until it catches up).
+    ``adapter`` makes each namespace's adapter: in memory by default, a
+    cluster adapter factory to share rooms with other servers.
+    Raises ConfigError for an invalid setting.
     """
 
     def __init__(self, *, ping_interval: float = 25, ping_timeout: float = 20,
@@ -43,7 +48,8 @@ class Server:
                  cors_origins: Sequence[str] | None = None, path: str = "/socket.io/",
                  outbox_limit: int = 1024, slow_consumer: str = "disconnect",
                  max_connections: int = 0,
-                 transports: Sequence[str] = ("polling", "websocket")) -> None:
+                 transports: Sequence[str] = ("polling", "websocket"),
+                 adapter: AdapterFactory | None = None) -> None:
         if ping_interval <= 0 or ping_timeout <= 0 or connect_timeout <= 0:
             raise ConfigError("ping_interval, ping_timeout and connect_timeout must be positive")
         if max_payload < 1 or outbox_limit < 1 or max_connections < 0:
@@ -62,21 +68,34 @@ class Server:
             max_connections=int(max_connections), transports=tuple(transports))
         self.connect_timeout = float(connect_timeout)
         self._timers = Timers()
-        self._engine = Engine(self.options, self._timers, self._on_session)
-        self._manager = RoomManager(slow_consumer, self._engine.write_batch)
-        self._namespaces: dict[str, Namespace] = {"/": Namespace(self, "/")}
+        self.engine = Engine(self.options, self._timers, self._on_session)
+        self.manager = RoomManager(self.engine.write_batch)
+        self._taps = Taps()
+        self._acks = AckRegistry()
+        self._delivery = Delivery(slow_consumer)
+        self.adapter_factory = adapter or AdapterFactory()
+        self._adapter_context = AdapterContext(self.manager, self._delivery, self._taps,
+                                               self._acks, self._on_server_event)
+        self._namespaces: dict[str, Namespace] = {}
         self._families: list[NamespaceFamily] = []
         self._connections: dict[str, Connection] = {}
-        self._ack_ids = itertools.count(1)
-        self._broadcast_acks = BroadcastAcks()
+        self._connection_context = ConnectionContext(
+            self._resolve_namespace, self._spawn, self._connections, self._timers,
+            self.connect_timeout)
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._accept_scope: trio.CancelScope | None = None
         self.listen_addresses: list[str] = []
         self.started_at: float | None = None
-        self._rate_mark = (0.0, 0)
+        self.of("/")
 
     # -- namespaces -----------------------------------------------------
+    @overload
+    def of(self, name: str) -> Namespace: ...
+
+    @overload
+    def of(self, name: re.Pattern[str] | Callable[[str, Any], Any]) -> NamespaceFamily: ...
+
     def of(self, name: str | re.Pattern[str] | Callable[[str, Any], Any]
            ) -> Namespace | NamespaceFamily:
         """The namespace of that name (created if new), or a dynamic family.
@@ -90,11 +109,23 @@ class Server:
                 name = "/" + name
             namespace = self._namespaces.get(name)
             if namespace is None:
-                namespace = self._namespaces[name] = Namespace(self, name)
+                namespace = self._namespaces[name] = Namespace(
+                    name, self._make_adapter(name), self._acks)
             return namespace
-        family = NamespaceFamily(self, name)
+        family = NamespaceFamily(name, self._make_adapter, self._acks)
         self._families.append(family)
         return family
+
+    def _make_adapter(self, name: str) -> InMemoryAdapter:
+        adapter = self.adapter_factory.create(name, self._adapter_context)
+        if self._nursery is not None:
+            self._nursery.start_soon(adapter.init)
+        return adapter
+
+    @property
+    def connections(self) -> Mapping[str, Connection]:
+        """The open (or still closing) connections by session id, read-only."""
+        return types.MappingProxyType(self._connections)
 
     @property
     def sockets(self) -> Namespace:
@@ -133,13 +164,17 @@ class Server:
     def volatile(self) -> BroadcastOperator:
         return self.sockets.volatile
 
+    @property
+    def local(self) -> BroadcastOperator:
+        return self.sockets.local
+
     async def emit(self, event: str, *args: Any) -> None:
         await self.sockets.emit(event, *args)
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float) -> list[Any]:
         return await self.sockets.emit_with_ack(event, *args, timeout=timeout)
 
-    async def fetch_sockets(self) -> list[Socket]:
+    async def fetch_sockets(self) -> list[FetchedSocket]:
         return await self.sockets.fetch_sockets()
 
     async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
@@ -151,21 +186,29 @@ class Server:
     async def disconnect_sockets(self, close: bool = False) -> None:
         await self.sockets.disconnect_sockets(close)
 
-    # -- internals used by the other layers ------------------------------
-    def _next_ack_id(self) -> int:
-        return next(self._ack_ids)
+    async def server_side_emit(self, event: str, *args: Any) -> None:
+        await self.sockets.server_side_emit(event, *args)
 
-    @staticmethod
-    def _tap_record(event: str, args: tuple | list, source: str) -> dict:
-        """What ``roomd tail`` shows of an emitted event (and what counts it)."""
-        return {"event": event, "args": args, "source": source}
+    async def server_side_emit_with_ack(self, event: str, *args: Any,
+                                        timeout: float) -> list[Any]:
+        return await self.sockets.server_side_emit_with_ack(event, *args, timeout=timeout)
 
+    def on_server_event(self, event: str, handler: Handler | None = None) -> Any:
+        """``on_server_event`` of the main namespace."""
+        return self.sockets.on_server_event(event, handler)
+
+    # -- what the other layers are handed --------------------------------
     def _on_session(self, session: EngineSession) -> Connection:
-        return Connection(self, session)
+        return Connection(session, self._connection_context)
 
-    def _nursery_for_connections(self) -> trio.Nursery:
+    def _spawn(self, task: Any) -> None:
         assert self._nursery is not None, "the server is not serving"
-        return self._nursery
+        self._nursery.start_soon(task)
+
+    async def _on_server_event(self, namespace: str, args: list, reply: Any) -> None:
+        target = self._namespaces.get(namespace)
+        if target is not None:
+            await target.server_event(args, reply)
 
     # -- running --------------------------------------------------------
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, *,
@@ -189,9 +232,12 @@ class Server:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._timers.run)
-                await nursery.start(self._manager.run)
-                self._nursery = self._engine.nursery = nursery
-                self._engine.accepting = True
+                await nursery.start(self.manager.run)
+                await nursery.start(self.adapter_factory.run)
+                self._nursery = self.engine.nursery = nursery
+                for namespace in list(self._namespaces.values()):
+                    await namespace.adapter.init()
+                self.engine.accepting = True
                 self.started_at = time.time()
                 self._accept_scope = trio.CancelScope()
                 nursery.start_soon(self._accept, listeners, nursery)
@@ -205,7 +251,7 @@ class Server:
             await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
-        await handle_connection(self._engine, stream)
+        await handle_connection(self.engine, stream)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop gracefully: stop accepting, disconnect every socket, drain.
@@ -216,13 +262,13 @@ class Server:
         """
         if self._scope is None:
             return
-        self._engine.accepting = False
+        self.engine.accepting = False
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         with trio.move_on_after(grace):
             for connection in list(self._connections.values()):
                 await connection.disconnect_all("server shutting down")
-            while self._connections or self._engine.live_websockets:
+            while self._connections or self.engine.live_websockets:
                 await trio.sleep(0.02)
         if self._scope is not None:
             self._scope.cancel()
@@ -231,29 +277,40 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """Figures for ``roomd status``."""
         now = time.time()
-        counts = self._manager.counts()
-        total = self._manager.events_total
-        mark_time, mark_total = self._rate_mark
-        rate = (total - mark_total) / (now - mark_time) if mark_time and now > mark_time else 0.0
-        self._rate_mark = (now, total)
+        sockets = rooms = 0
+        for namespace in self._namespaces.values():
+            n_sockets, n_rooms = namespace.adapter.counts()
+            sockets += n_sockets
+            rooms += n_rooms
         return {
             "version": VERSION,
             "started_at": self.started_at,
             "uptime": now - self.started_at if self.started_at else 0.0,
             "listen": list(self.listen_addresses),
-            "connections": len(self._engine.sessions),
-            "sockets": counts["sockets"],
+            "connections": len(self.engine.sessions),
+            "sockets": sockets,
             "namespaces": len(self._namespaces),
-            "rooms": counts["rooms"],
-            "events_total": total,
-            "events_per_second": round(rate, 2),
+            "rooms": rooms,
+            "events_total": self._taps.events_total,
+            "events_per_second": round(self._taps.rate(), 2),
+            "slow_consumers": self._delivery.slow_consumers,
+            "broadcasts_awaiting_acks": self._acks.waiting,
+            "cluster": self.adapter_factory.status(),
         }
 
     def namespace_names(self) -> list[str]:
         return sorted(self._namespaces)
 
+    def get_namespace(self, name: str) -> Namespace | None:
+        """The namespace of that name if it exists (never creates one)."""
+        return self._namespaces.get(name)
+
     async def rooms_snapshot(self, namespace: str | None = None) -> list[dict]:
-        return await self._manager.rooms_snapshot(namespace)
+        out: list[dict] = []
+        for name, ns in sorted(self._namespaces.items()):
+            if namespace is None or name == namespace:
+                out.extend(await ns.adapter.rooms_snapshot())
+        return out
 
     def sockets_snapshot(self, namespace: str | None = None, room: str | None = None
                          ) -> list[dict]:
@@ -261,33 +318,35 @@ class Server:
         for name, ns in sorted(self._namespaces.items()):
             if namespace is not None and name != namespace:
                 continue
-            for socket in ns._sockets.values():
-                rooms = socket._member.rooms
+            for socket in ns.sockets.values():
+                rooms = socket.rooms
                 if room is not None and room not in rooms:
                     continue
-                session = socket._connection.session
                 out.append({"id": socket.id, "namespace": name, "rooms": sorted(rooms),
-                            "transport": session.transport, "address": session.request.address,
-                            "connected_at": session.connected_at})
+                            "transport": socket.transport, "address": socket.handshake.address,
+                            "connected_at": socket.handshake.time})
         return out
 
     def open_tap(self) -> Any:
         """An async context manager yielding a channel of emitted-event dicts."""
-        return self._manager.open_tap()
+        return self._taps.open()
 
     async def admin_emit(self, namespace: str, event: str, args: list, rooms: list[str],
                          except_rooms: list[str]) -> int:
-        """Emit from the admin socket; returns the number of recipients."""
-        message = encode_event(namespace, event, tuple(args))
-        recipients = await self._manager.broadcast(
-            Target((namespace,), rooms, except_rooms), message,
-            tap={"event": event, "args": list(args), "source": "admin"}, wait=True)
-        return len(recipients or ())
+        """Emit from the admin socket; returns the number of local recipients.
+
+        An unknown namespace has no recipients.
+        """
+        target = self._namespaces.get(namespace)
+        if target is None:
+            return 0
+        return await target.to(rooms).except_(except_rooms).emit_counted(
+            event, *args, source="admin")
 
     async def admin_disconnect(self, sid: str) -> bool:
         """Disconnect the socket with that id (in any namespace)."""
         for ns in self._namespaces.values():
-            socket = ns._sockets.get(sid)
+            socket = ns.get_socket(sid)
             if socket is not None:
                 await socket.disconnect()
                 return True

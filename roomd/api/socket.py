@@ -3,26 +3,49 @@
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import inspect
 import secrets
 from collections.abc import Callable, Iterable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from .._errors import AckTimeout
 from ..protocol import sio
-from ..rooms.manager import Member
+from ..rooms.acks import AckRegistry
+from ..rooms.adapter import BroadcastOptions, Emission, InMemoryAdapter, Member
+from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
 from .acks import PendingAck
-from .broadcast import BroadcastOperator, _room_names, encode_event
-
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .namespace import Namespace
+from .broadcast import BroadcastOperator, check_event, room_names
 
 Handler = Callable[..., Any]
+
+
+class SocketNamespace(Protocol):
+    """What a socket needs of its namespace."""
+
+    name: str
+    adapter: InMemoryAdapter
+    acks: AckRegistry
+
+    def adapters(self) -> tuple[InMemoryAdapter, ...]: ...
+
+    def event_handlers(self, event: str) -> list[Handler]: ...
+
+    def forget(self, socket: Socket) -> None: ...
+
+
+class SocketConnection(Protocol):
+    """What a socket needs of the connection that carries it."""
+
+    session: EngineSession
+
+    async def close_socket(self, socket: Socket, reason: str) -> None: ...
+
+    async def disconnect_all(self, reason: str) -> None: ...
 
 
 async def call_handler(handler: Handler, *args: Any) -> Any:
@@ -43,6 +66,14 @@ class Handshake:
     address: str
     time: float
     url: str
+    secure: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The handshake as Socket.IO servers exchange it in a cluster."""
+        return {"headers": self.headers, "time": email.utils.formatdate(self.time, usegmt=True),
+                "address": self.address, "xdomain": "origin" in self.headers,
+                "secure": self.secure, "issued": int(self.time * 1000), "url": self.url,
+                "query": self.query, "auth": self.auth}
 
 
 class Socket:
@@ -50,18 +81,18 @@ class Socket:
 
     Event handlers registered with :meth:`on` receive the event's arguments;
     what an async or sync handler returns becomes the acknowledgement when
-    the client asked for one (a tuple is several ack arguments). A handler
-    that raises is logged and closes this client's whole connection.
+    the client asked for one (a tuple is several ack arguments).
     """
 
-    def __init__(self, namespace: Namespace, connection: Connection, handshake: Handshake) -> None:
+    def __init__(self, namespace: SocketNamespace, connection: SocketConnection,
+                 handshake: Handshake) -> None:
         self.id = secrets.token_urlsafe(15)
         self.namespace = namespace
         self.handshake = handshake
         self.data: dict[str, Any] = {}
         self.connected = False
         self._connection = connection
-        self._server = namespace.server
+        self._adapter = namespace.adapter
         self._member = Member(self.id, namespace.name, connection.session, self)
         self._handlers: dict[str, list[Handler]] | None = None
         self._any: list[Handler] | None = None
@@ -77,7 +108,13 @@ class Socket:
 
     @property
     def transport(self) -> str:
+        """"polling" or "websocket" (after an upgrade, "websocket")."""
         return self._connection.session.transport
+
+    def details(self) -> dict[str, Any]:
+        """What a cluster fetch reply says of this socket."""
+        return {"id": self.id, "handshake": self.handshake.as_dict(),
+                "rooms": sorted(self._member.rooms), "data": self.data}
 
     # -- handlers -------------------------------------------------------
     def on(self, event: str, handler: Handler | None = None) -> Any:
@@ -99,7 +136,8 @@ class Socket:
         self._any.append(handler)
         return handler
 
-    async def _dispatch(self, event: str, args: list, ack_id: int | None) -> None:
+    async def dispatch(self, event: str, args: list, ack_id: int | None) -> None:
+        """Run the handlers of one client event; send the ack when asked."""
         if self._any:
             for handler in self._any:
                 await call_handler(handler, event, *args)
@@ -110,7 +148,7 @@ class Socket:
             handled = True
             for handler in handlers:
                 result = await call_handler(handler, *args)
-        for handler in self.namespace._event_handlers(event):
+        for handler in self.namespace.event_handlers(event):
             handled = True
             result = await call_handler(handler, self, *args)
         if ack_id is not None and handled and self.connected:
@@ -120,28 +158,32 @@ class Socket:
                 data = list(result)
             else:
                 data = [result]
-            await self._send_packet(sio.Packet(sio.PacketType.ACK, self.namespace.name, data,
-                                                ack_id))
+            await self.send_packet(sio.Packet(sio.PacketType.ACK, self.namespace.name, data,
+                                              ack_id))
 
-    async def _emit_reserved(self, event: str, *args: Any) -> None:
+    async def emit_reserved(self, event: str, *args: Any) -> None:
+        """Run the handlers of a reserved event (``disconnecting``, ``disconnect``)."""
         handlers = self._handlers.get(event) if self._handlers else None
         for handler in handlers or ():
             await call_handler(handler, *args)
-        for handler in self.namespace._event_handlers(event):
+        for handler in self.namespace.event_handlers(event):
             await call_handler(handler, self, *args)
 
     # -- sending --------------------------------------------------------
-    async def _send_packet(self, packet: sio.Packet) -> None:
-        message = OutgoingMessage(sio.encode(packet))
-        await self._server._manager.deliver(self._member, message)
+    async def send_packet(self, packet: sio.Packet) -> None:
+        """Send a protocol packet to this client, in order with its events."""
+        await self._adapter.send(self._member, OutgoingMessage(sio.encode(packet)))
 
     async def emit(self, event: str, *args: Any) -> None:
-        """Send an event to this client; returns once it is queued."""
+        """Send an event to this client; returns once it is queued.
+
+        Raises TypeError when an argument cannot be encoded.
+        """
         if not self.connected:
             return
-        message = encode_event(self.namespace.name, event, args)
-        await self._server._manager.deliver(self._member, message,
-                                            tap=self._server._tap_record(event, args, "server"))
+        check_event(event)
+        emission = Emission(self.namespace.name, [event, *args])
+        await self._adapter.send(self._member, emission.message(), emission)
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float = 30.0) -> Any:
         """Send an event and wait for the client's acknowledgement.
@@ -150,51 +192,51 @@ class Socket:
         -> a tuple). Raises AckTimeout after ``timeout`` seconds, or at once
         when the socket disconnects first.
         """
-        ack_id = self._server._next_ack_id()
+        check_event(event)
+        ack_id = self.namespace.acks.next_id()
         pending = PendingAck()
         if self._acks is None:
             self._acks = {}
         self._acks[ack_id] = pending
         try:
-            message = encode_event(self.namespace.name, event, args, ack_id)
-            await self._server._manager.deliver(self._member, message)
+            emission = Emission(self.namespace.name, [event, *args])
+            await self._adapter.send(self._member, emission.message(ack_id))
             if self._connection.session.closed:
-                pending.value = _DISCONNECTED
-                pending.done.set()
+                pending.abandon()
             with trio.move_on_after(timeout):
                 await pending.done.wait()
             if not pending.done.is_set():
                 raise AckTimeout(f"no acknowledgement of {event!r} within {timeout} s")
-            if pending.value is _DISCONNECTED:
+            if pending.disconnected:
                 raise AckTimeout(f"socket disconnected before acknowledging {event!r}")
             return pending.value
         finally:
             self._acks.pop(ack_id, None)
 
-    def _on_ack(self, ack_id: int, args: list) -> None:
+    def on_ack(self, ack_id: int, args: list) -> None:
+        """An ACK from the client: for this socket's own wait, or a broadcast's."""
         pending = self._acks.get(ack_id) if self._acks else None
         if pending is not None:
             pending.resolve(args)
         else:
-            self._server._broadcast_acks.deliver(ack_id, self.id, args)
+            self.namespace.acks.deliver(ack_id, self.id, args)
 
     # -- rooms ----------------------------------------------------------
     async def join(self, *rooms: str | Iterable[str]) -> None:
         """Join one or more rooms (names or lists of names)."""
-        await self._server._manager.join(self._member, _room_names(rooms))
+        await self._adapter.add_all(self._member, room_names(rooms))
 
     async def leave(self, *rooms: str | Iterable[str]) -> None:
         """Leave one or more rooms; leaving a room one is not in is a no-op."""
-        await self._server._manager.leave(self._member, _room_names(rooms))
+        await self._adapter.delete(self._member, room_names(rooms))
 
-    def _operator(self) -> BroadcastOperator:
-        return BroadcastOperator(self._server, self.namespace._target_names,
-                                 except_rooms=frozenset((self.id,)))
+    def _operator(self, rooms: frozenset[str] = frozenset()) -> BroadcastOperator:
+        return BroadcastOperator(self.namespace.adapters,
+                                 BroadcastOptions(rooms, frozenset((self.id,))))
 
     def to(self, *rooms: str | Iterable[str]) -> BroadcastOperator:
         """The rooms' sockets except this one."""
-        return BroadcastOperator(self._server, self.namespace._target_names,
-                                 _room_names(rooms), frozenset((self.id,)))
+        return self._operator(room_names(rooms))
 
     in_ = to
 
@@ -214,26 +256,26 @@ class Socket:
             return
         if not self.connected:
             return
-        await self._send_packet(sio.Packet(sio.PacketType.DISCONNECT, self.namespace.name))
+        await self.send_packet(sio.Packet(sio.PacketType.DISCONNECT, self.namespace.name))
         await self._connection.close_socket(self, "server namespace disconnect")
 
-    async def _closed(self, reason: str) -> None:
+    async def registered(self) -> None:
+        """Make the socket a member of the namespace (its own room included)."""
+        self.connected = True
+        await self._adapter.add_member(self._member)
+
+    async def closed(self, reason: str) -> None:
         """Run the disconnect sequence: disconnecting, leave all, disconnect."""
         try:
-            await self._emit_reserved("disconnecting", reason)
+            await self.emit_reserved("disconnecting", reason)
         finally:
             self.connected = False
-            await self._server._manager.remove(self._member)
-            self.namespace._sockets.pop(self.id, None)
-            self._abandon_acks()
-        await self._emit_reserved("disconnect", reason)
+            await self._adapter.delete_all(self._member)
+            self.namespace.forget(self)
+            self.abandon_acks()
+        await self.emit_reserved("disconnect", reason)
 
-    def _abandon_acks(self) -> None:
+    def abandon_acks(self) -> None:
         """Fail the acks this socket waits for: the connection is gone."""
         for pending in (self._acks or {}).values():
-            if not pending.done.is_set():
-                pending.value = _DISCONNECTED
-                pending.done.set()
-
-
-_DISCONNECTED = object()
+            pending.abandon()

@@ -23,7 +23,7 @@ from ..api.broadcast import RESERVED_EVENTS
 from ..api.server import Server
 from ..api.socket import Socket
 
-logger = logging.getLogger("roomd")
+logger = logging.getLogger("roomd.relay")
 
 MAX_ROOM_NAME = 256
 MAX_ROOMS_PER_REQUEST = 100
@@ -32,11 +32,20 @@ MAX_ROOMS_PER_REQUEST = 100
 class RelayPolicy(Protocol):
     """What the configuration says of one namespace (``[[namespaces]]``)."""
 
-    name: str
-    client_join: bool
-    client_leave: bool
-    client_publish: bool
-    rooms: Iterable[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def client_join(self) -> bool: ...
+
+    @property
+    def client_leave(self) -> bool: ...
+
+    @property
+    def client_publish(self) -> bool: ...
+
+    @property
+    def rooms(self) -> Iterable[str]: ...
 
 
 class _Refused(Exception):
@@ -83,7 +92,7 @@ class _RelayNamespace:
             if not any(fnmatch.fnmatchcase(room, p) for p in self.patterns):
                 raise _Refused(f"room {room!r} is not allowed in {self.policy.name}")
             # Another socket's own room would let a client read its private messages.
-            if joining and room != socket.id and room in self.namespace._sockets:
+            if joining and room != socket.id and self.namespace.get_socket(room) is not None:
                 raise _Refused(f"room {room!r} is a socket's private room")
         return rooms
 
@@ -109,7 +118,7 @@ class _RelayNamespace:
         names = self._check_rooms(socket, rooms, joining=False)
         if not isinstance(event, str) or not event or event in RESERVED_EVENTS:
             raise _Refused("the event name must be a non-empty string and not reserved")
-        recipients = await socket.to(names)._emit(event, args, source="client", count=True)
+        recipients = await socket.to(names).emit_counted(event, *args, source="client")
         return {"recipients": recipients}
 
 

@@ -27,7 +27,7 @@ from . import systemd
 from .admin import serve_admin
 from .config import Config, load_config
 
-logger = logging.getLogger("roomd")
+logger = logging.getLogger("roomd.daemon")
 
 GC_THRESHOLDS = (20_000, 20, 20)
 

@@ -136,7 +136,7 @@ def encode_payload(packets: Iterable[Packet]) -> str:
 
     Raises ValueError when bytes data is attached to a non-MESSAGE packet.
     """
-    parts = []
+    parts: list[str] = []
     append = parts.append
     for packet in packets:
         data = packet.data
@@ -163,7 +163,7 @@ def decode_payload(body: str) -> list[Packet]:
     """
     if not isinstance(body, str):
         raise ProtocolError(f"expected a str payload, got {type(body).__name__}")
-    packets = []
+    packets: list[Packet] = []
     append = packets.append
     for part in body.split(RECORD_SEPARATOR):
         if part[:1] == "b":

@@ -87,7 +87,7 @@ def _default_slow(obj: Any) -> Any:  # after _deconstruct: no bytes remain
 
 def _make_dumps(default: Any, ascii_only: bool) -> Any:
     """A compact, NaN-refusing JSON encoder, built once (C accelerated)."""
-    enc = json.encoder
+    enc: Any = json.encoder  # the C accelerators are not in the stubs
     if enc.c_make_encoder is not None:
         quote = enc.c_encode_basestring_ascii if ascii_only else enc.c_encode_basestring
         c_encode = enc.c_make_encoder(None, default, quote, None, ":", ",", False, False, False)
@@ -155,7 +155,7 @@ def _encode_binary(is_event: bool, namespace: str, data: Any, ack_id: int | None
     return out
 
 
-def encode_event(namespace: str, args: list, ack_id: int | None = None) -> list[str | bytes]:
+def encode_event(namespace: str, args: list | tuple, ack_id: int | None = None) -> list[str | bytes]:
     """Encode an EVENT (hot path): ``args`` is ``[event name, *arguments]``.
 
     Returns ``[text]``, or ``[text, attachment, ...]`` as a BINARY_EVENT when

@@ -64,7 +64,7 @@ def close_frame(code: int = NORMAL, reason: str = "") -> bytes:
     return frame_header(0x80 | _CLOSE, len(payload)) + payload
 
 
-def _unmask(payload: bytes, key: bytes) -> bytes:
+def _unmask(payload: bytes | bytearray, key: bytes | bytearray) -> bytes:
     n = len(payload)
     if not n:
         return b""
@@ -209,7 +209,7 @@ class WebSocketProtocol:
         elif buf is self._buffer:
             # Grown in place: keep it, never copy a partial frame per read (quadratic).
             if pos:
-                del buf[:pos]
+                del buf[:pos]  # type: ignore[union-attr]  # buf is the bytearray
         else:
             self._buffer = bytearray(buf[pos:])
         return messages

@@ -57,7 +57,7 @@ def encode_frames(parts: list[str | bytes]) -> bytes:
     frame (as the output of ``sio.encode`` prefixed by ``_eio``), joined in
     one pass. Errors as in :func:`encode_text_frame`.
     """
-    chunks = []
+    chunks: list[bytes] = []
     append = chunks.append
     for part in parts:
         if isinstance(part, str):

@@ -27,7 +27,7 @@ from ..protocol.wsframe import encode_frames
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
 from .timers import Timers
 
-logger = logging.getLogger("roomd")
+logger = logging.getLogger("roomd.transport")
 
 # How long a WebSocket may take to finish the polling-to-WebSocket upgrade,
 # and how long a closing session may take to flush before its socket is shut.

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import urllib.parse
+from collections.abc import Sequence
 
 import h11
 import trio
@@ -24,7 +25,7 @@ from ..protocol.websocket import accept_token, handshake_error
 from .engine import Engine, EngineSession, RequestInfo
 from .outbox import PollingOutbox
 
-logger = logging.getLogger("roomd")
+logger = logging.getLogger("roomd.transport")
 
 # Engine.IO's error codes, as the JS server sends them.
 TRANSPORT_UNKNOWN = (0, "Transport unknown")
@@ -60,20 +61,20 @@ class _HttpConnection:
         except OSError:
             self.address = ""
 
-    async def _next_event(self) -> h11.Event | type[h11.PAUSED] | None:
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.conn.receive_data(data)
                 continue
-            return event
+            return event  # type: ignore[return-value]  # NEED_DATA looped above
 
     async def _send(self, *events: h11.Event) -> None:
         await self.stream.send_all(b"".join(self.conn.send(e) or b"" for e in events))
 
     async def respond(self, status: int, body: bytes, content_type: str,
-                      extra: list[tuple[str, str]] = (), close: bool = False) -> None:
+                      extra: Sequence[tuple[str, str]] = (), close: bool = False) -> None:
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store"), *extra]
         if close:
@@ -296,7 +297,8 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
     try:
         http = _HttpConnection(engine, stream)
         await http.serve()
-        websocket, http = http.websocket, None
+        websocket = http.websocket
+        del http  # the HTTP side's objects go before the WebSocket's life starts
         if websocket is not None:
             await engine.run_websocket(stream, *websocket)
     except (trio.BrokenResourceError, trio.ClosedResourceError):

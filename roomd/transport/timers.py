@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-logger = logging.getLogger("roomd")
+logger = logging.getLogger("roomd.transport")
 
 
 class Timers:

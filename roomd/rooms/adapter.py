@@ -1,0 +1,378 @@
+"""Adapters: per-namespace room membership and broadcasting.
+
+As in Socket.IO, each namespace has an adapter that owns its rooms and
+carries its broadcasts; the public broadcast operator is built on it, so a
+cluster adapter can replace the in-memory one without touching the rest.
+
+:class:`InMemoryAdapter` is the default and the base of cluster adapters.
+Its state (room -> members, id -> member) is changed only by commands that
+run in the :class:`~roomd.rooms.manager.RoomManager` task; its async
+methods send those commands and may be called from any task. A cluster
+adapter overrides the operations that reach other nodes: it publishes
+them, then calls the in-memory implementation for its own sockets; what
+arrives from other nodes is applied with ``BroadcastOptions.local`` set.
+
+Errors: membership commands for a socket that already left are ignored (a
+late join must not resurrect it); an operation that fails raises in the
+caller only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import trio
+
+from ..protocol import sio
+from ..transport.outbox import OutgoingMessage
+from .acks import AckCallback, AckRegistry
+from .delivery import Delivery, Session
+from .manager import RoomManager
+from .taps import Taps, tap_record
+
+
+class LocalSocket(Protocol):
+    """What an adapter needs of the API's socket object."""
+
+    async def disconnect(self, close: bool = False) -> None:
+        """Disconnect from the namespace (the whole connection with ``close``)."""
+
+    def details(self) -> dict[str, Any]:
+        """``{"id", "handshake", "rooms", "data"}`` as a cluster fetch reply carries it."""
+
+
+class Member:
+    """One local socket's membership record; ``rooms`` is changed only by the manager."""
+
+    __slots__ = ("id", "namespace", "session", "rooms", "owner")
+
+    def __init__(self, sid: str, namespace: str, session: Session, owner: LocalSocket) -> None:
+        self.id = sid
+        self.namespace = namespace
+        self.session = session
+        self.rooms: set[str] = set()
+        self.owner = owner
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BroadcastOptions:
+    """Who an operation is for: rooms (none = everyone), excluded rooms, flags.
+
+    A socket in several of the rooms is targeted once. ``local`` keeps the
+    operation on this node (set on what arrives from the cluster).
+    """
+
+    rooms: frozenset[str] = frozenset()
+    except_rooms: frozenset[str] = frozenset()
+    volatile: bool = False
+    local: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteSocketRecord:
+    """A socket of another node, as a cluster fetch returns it."""
+
+    id: str
+    rooms: frozenset[str]
+    data: Any
+    handshake: dict[str, Any]
+
+
+class Emission:
+    """One event on its way to sockets: its data, encoded once on first use.
+
+    ``data`` is ``[event, *args]`` (args may hold bytes anywhere). ``source``
+    says who emitted it ("server", "client", "admin", "cluster") for taps.
+    Raises TypeError (from the JSON encoder) when an argument cannot be
+    encoded; that happens in the emitting task, before anything is sent.
+    """
+
+    __slots__ = ("namespace", "data", "source", "_message")
+
+    def __init__(self, namespace: str, data: list, source: str = "server") -> None:
+        self.namespace = namespace
+        self.data = data
+        self.source = source
+        self._message: OutgoingMessage | None = None
+
+    @property
+    def event(self) -> str:
+        return self.data[0]
+
+    def message(self, ack_id: int | None = None) -> OutgoingMessage:
+        """The encoded packet (cached, unless it carries an ack id)."""
+        if ack_id is not None:
+            return OutgoingMessage(sio.encode_event(self.namespace, self.data, ack_id))
+        message = self._message
+        if message is None:
+            message = self._message = OutgoingMessage(sio.encode_event(self.namespace, self.data))
+        return message
+
+    def tap(self) -> dict[str, Any]:
+        return {"event": self.data[0], "args": self.data[1:], "source": self.source}
+
+
+ServerEventHandler = Callable[[str, list, "Callable[[list], None] | None"], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterContext:
+    """What every adapter of a server is handed.
+
+    ``on_server_event(namespace, args, reply)`` runs the namespace's
+    handlers of a server-side emit from another node; ``reply(args)`` (or
+    None when no reply is wanted) answers it.
+    """
+
+    manager: RoomManager
+    delivery: Delivery
+    taps: Taps
+    acks: AckRegistry
+    on_server_event: ServerEventHandler | None = None
+
+
+AckCloser = Callable[[], None]
+
+
+class InMemoryAdapter:
+    """The rooms of one namespace in this process; the base of cluster adapters."""
+
+    def __init__(self, namespace: str, context: AdapterContext) -> None:
+        self.namespace = namespace
+        self.context = context
+        self._manager = context.manager
+        self._delivery = context.delivery
+        self._taps = context.taps
+        self.rooms: dict[str, set[Member]] = {}
+        self.members: dict[str, Member] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.namespace}>"
+
+    # -- lifecycle ---------------------------------------------------------
+    async def init(self) -> None:
+        """Called once the server runs (cluster adapters subscribe here)."""
+
+    async def close(self) -> None:
+        """Called when the server stops."""
+
+    def status(self) -> dict[str, Any]:
+        return {"adapter": "memory"}
+
+    # -- membership of one local socket ------------------------------------
+    async def add_member(self, member: Member) -> None:
+        """Register a socket; it joins the room named by its own id."""
+        await self._manager.call(self._add_member, member)
+
+    async def add_all(self, member: Member, rooms: Iterable[str]) -> None:
+        await self._manager.call(self._join, member, tuple(rooms))
+
+    async def delete(self, member: Member, rooms: Iterable[str]) -> None:
+        await self._manager.call(self._leave, member, tuple(rooms))
+
+    async def delete_all(self, member: Member) -> None:
+        """Take a socket out of every room and forget it."""
+        await self._manager.call(self._remove_member, member)
+
+    # -- sending -------------------------------------------------------------
+    async def send(self, member: Member, message: OutgoingMessage,
+                   emission: Emission | None = None) -> None:
+        """One packet to one local socket, in order with its broadcasts.
+
+        ``emission`` is given for events (it is counted and tapped).
+        """
+        await self._manager.cast(self._send, member, message, emission)
+
+    async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
+        """Send to every target socket; returns once the manager has it.
+
+        The packet is encoded here, in the caller's task: an argument that
+        cannot be encoded raises TypeError before anything is sent.
+        """
+        emission.message()
+        await self._manager.cast(self._broadcast, emission, opts)
+
+    async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
+        """Broadcast, and return how many local sockets it was queued for."""
+        emission.message()
+        return await self._manager.call(self._broadcast, emission, opts)
+
+    async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
+                                 on_count: Callable[[int], None],
+                                 on_ack: AckCallback) -> AckCloser:
+        """Broadcast with an ack id; call ``on_count`` once per node, ``on_ack`` per ack.
+
+        Returns a function that stops the collection (call it when done).
+        """
+        acks = self.context.acks
+        ack_id = acks.open(on_ack)
+        try:
+            message = emission.message(ack_id)
+            count = await self._manager.call(self._broadcast_message, emission, message, opts)
+        except BaseException:
+            acks.close(ack_id)
+            raise
+        on_count(count)
+        return lambda: acks.close(ack_id)
+
+    # -- bulk operations -----------------------------------------------------
+    async def fetch_sockets(self, opts: BroadcastOptions) -> list[Member | RemoteSocketRecord]:
+        return await self._manager.call(self._select, opts)
+
+    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
+        await self._manager.call(self._add_sockets, opts, tuple(rooms))
+
+    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
+        await self._manager.call(self._del_sockets, opts, tuple(rooms))
+
+    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        members: list[Member] = await self._manager.call(self._select, opts)
+        for member in members:
+            await member.owner.disconnect(close)
+
+    async def server_side_emit(self, args: list,
+                               on_reply: Callable[[list], None] | None = None) -> int:
+        """Send ``args`` to the other servers; returns how many will reply.
+
+        A single process has no other server: nothing is sent.
+        """
+        return 0
+
+    async def all_rooms(self) -> set[str]:
+        """Every room name, socket-id rooms included."""
+        return set(self.rooms)
+
+    async def server_count(self) -> int:
+        return 1
+
+    # -- views for the admin socket -------------------------------------------
+    async def rooms_snapshot(self) -> list[dict[str, Any]]:
+        return await self._manager.call(self._rooms_snapshot)
+
+    def counts(self) -> tuple[int, int]:
+        """(sockets, rooms that are not a socket's own room)."""
+        rooms = sum(1 for name, members in self.rooms.items()
+                    if not (len(members) == 1 and next(iter(members)).id == name))
+        return len(self.members), rooms
+
+    # -- command bodies (run in the manager task) -----------------------------
+    def _add_member(self, member: Member) -> None:
+        self.members[member.id] = member
+        self._join(member, (member.id,))
+
+    def _remove_member(self, member: Member) -> None:
+        if self.members.get(member.id) is not member:
+            return
+        self._leave(member, tuple(member.rooms))
+        del self.members[member.id]
+
+    def _join(self, member: Member, rooms: tuple[str, ...]) -> None:
+        if self.members.get(member.id) is not member:
+            return  # already gone: a late join must not resurrect it
+        all_rooms = self.rooms
+        for room in rooms:
+            members = all_rooms.get(room)
+            if members is None:
+                members = all_rooms[room] = set()
+            members.add(member)
+            member.rooms.add(room)
+
+    def _leave(self, member: Member, rooms: tuple[str, ...]) -> None:
+        all_rooms = self.rooms
+        for room in rooms:
+            members = all_rooms.get(room)
+            if members is not None:
+                members.discard(member)
+                if not members:
+                    del all_rooms[room]
+            member.rooms.discard(room)
+
+    def _targets(self, opts: BroadcastOptions) -> Iterable[Member]:
+        """The members ``opts`` selects, each once (may be a live set: do not mutate)."""
+        rooms = opts.rooms
+        found: Iterable[Member]
+        if not rooms:
+            found = self.members.values()
+        elif len(rooms) == 1:
+            (room,) = rooms
+            found = self.rooms.get(room, ())
+        else:
+            union: set[Member] = set()
+            for room in rooms:
+                union.update(self.rooms.get(room, ()))
+            found = union
+        if opts.except_rooms:
+            excluded: set[Member] = set()
+            for room in opts.except_rooms:
+                excluded.update(self.rooms.get(room, ()))
+            if excluded:
+                found = [m for m in found if m not in excluded]
+        return found
+
+    def _send(self, member: Member, message: OutgoingMessage, emission: Emission | None) -> None:
+        if self.members.get(member.id) is not member:
+            return
+        if self._delivery.send_one(member, message) and emission is not None:
+            taps = self._taps
+            taps.count()
+            if taps.watched:
+                taps.publish(tap_record(self.namespace, emission.tap(), frozenset((member.id,)),
+                                        frozenset(), 1))
+
+    def _broadcast(self, emission: Emission, opts: BroadcastOptions) -> int:
+        return self._broadcast_message(emission, emission.message(), opts)
+
+    def _broadcast_message(self, emission: Emission, message: OutgoingMessage,
+                           opts: BroadcastOptions) -> int:
+        # A live set is fine to iterate: delivery never changes membership.
+        recipients = self._targets(opts)
+        slow = self._delivery.send_many(recipients, message, opts.volatile)
+        delivered = len(recipients) - (len(slow) if slow else 0)  # type: ignore[arg-type]
+        taps = self._taps
+        taps.count()
+        if taps.watched:
+            taps.publish(tap_record(self.namespace, emission.tap(), opts.rooms, opts.except_rooms,
+                                    delivered))
+        return delivered
+
+    def _select(self, opts: BroadcastOptions) -> list[Member]:
+        return list(self._targets(opts))
+
+    def _add_sockets(self, opts: BroadcastOptions, rooms: tuple[str, ...]) -> None:
+        for member in list(self._targets(opts)):
+            self._join(member, rooms)
+
+    def _del_sockets(self, opts: BroadcastOptions, rooms: tuple[str, ...]) -> None:
+        for member in list(self._targets(opts)):
+            self._leave(member, rooms)
+
+    def _rooms_snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for room, members in sorted(self.rooms.items()):
+            ids = sorted(m.id for m in members)
+            out.append({"namespace": self.namespace, "room": room, "members": ids,
+                        "private": room in self.members and ids == [room]})
+        return out
+
+
+class AdapterFactory:
+    """Makes each namespace's adapter: what ``roomd.Server(adapter=...)`` takes.
+
+    This default makes in-memory adapters. A cluster factory also owns what
+    its adapters share (the Redis connections) and runs their background
+    tasks in :meth:`run`, which the server starts in its nursery before it
+    accepts connections; it must call ``task_status.started()`` once it can
+    serve (or raise), and keep running until cancelled if it has tasks.
+    """
+
+    def create(self, namespace: str, context: AdapterContext) -> InMemoryAdapter:
+        return InMemoryAdapter(namespace, context)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    def status(self) -> dict[str, Any]:
+        """What ``roomd status`` shows of the adapter."""
+        return {"adapter": "memory"}
