@@ -2,16 +2,28 @@
 
 The task reading the transport decodes each message (:meth:`Connection.on_message`).
 ACKs are resolved there at once, so a handler may await an acknowledgement
-from its own client. Every other packet is queued and handled, in order, by
-one worker task that exists only while there is work: an idle connection
-costs no task. A malformed packet or a handler's exception is logged and
-closes this connection only.
+from its own client. Every other packet is queued and handled by worker
+tasks that exist only while there is work: an idle connection costs no task.
+
+Ordering: packets are taken from the queue in arrival order, and a handler
+runs until its first ``await`` before the next packet is taken, so handlers
+start in arrival order (as in Socket.IO). A handler that awaits does not
+hold up the next event: while every worker is inside a handler, another
+worker is started, up to ``max_concurrent_handlers`` per connection; beyond
+that the reader stops reading (the client's TCP window fills) instead of
+queueing without bound. With ``max_concurrent_handlers=1`` each handler
+finishes before the next starts.
+
+A malformed packet closes this connection only. A handler's exception is
+logged with its traceback and sends no ack; the connection stays, unless
+the server was made with ``disconnect_on_handler_error``.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,6 +59,8 @@ class ConnectionContext:
     live: dict[str, Connection]
     timers: Timers
     connect_timeout: float
+    max_concurrent_handlers: int = 16
+    disconnect_on_handler_error: bool = False
 
 
 class Connection:
@@ -59,7 +73,8 @@ class Connection:
         self.decoder = sio.Decoder()
         self.ever_connected = False
         self._queue: collections.deque[sio.Packet] = collections.deque()
-        self._working = False
+        self._workers = 0
+        self._starting = 0  # workers started that have not taken a packet yet
         self._room: trio.Event | None = None
         self._cleaned = False
         context.live[session.sid] = self
@@ -91,50 +106,74 @@ class Connection:
             # Backpressure: the reader waits, so the client's TCP window fills.
             self._room = self._room or trio.Event()
             await self._room.wait()
+        if self.session.closed:
+            return
         self._queue.append(packet)
-        if not self._working:
+        if (not self._starting and self._workers < self.context.max_concurrent_handlers
+                and (not self._workers or kind is sio.PacketType.EVENT
+                     or kind is sio.PacketType.BINARY_EVENT)):
+            # Every worker is inside a handler (or there is none): one more.
             self._start_worker()
 
     def on_close(self, reason: str) -> None:
         for socket in self.sockets.values():
             socket.abandon_acks()
+        # Events not started are dropped; a namespace disconnect the client
+        # sent before it went still counts as one (its reason says so).
+        left = [p.namespace for p in self._queue if p.type is sio.PacketType.DISCONNECT]
+        self._queue.clear()
         if self._room is not None:
             self._room.set()
-        if not self._working:
-            self._start_worker()
+        if not self._cleaned:
+            self._cleaned = True
+            self.context.spawn(functools.partial(self._cleanup, left))
 
     def _start_worker(self) -> None:
-        self._working = True
+        self._workers += 1
+        self._starting += 1
         self.context.spawn(self._work)
 
     async def _work(self) -> None:
         queue = self._queue
         session = self.session
+        self._starting -= 1
         try:
-            while queue:
+            while queue and not session.closed:
                 packet = queue.popleft()
                 if self._room is not None and len(queue) < QUEUE_LIMIT // 2:
                     self._room.set()
                     self._room = None
-                await self.handle(packet)
-        except ProtocolError as exc:
-            logger.warning("session %s: closing on malformed packet: %s", session.sid, exc)
-            session.close("parse error")
-        except Exception:
-            logger.exception("session %s: handler failed; closing the connection", session.sid)
-            session.close("server error")
+                try:
+                    await self.handle(packet)
+                except ProtocolError as exc:
+                    logger.warning("session %s: closing on malformed packet: %s",
+                                   session.sid, exc)
+                    session.close("parse error")
+                except Exception:
+                    self._handler_failed(packet)
         finally:
-            self._working = False
-            if session.closed and not self._cleaned:
-                self._cleaned = True
-                queue.clear()
-                with trio.CancelScope(shield=True):
-                    await self._cleanup()
+            self._workers -= 1
 
-    async def _cleanup(self) -> None:
-        """Run every socket's disconnect sequence once the session is closed."""
+    def _handler_failed(self, packet: sio.Packet) -> None:
+        event = packet.data[0] if packet.data and isinstance(packet.data, list) else None
+        logger.exception("session %s: %s handler of %s failed", self.session.sid,
+                         repr(event) if event is not None else packet.type.name,
+                         packet.namespace)
+        if self.context.disconnect_on_handler_error:
+            self.session.close("server error")
+
+    async def _cleanup(self, left: list[str]) -> None:
+        """Run every socket's disconnect sequence once the session is closed.
+
+        ``left`` are the namespaces the client disconnected from in packets
+        still queued. Handlers still running are not waited for.
+        """
         reason = self.session.close_reason
-        with trio.move_on_after(CLEANUP_TIMEOUT):
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+            for name in left:
+                socket = self.sockets.get(name)
+                if socket is not None:
+                    await self.close_socket(socket, "client namespace disconnect")
             for socket in list(self.sockets.values()):
                 try:
                     await self.close_socket(socket, reason)

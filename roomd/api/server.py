@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, overload
 
 import trio
 
 from .._errors import ConfigError
 from .._version import VERSION
+from ..protocol import sio
 from ..rooms.acks import AckRegistry
 from ..rooms.adapter import AdapterContext, AdapterFactory, InMemoryAdapter
 from ..rooms.delivery import Delivery
 from ..rooms.manager import RoomManager
 from ..rooms.taps import Taps
-from ..transport.engine import Engine, EngineOptions, EngineSession
+from ..transport.engine import (
+    AllowRequest,
+    ConnectionRefusal,
+    Engine,
+    EngineOptions,
+    EngineSession,
+)
 from ..transport.http import handle_connection
 from ..transport.timers import Timers
 from .broadcast import BroadcastOperator, FetchedSocket
@@ -27,6 +35,8 @@ from .namespace import Namespace, NamespaceFamily
 from .socket import Handler
 
 logger = logging.getLogger("roomd.server")
+
+Lifespan = Callable[["Server"], contextlib.AbstractAsyncContextManager[Any]]
 
 
 class Server:
@@ -40,6 +50,14 @@ class Server:
     default) or "drop" (its messages are dropped until it catches up).
     ``adapter`` makes each namespace's adapter: in memory by default, a
     cluster adapter factory to share rooms with other servers.
+
+    ``max_concurrent_handlers`` caps the handlers one connection runs at
+    once (1: each finishes before the next starts). A handler's exception
+    is logged and the connection stays, unless ``disconnect_on_handler_error``.
+    ``json_default(obj)`` encodes argument types JSON lacks beyond those
+    roomd handles itself (datetime, date, time, UUID, Decimal); it is
+    process-wide. ``allow_request(request)`` may refuse a handshake before
+    any session exists (see :data:`AllowRequest`).
     Raises ConfigError for an invalid setting.
     """
 
@@ -49,9 +67,15 @@ class Server:
                  outbox_limit: int = 1024, slow_consumer: str = "disconnect",
                  max_connections: int = 0,
                  transports: Sequence[str] = ("polling", "websocket"),
-                 adapter: AdapterFactory | None = None) -> None:
+                 adapter: AdapterFactory | None = None,
+                 max_concurrent_handlers: int = 16,
+                 disconnect_on_handler_error: bool = False,
+                 json_default: Callable[[Any], Any] | None = None,
+                 allow_request: AllowRequest | None = None) -> None:
         if ping_interval <= 0 or ping_timeout <= 0 or connect_timeout <= 0:
             raise ConfigError("ping_interval, ping_timeout and connect_timeout must be positive")
+        if max_concurrent_handlers < 1:
+            raise ConfigError("max_concurrent_handlers must be at least 1")
         if max_payload < 1 or outbox_limit < 1 or max_connections < 0:
             raise ConfigError("max_payload and outbox_limit must be positive")
         if slow_consumer not in ("disconnect", "drop"):
@@ -81,7 +105,15 @@ class Server:
         self._connections: dict[str, Connection] = {}
         self._connection_context = ConnectionContext(
             self._resolve_namespace, self._spawn, self._connections, self._timers,
-            self.connect_timeout)
+            self.connect_timeout, max_concurrent_handlers, disconnect_on_handler_error)
+        if json_default is not None:
+            sio.set_json_default(json_default)
+        self.engine.allow_request = allow_request
+        self._lifespans: list[Lifespan] = []
+        self._background: trio.Nursery | None = None
+        self._pending_background: list[tuple[Callable[..., Awaitable[Any]], tuple]] = []
+        self._drained = trio.Event()
+        self._finished: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._accept_scope: trio.CancelScope | None = None
@@ -197,6 +229,51 @@ class Server:
         """``on_server_event`` of the main namespace."""
         return self.sockets.on_server_event(event, handler)
 
+    def on_connection_error(self, handler: Callable[[ConnectionRefusal], Any]
+                            ) -> Callable[[ConnectionRefusal], Any]:
+        """Register ``handler(refusal)`` for every refused Engine.IO request.
+
+        Like Node's ``io.engine.on("connection_error")``: the refusal has the
+        Engine.IO error ``code`` and ``message``, a ``context`` that says why,
+        and the client's ``address`` and ``url``. The handler runs in the
+        request's task and must not block; its exceptions are logged.
+        """
+        self.engine.error_listeners.append(handler)
+        return handler
+
+    # -- application lifespan -------------------------------------------
+    def lifespan(self, factory: Lifespan) -> Lifespan:
+        """Register an app lifespan (usable as a decorator).
+
+        ``factory(server)`` returns an async context manager (write it with
+        ``contextlib.asynccontextmanager``): it is entered once the server
+        runs, before it accepts connections, and exited after a graceful
+        :meth:`shutdown` has drained the clients (or under cancellation when
+        the server is cancelled instead). An exception on entry stops
+        :meth:`serve` with that exception.
+        """
+        self._lifespans.append(factory)
+        return factory
+
+    def start_background_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` beside the server, in its own task.
+
+        Started at once when serving, else when :meth:`serve` starts. Such
+        tasks are cancelled after the graceful drain, before the lifespans
+        exit. An exception in one is logged; the server keeps serving.
+        """
+        if self._background is not None:
+            self._background.start_soon(self._run_background, fn, args)
+        else:
+            self._pending_background.append((fn, args))
+
+    @staticmethod
+    async def _run_background(fn: Callable[..., Awaitable[Any]], args: tuple) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            logger.exception("background task %s failed", getattr(fn, "__name__", fn))
+
     # -- what the other layers are handed --------------------------------
     def _on_session(self, session: EngineSession) -> Connection:
         return Connection(session, self._connection_context)
@@ -229,21 +306,39 @@ class Server:
             sockname = listener.socket.getsockname()
             self.listen_addresses.append(f"{sockname[0]}:{sockname[1]}")
         bound_port = listeners[0].socket.getsockname()[1]
-        with trio.CancelScope() as self._scope:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._timers.run)
-                await nursery.start(self.manager.run)
-                await nursery.start(self.adapter_factory.run)
-                self._nursery = self.engine.nursery = nursery
-                for namespace in list(self._namespaces.values()):
-                    await namespace.adapter.init()
-                self.engine.accepting = True
-                self.started_at = time.time()
-                self._accept_scope = trio.CancelScope()
-                nursery.start_soon(self._accept, listeners, nursery)
-                logger.info("listening on %s", ", ".join(self.listen_addresses))
-                task_status.started(bound_port)
-        self._scope = None
+        self._drained = trio.Event()
+        self._finished = trio.Event()
+        try:
+            with trio.CancelScope() as self._scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._timers.run)
+                    await nursery.start(self.manager.run)
+                    await nursery.start(self.adapter_factory.run)
+                    self._nursery = self.engine.nursery = nursery
+                    for namespace in list(self._namespaces.values()):
+                        await namespace.adapter.init()
+                    async with contextlib.AsyncExitStack() as lifespans:
+                        for factory in self._lifespans:
+                            await lifespans.enter_async_context(factory(self))
+                        async with trio.open_nursery() as background:
+                            self._background = background
+                            pending, self._pending_background = self._pending_background, []
+                            for fn, args in pending:
+                                background.start_soon(self._run_background, fn, args)
+                            self.engine.accepting = True
+                            self.started_at = time.time()
+                            self._accept_scope = trio.CancelScope()
+                            nursery.start_soon(self._accept, listeners, nursery)
+                            logger.info("listening on %s", ", ".join(self.listen_addresses))
+                            task_status.started(bound_port)
+                            await self._drained.wait()
+                            background.cancel_scope.cancel()
+                        self._background = None
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._scope = None
+            self._nursery = self._background = None
+            self._finished.set()
 
     async def _accept(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
         assert self._accept_scope is not None
@@ -257,10 +352,11 @@ class Server:
         """Stop gracefully: stop accepting, disconnect every socket, drain.
 
         Each client gets a Socket.IO DISCONNECT for each namespace; queued
-        messages get up to ``grace`` seconds to leave. Then :meth:`serve`
-        returns.
+        messages get up to ``grace`` seconds to leave. Then background tasks
+        are cancelled, the lifespans exit, and :meth:`serve` returns; this
+        returns when it has.
         """
-        if self._scope is None:
+        if self._scope is None or self._finished is None:
             return
         self.engine.accepting = False
         if self._accept_scope is not None:
@@ -268,10 +364,11 @@ class Server:
         with trio.move_on_after(grace):
             for connection in list(self._connections.values()):
                 await connection.disconnect_all("server shutting down")
-            while self._connections or self.engine.live_websockets:
+            while (self._connections or self.engine.live_websockets
+                   or self.engine.closing_polls or self.engine.polls_in_flight):
                 await trio.sleep(0.02)
-        if self._scope is not None:
-            self._scope.cancel()
+        self._drained.set()
+        await self._finished.wait()
 
     # -- introspection (the admin socket's backend) ----------------------
     def stats(self) -> dict[str, Any]:

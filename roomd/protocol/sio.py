@@ -23,10 +23,14 @@ the placeholders, so ``Decoder.feed`` over ``encode(p)`` gives back ``p``.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import enum
 import json
 import math
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,14 +79,44 @@ class _HasBinary(Exception):
     """Raised out of the JSON encoder when it meets bytes: take the slow path."""
 
 
+_user_default: Callable[[Any], Any] | None = None
+
+
+def set_json_default(fn: Callable[[Any], Any] | None) -> None:
+    """Encode other types with ``fn(obj)`` (process-wide; None removes it).
+
+    ``fn`` returns something JSON can hold, or raises TypeError.
+    """
+    global _user_default
+    _user_default = fn
+
+
+def _plain(obj: Any) -> Any:
+    """A JSON stand-in for a value the json module cannot encode, as Node would send it."""
+    if isinstance(obj, datetime.datetime):
+        if obj.tzinfo is None:
+            return obj.isoformat(timespec="milliseconds")
+        # JavaScript's Date.prototype.toJSON: UTC, milliseconds, "Z"
+        utc = obj.astimezone(datetime.UTC).replace(tzinfo=None)
+        return utc.isoformat(timespec="milliseconds") + "Z"
+    if isinstance(obj, (datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, (uuid.UUID, decimal.Decimal)):
+        return str(obj)
+    if _user_default is not None:
+        return _user_default(obj)
+    raise TypeError(f"cannot encode an argument of type {type(obj).__name__} as JSON "
+                    "(give roomd.Server a json_default to encode it)")
+
+
 def _default_fast(obj: Any) -> Any:
     if isinstance(obj, _BINARY):
         raise _HasBinary
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return _plain(obj)
 
 
 def _default_slow(obj: Any) -> Any:  # after _deconstruct: no bytes remain
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return _plain(obj)
 
 
 def _make_dumps(default: Any, ascii_only: bool) -> Any:

@@ -11,12 +11,13 @@ feeds sessions is ``_http``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -84,6 +85,23 @@ async def receive_some(fd: int) -> bytes:
             return b""
         await trio.lowlevel.checkpoint()
         return data
+
+
+AllowRequest = Callable[[RequestInfo], Any]
+"""``allow_request(request)``, sync or async: True (or None) accepts a handshake;
+False refuses it with HTTP 403 "Forbidden", a string refuses it with that
+message. An exception is logged and refuses it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionRefusal:
+    """An Engine.IO request refused before or outside a session (Node's ``connection_error``)."""
+
+    code: int
+    message: str
+    context: str
+    address: str
+    url: str
 
 
 class SessionHandler(Protocol):
@@ -209,10 +227,37 @@ class Engine:
         self.timers = timers
         self.on_session = on_session
         self.sessions: dict[str, EngineSession] = {}
+        self.closing_polls: dict[str, EngineSession] = {}
+        self.polls_in_flight = 0  # long-poll GETs being answered (a drain waits for them)
         self.accepting = True
         self.live_websockets = 0
         self.nursery: trio.Nursery | None = None
         self.write_batch = WriteBatch()
+        self.allow_request: AllowRequest | None = None
+        self.error_listeners: list[Callable[[ConnectionRefusal], Any]] = []
+
+    async def refusal_of(self, request: RequestInfo) -> str | None:
+        """Why ``allow_request`` refuses a handshake, or None when it accepts."""
+        if self.allow_request is None:
+            return None
+        try:
+            verdict = self.allow_request(request)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("allow_request failed; refusing %s", request.address)
+            return "Forbidden"
+        if verdict is None or verdict is True:
+            return None
+        return verdict if isinstance(verdict, str) and verdict else "Forbidden"
+
+    def report_error(self, error: ConnectionRefusal) -> None:
+        """Tell the ``connection_error`` listeners; a listener's error is logged."""
+        for listener in self.error_listeners:
+            try:
+                listener(error)
+            except Exception:
+                logger.exception("connection_error listener failed")
 
     def open_packet(self, sid: str, websocket: bool) -> eio.Packet:
         o = self.options
@@ -236,8 +281,25 @@ class Engine:
         return session
 
     def forget(self, session: EngineSession) -> None:
+        """Drop a closing session; a polling one with unread packets waits for one more GET.
+
+        A long-polling client between two requests has not read the packets
+        that closed its session (a DISCONNECT, say): its next GET still gets
+        them, within CLOSE_FLUSH_TIMEOUT. Called before the close packet is
+        queued.
+        """
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
+            outbox = session.outbox
+            if (isinstance(outbox, PollingOutbox) and outbox.pending and not session.poll_pending
+                    and session.close_reason != "transport close"):  # the client left itself
+                self.closing_polls[session.sid] = session
+                self.timers.call_later(CLOSE_FLUSH_TIMEOUT, self.closing_polls.pop,
+                                       session.sid, None)
+
+    def polling_session(self, sid: str) -> EngineSession | None:
+        """The session a long-polling request names, a closing one included."""
+        return self.sessions.get(sid) or self.closing_polls.get(sid)
 
     async def run_websocket(self, stream: trio.SocketStream, received: bytes,
                             request: RequestInfo, sid: str | None) -> None:
@@ -306,8 +368,12 @@ class _WebSocketSession:
             return
         session.reader_scope = None
         if reason is None:
-            # Closed by the server: let queued frames (a DISCONNECT, say) leave first.
+            # Closed by the server: let queued frames (a DISCONNECT, say) leave first,
+            # then wait for the client's close frame (RFC 6455 7.1.1): closing the TCP
+            # socket while the client's answer is unread would reset the connection,
+            # and a reset can discard what the client had not read yet.
             await self._close(1000)
+            await self._await_peer_close()
             return
         session.close(reason)
         with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
@@ -318,6 +384,16 @@ class _WebSocketSession:
         with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
             self.outbox.put_bytes(self.protocol.close_frame(code))
             await self.outbox.drain()
+
+    async def _await_peer_close(self) -> None:
+        """Read (and drop) until the client's close frame or EOF, for a short while."""
+        protocol = self.protocol
+        with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+            while protocol.close_code is None:
+                data = await receive_some(self.fd)
+                if not data:
+                    return
+                protocol.receive(data)
 
     async def _read(self, data: bytes) -> str:
         """Read until the peer goes away; returns the close reason."""

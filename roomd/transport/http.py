@@ -22,7 +22,7 @@ import trio
 from .._errors import ProtocolError
 from ..protocol import eio
 from ..protocol.websocket import accept_token, handshake_error
-from .engine import Engine, EngineSession, RequestInfo
+from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo
 from .outbox import PollingOutbox
 
 logger = logging.getLogger("roomd.transport")
@@ -173,8 +173,12 @@ class _HttpConnection:
                 await self._read_body(0)
                 await self._open_polling(info, cors)
                 return True
-            session = self.engine.sessions.get(sid)
+            session = self.engine.polling_session(sid)
             if session is None:
+                raise _Refusal(400, SESSION_UNKNOWN)
+            if session.closed and method != "GET":
+                # The client is closing too: nobody will fetch the last packets.
+                self.engine.closing_polls.pop(sid, None)
                 raise _Refusal(400, SESSION_UNKNOWN)
             if session.transport != "polling":
                 raise _Refusal(400, BAD_REQUEST, "session was upgraded")
@@ -188,6 +192,10 @@ class _HttpConnection:
             return True
         except _Refusal as refusal:
             logger.info("%s: %s %s refused: %s", self.address, method, target[:200], refusal)
+            if self.engine.error_listeners:
+                self.engine.report_error(ConnectionRefusal(
+                    refusal.code, refusal.message, refusal.detail or refusal.message,
+                    self.address, target))
             await self.refuse(refusal, cors if refusal.status != 403 else [])
             return False
 
@@ -211,11 +219,24 @@ class _HttpConnection:
     async def _open_polling(self, info: RequestInfo, cors: list[tuple[str, str]]) -> None:
         if not self.engine.accepting or self.engine.full():
             raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+        await self._check_allowed(info)
         session = self.engine.new_session("polling", info)
         payload = eio.encode_payload([self.engine.open_packet(session.sid, websocket=False)])
         await self.respond(200, payload.encode(), "text/plain; charset=UTF-8", cors)
 
+    async def _check_allowed(self, info: RequestInfo) -> None:
+        refusal = await self.engine.refusal_of(info)
+        if refusal is not None:
+            raise _Refusal(403, (FORBIDDEN[0], refusal), "refused by allow_request")
+
     async def _poll(self, session: EngineSession, cors: list[tuple[str, str]]) -> None:
+        self.engine.polls_in_flight += 1
+        try:
+            await self._answer_poll(session, cors)
+        finally:
+            self.engine.polls_in_flight -= 1
+
+    async def _answer_poll(self, session: EngineSession, cors: list[tuple[str, str]]) -> None:
         outbox = session.outbox
         if session.poll_pending:
             session.close("transport error")
@@ -232,6 +253,8 @@ class _HttpConnection:
                 packets = outbox.take(self.engine.options.max_payload)
         finally:
             session.poll_pending = False
+        if session.closed:
+            self.engine.closing_polls.pop(session.sid, None)
         body = eio.encode_payload(packets).encode()
         await self.respond(200, body, "text/plain; charset=UTF-8", cors)
 
@@ -272,6 +295,8 @@ class _HttpConnection:
                 raise _Refusal(400, SESSION_UNKNOWN)
         elif not self.engine.accepting or self.engine.full():
             raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+        else:
+            await self._check_allowed(info)
         problem = handshake_error(headers)
         if problem is not None:
             raise _Refusal(400, BAD_REQUEST, problem)

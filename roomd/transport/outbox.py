@@ -167,6 +167,9 @@ class WebSocketOutbox:
             await self._drained.wait()
 
 
+_CLOSE = eio.encode_packet(eio.Packet(eio.PacketType.CLOSE))
+
+
 class PollingOutbox:
     """Outbox of a long-polling session: Engine.IO packets for the next GET."""
 
@@ -191,6 +194,11 @@ class PollingOutbox:
         self._queue.append(eio.encode_packet(packet))
         self._wakeup.set()
 
+    @property
+    def pending(self) -> int:
+        """Packets queued and not yet taken."""
+        return len(self._queue)
+
     def wake(self) -> None:
         self._wakeup.set()
 
@@ -208,7 +216,10 @@ class PollingOutbox:
         while queue:
             item = queue[0]
             size += len(item)
-            if out and size > max_bytes:
+            if out and (size > max_bytes or item == _CLOSE):
+                # The close packet travels alone: clients handle it before the
+                # messages of the same payload (socket.io-client does), and a
+                # DISCONNECT would lose its reason.
                 break
             queue.popleft()
             out.append(eio.decode_packet(item) if isinstance(item, str)
