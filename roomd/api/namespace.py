@@ -155,14 +155,10 @@ class Namespace(_Registrar):
         """Raise (ConnectRefused or any error) when a middleware refuses the socket."""
         for middleware in self._shared.middlewares:
             if _takes_next(middleware):
-                errors: list[BaseException] = []
-
-                def next_(error: BaseException | None = None) -> None:
-                    if error is not None:
-                        errors.append(error)
-                await call_handler(middleware, socket, next_)
-                if errors:
-                    raise errors[0]
+                refusal = _NextCall()
+                await call_handler(middleware, socket, refusal)
+                if refusal.error is not None:
+                    raise refusal.error
             else:
                 await call_handler(middleware, socket)
 
@@ -225,6 +221,19 @@ class Namespace(_Registrar):
 
 
 _NONE: list[Handler] = []
+
+
+class _NextCall:
+    """The ``next`` a middleware may call: ``next()`` accepts, ``next(error)`` refuses."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def __call__(self, error: BaseException | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
 
 
 def _takes_next(fn: Callable[..., Any]) -> bool:

@@ -42,7 +42,7 @@ __all__ = [
     "watchdog_interval",
 ]
 
-log = logging.getLogger("roomd.systemd")
+logger = logging.getLogger("roomd.systemd")
 
 SD_LISTEN_FDS_START = 3
 
@@ -64,14 +64,14 @@ def notify(*assignments: str) -> bool:
     if address.startswith("@"):
         address = "\0" + address[1:]
     elif not address.startswith("/"):
-        log.debug("NOTIFY_SOCKET %r is neither a path nor an abstract name", address)
+        logger.debug("NOTIFY_SOCKET %r is neither a path nor an abstract name", address)
         return False
     message = "\n".join(assignments).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(message, address)
     except OSError as e:
-        log.debug("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), e)
+        logger.debug("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), e)
         return False
     return True
 
@@ -250,16 +250,16 @@ def setup_logging(level: str | int = "info") -> logging.Logger:
         if not isinstance(number, int):
             raise ConfigError(f"log.level must be one of debug, info, warning, error, critical; got {level!r}")
         level = number
-    logger = logging.getLogger("roomd")
-    for handler in list(logger.handlers):
+    package_logger = logging.getLogger("roomd")
+    for handler in list(package_logger.handlers):
         if isinstance(handler, _RoomdHandler):
-            logger.removeHandler(handler)
+            package_logger.removeHandler(handler)
     handler = _RoomdHandler(sys.stderr)
     if journal_stream_connected():
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
+    package_logger.addHandler(handler)
+    package_logger.setLevel(level)
+    package_logger.propagate = False
+    return package_logger
