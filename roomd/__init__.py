@@ -1,14 +1,16 @@
 """roomd: a standalone message-room daemon speaking Socket.IO v5, on trio.
 
 The public surface: :class:`Server` and what it hands out (namespaces,
-sockets, broadcast operators, remote sockets of a cluster), the error
-hierarchy, the adapter seam for cluster adapters, and the daemon entry
-point used by the ``roomd`` command. Everything else is internal.
+sockets, broadcast operators, remote sockets of a cluster), the Socket.IO
+client (:func:`connect`, :class:`Client`), the error hierarchy, the adapter
+seam for cluster adapters, and the daemon entry point used by the ``roomd``
+command. Everything else is internal.
 
 The package is layered, bottom up: ``protocol/`` (sans-IO codecs),
 ``transport/`` (HTTP, Engine.IO sessions, outboxes, timers), ``rooms/``
 (the RoomManager actor and the per-namespace adapters), ``api/`` (this
-public API) beside ``cluster/`` (Redis adapters), ``apps/`` (the relay
+public API) beside ``cluster/`` (Redis adapters) and ``client/`` (the
+Socket.IO client), ``apps/`` (the relay
 app) and ``ops/`` (config, admin socket, systemd, the daemon). Each layer
 imports only from the layers below it (see docs/architecture.md).
 
@@ -26,8 +28,11 @@ if TYPE_CHECKING:
     from ._errors import (
         AckTimeout,
         AdminError,
+        ClientError,
         ConfigError,
+        ConnectError,
         ConnectRefused,
+        Disconnected,
         ProtocolError,
         RoomdError,
     )
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from .api.namespace import Namespace, NamespaceFamily
     from .api.server import Server
     from .api.socket import Handshake, Socket
+    from .client import Client, ReceivedEvent, connect
     from .ops.daemon import run_daemon
     from .rooms.adapter import (
         AdapterContext,
@@ -49,6 +55,8 @@ if TYPE_CHECKING:
 _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
     "ConnectRefused": "_errors", "ProtocolError": "_errors", "RoomdError": "_errors",
+    "ClientError": "_errors", "ConnectError": "_errors", "Disconnected": "_errors",
+    "Client": "client", "ReceivedEvent": "client", "connect": "client",
     "__version__": "_version",
     "BroadcastOperator": "api.broadcast", "RemoteSocket": "api.broadcast",
     "Namespace": "api.namespace", "NamespaceFamily": "api.namespace",
@@ -61,9 +69,10 @@ _WHERE = {
 
 __all__ = [
     "AckTimeout", "AdapterContext", "AdapterFactory", "AdminError", "BroadcastOperator",
-    "BroadcastOptions", "ConfigError", "ConnectRefused", "Emission", "Handshake",
-    "InMemoryAdapter", "Namespace", "NamespaceFamily", "ProtocolError", "RemoteSocket",
-    "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__", "run_daemon",
+    "BroadcastOptions", "Client", "ClientError", "ConfigError", "ConnectError",
+    "ConnectRefused", "Disconnected", "Emission", "Handshake", "InMemoryAdapter", "Namespace",
+    "NamespaceFamily", "ProtocolError", "ReceivedEvent", "RemoteSocket", "RemoteSocketRecord",
+    "RoomdError", "Server", "Socket", "__version__", "connect", "run_daemon",
 ]
 
 

@@ -53,3 +53,40 @@ class AckTimeout(RoomdError):
     def __init__(self, message: str, replies: list | None = None) -> None:
         super().__init__(message)
         self.replies = replies if replies is not None else []
+
+
+class ClientError(RoomdError):
+    """Base class of the errors of roomd's Socket.IO client (:func:`roomd.connect`)."""
+
+
+class ConnectError(ClientError):
+    """The client could not connect.
+
+    Either the server could not be reached (DNS, TCP, TLS, an HTTP refusal, no
+    Engine.IO handshake in time), or it refused the namespace with a
+    CONNECT_ERROR packet: then ``refused`` is true, ``message`` is its message
+    ("Invalid namespace", a middleware's refusal) and ``data`` its data.
+    """
+
+    def __init__(self, message: str, data: object = None, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        self.refused = refused
+
+
+class Disconnected(ClientError):
+    """The client's connection is over; it cannot send, and no ack will come.
+
+    ``reason`` is one of Socket.IO's disconnect reasons: "io server disconnect"
+    (the server disconnected the namespace), "io client disconnect" (this side
+    did), "transport close" (the connection was closed or lost), "ping timeout"
+    (the server fell silent), "parse error" (it sent invalid Engine.IO or
+    Socket.IO data), "transport error" (a network or TLS error). ``detail``
+    says more when there is more to say.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -14,6 +14,9 @@ Decoding is strict. Anything malformed raises
 message saying what was wrong; the transport then closes the session.
 Encoding trusts the server's own packets and raises :class:`ValueError` only
 for a programming error (bytes data on a packet other than MESSAGE).
+
+Both roles use these functions: the server encodes OPEN with
+:func:`encode_open`, the client reads it with :func:`decode_open`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
     "encode_payload",
     "decode_payload",
     "encode_open",
+    "decode_open",
+    "OpenInfo",
     "RECORD_SEPARATOR",
 ]
 
@@ -201,3 +206,54 @@ def encode_open(
         separators=(",", ":"),
     )
     return Packet(PacketType.OPEN, data)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenInfo:
+    """What a server's OPEN packet says: the session id and its heartbeat terms.
+
+    Times are in seconds; ``max_payload`` is in bytes (0 when the server did not
+    say).
+    """
+
+    sid: str
+    upgrades: tuple[str, ...]
+    ping_interval: float
+    ping_timeout: float
+    max_payload: int
+
+
+def _ms(info: dict, key: str) -> float:
+    value = info.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 2**31:
+        raise ProtocolError(f"OPEN packet: {key} must be a positive number of milliseconds")
+    return float(value) / 1000
+
+
+def decode_open(packet: Packet) -> OpenInfo:
+    """Read the OPEN packet a client receives first (the inverse of :func:`encode_open`).
+
+    Raises ProtocolError when the packet is not OPEN, or its JSON lacks a
+    non-empty string ``sid``, positive ``pingInterval`` / ``pingTimeout``
+    (milliseconds, below 2**31), a list of strings ``upgrades`` (may be absent)
+    or a non-negative integer ``maxPayload`` (may be absent).
+    """
+    if packet.type is not PacketType.OPEN or not isinstance(packet.data, str):
+        raise ProtocolError(f"expected an OPEN packet, got {packet.type.name}")
+    try:
+        info = json.loads(packet.data)
+    except (ValueError, RecursionError):
+        info = None
+    if not isinstance(info, dict):
+        raise ProtocolError("OPEN packet data must be a JSON object")
+    sid = info.get("sid")
+    if not isinstance(sid, str) or not sid:
+        raise ProtocolError("OPEN packet: sid must be a non-empty string")
+    upgrades = info.get("upgrades", [])
+    if not isinstance(upgrades, list) or not all(isinstance(u, str) for u in upgrades):
+        raise ProtocolError("OPEN packet: upgrades must be a list of strings")
+    max_payload = info.get("maxPayload", 0)
+    if type(max_payload) is not int or max_payload < 0:
+        raise ProtocolError("OPEN packet: maxPayload must be a non-negative integer")
+    return OpenInfo(sid, tuple(upgrades), _ms(info, "pingInterval"), _ms(info, "pingTimeout"),
+                    max_payload)
