@@ -11,6 +11,7 @@ from roomd._errors import ConfigError, RoomdError
 from roomd.ops.config import LOG_LEVELS, config_to_toml, load_config
 
 from ._admin_cmds import COMMANDS
+from ._client_cmd import client_command
 from ._common import RoomdGroup, State
 
 EX_CONFIG = 78  # sysexits.h; the shipped unit does not restart on it
@@ -139,3 +140,4 @@ def unit_file(exec_path: str | None) -> None:
 
 for _command in COMMANDS:
     cli.add_command(_command)
+cli.add_command(client_command)

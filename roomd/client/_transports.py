@@ -22,7 +22,9 @@ import json
 import logging
 import ssl
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h11
 import trio
@@ -116,18 +118,40 @@ class TransportGone(Exception):
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS error: certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {getattr(exc, 'verify_message', None) or exc.reason or exc}"
+        return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The OSError or TLS error behind a trio-websocket HandshakeError, if any."""
-    while exc.__cause__ is not None and isinstance(exc, trio_websocket.HandshakeError):
+    """The OSError or TLS error behind a trio or trio-websocket error, if any."""
+    while exc.__cause__ is not None and isinstance(
+            exc, (trio_websocket.HandshakeError, trio.BrokenResourceError)):
         exc = exc.__cause__
     return exc
+
+
+class _ReaderWatch:
+    """Stands in for the nursery trio-websocket starts its reader task in, to notice the
+    reader ending before the handshake is answered (trio-websocket would wait forever)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.scope: trio.CancelScope | None = None
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        async def run() -> None:
+            try:
+                await fn(*args)
+            finally:
+                if self.scope is not None:
+                    self.scope.cancel()
+
+        self._nursery.start_soon(run)
 
 
 def _refusal(status: int, body: bytes) -> str:
@@ -153,18 +177,38 @@ class WebSocketTransport:
     @classmethod
     async def open(cls, nursery: trio.Nursery, target: Target, ssl_context: ssl.SSLContext | None,
                    max_message_size: int) -> WebSocketTransport:
-        headers = [(k.encode(), v.encode()) for k, v in target.headers]
-        use_ssl: ssl.SSLContext | bool = (ssl_context or True) if target.secure else False
+        """Connect (TCP, then TLS when secure, here: trio-websocket would hang on a TLS
+        failure), then the WebSocket handshake through trio-websocket."""
+        failed = f"cannot connect to {target.origin}"
         try:
-            connection = await trio_websocket.connect_websocket(
-                nursery, target.host, target.port, target.resource("websocket"),
-                use_ssl=use_ssl, extra_headers=headers, max_message_size=max_message_size)
+            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+            stream = await trio.open_tcp_stream(target.host, target.port)
+            if target.secure:
+                stream = trio.SSLStream(stream, ssl_context or ssl.create_default_context(),
+                                        server_hostname=target.host, https_compatible=True)
+                await stream.do_handshake()
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise ConnectError(f"{failed}: {_describe(_unwrap(exc))}") from None
+        watcher = _ReaderWatch(nursery)
+        headers = [(k.encode(), v.encode()) for k, v in target.headers]
+        try:
+            with trio.CancelScope() as scope:
+                watcher.scope = scope
+                connection = await trio_websocket.wrap_client_stream(
+                    cast(trio.Nursery, watcher), stream, target.host_header,
+                    target.resource("websocket"), extra_headers=headers,
+                    max_message_size=max_message_size)
+            watcher.scope = None
         except trio_websocket.ConnectionRejected as exc:
-            raise ConnectError(f"cannot connect to {target.origin}: "
-                               f"{_refusal(exc.status_code, exc.body or b'')}") from None
+            await stream.aclose()
+            raise ConnectError(f"{failed}: {_refusal(exc.status_code, exc.body or b'')}") from None
         except (OSError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
-            raise ConnectError(f"cannot connect to {target.origin}: "
-                               f"{_describe(_unwrap(exc))}") from None
+            await stream.aclose()
+            raise ConnectError(f"{failed}: {_describe(_unwrap(exc))}") from None
+        if scope.cancelled_caught:
+            await stream.aclose()
+            raise ConnectError(f"{failed}: the server closed the connection during the "
+                               f"WebSocket handshake")
         return cls(connection)
 
     async def receive(self) -> str | bytes:
