@@ -67,8 +67,8 @@ class LineReader:
             self._wake()
 
     def describe(self) -> str:
-        return (f"{self.what}: stdout {self.lines!r}, stderr {self.stderr.decode(errors='replace')!r}"
-                f", exit {self.proc.returncode}")
+        stderr = self.stderr.decode(errors="replace")
+        return f"{self.what}: stdout {self.lines!r}, stderr {stderr!r}, exit {self.proc.returncode}"
 
     async def line(self, timeout: float = 10) -> str:
         """The next stdout line not taken yet."""
