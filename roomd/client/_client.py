@@ -15,9 +15,11 @@ this module only moves bytes and runs two tasks in the nursery that
   or puts the event in the inbox that ``async for event in client`` reads.
 
 Backpressure, not unbounded memory: when the inbox (``inbox_size`` events) is
-full, the dispatcher waits, then the reader stops reading; a program that
-neither iterates nor registers handlers should pass ``inbox_size=0``, which
-drops unhandled events.
+full, the dispatcher waits, then the reader stops reading. Acks travel in the
+same stream as events, so while the inbox is full no ack arrives either: a
+program that waits for acks in a busy namespace reads events concurrently (or
+registers handlers); one that reads no events at all passes ``inbox_size=0``,
+which drops the events no handler takes.
 
 Sending is serialized by one FIFO lock, so packets leave in the order the
 protocol queued them. When the connection ends, for whatever reason, every
@@ -122,6 +124,7 @@ class Client:
             max(inbox_size, 0))
         self._drop_unhandled = inbox_size <= 0
         self._closed = trio.Event()
+        self._early: list[proto.Event] = []
         self.disconnect_reason: Disconnected | None = None
 
     # ---- public
@@ -155,6 +158,7 @@ class Client:
 
     async def emit(self, event: str, *args: Any) -> None:
         """Send an event (arguments: anything JSON-serializable, bytes anywhere)."""
+        self._check()
         self._proto.emit(self.namespace, event, args)
         await self._flush()
 
@@ -176,6 +180,7 @@ class Client:
         """:meth:`emit_with_ack`, returning the ack's arguments as a list."""
         if not timeout > 0 or math.isinf(timeout):
             raise ValueError("timeout must be a positive number of seconds")
+        self._check()
         ack_id = self._proto.emit(self.namespace, event, args, ack=True)
         assert ack_id is not None
         pending = self._acks[ack_id] = _PendingAck()
@@ -232,7 +237,12 @@ class Client:
 
     # ---- internals
 
+    def _check(self) -> None:
+        if self.disconnect_reason is not None:
+            raise Disconnected(self.disconnect_reason.reason, self.disconnect_reason.detail)
+
     async def _send_ack(self, ack_id: int, args: Any) -> None:
+        self._check()
         self._proto.send_ack(self.namespace, ack_id, args)
         await self._flush()
 
@@ -259,6 +269,12 @@ class Client:
 
     async def _reader(self) -> None:
         try:
+            try:
+                await self._flush()  # a PONG that came with the CONNECT
+            except Disconnected:
+                pass
+            for event in self._early:
+                await self._handle(event)
             while not self._closed.is_set():
                 timeout = self._proto.heartbeat_timeout or DEFAULT_CONNECT_TIMEOUT
                 with trio.move_on_after(timeout) as scope:
@@ -380,14 +396,15 @@ async def _handshake(nursery: trio.Nursery, target: Target, *, transport: str,
                 item = None
             events = protocol.receive_payload(item) if isinstance(item, str) and link.polling \
                 else protocol.receive_message(item) if item is not None else []
-            for event in events:
+            for index, event in enumerate(events):
                 if isinstance(event, proto.Opened):
                     if isinstance(link, PollingTransport):
                         link.handshake_done(event.info.sid)
                     protocol.connect(target.namespace, auth)
                 elif isinstance(event, proto.Connected):
                     client = Client(target, link, protocol, event.sid, inbox_size)
-                    await client._flush()  # a PONG that came with the CONNECT
+                    # what came in the same payload is the reader's first work
+                    client._early = events[index + 1:]
                     return client
                 elif isinstance(event, proto.ConnectFailed):
                     raise ConnectError(event.message, event.data, refused=True)

@@ -142,11 +142,18 @@ class _ReaderWatch:
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.scope: trio.CancelScope | None = None
+        self.error: Exception | None = None
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         async def run() -> None:
+            # The reader raises ConnectionRejected for a refused upgrade; later errors
+            # end the connection (its message channel closes), not the client's nursery.
             try:
                 await fn(*args)
+            except Exception as exc:
+                self.error = exc
+                if self.scope is None:
+                    logger.info("WebSocket reader failed: %r", exc)
             finally:
                 if self.scope is not None:
                     self.scope.cancel()
@@ -207,6 +214,12 @@ class WebSocketTransport:
             raise ConnectError(f"{failed}: {_describe(_unwrap(exc))}") from None
         if scope.cancelled_caught:
             await stream.aclose()
+            error = watcher.error
+            if isinstance(error, trio_websocket.ConnectionRejected):
+                refusal = _refusal(error.status_code, error.body or b"")
+                raise ConnectError(f"{failed}: {refusal}")
+            if error is not None:
+                raise ConnectError(f"{failed}: {_describe(_unwrap(error))}")
             raise ConnectError(f"{failed}: the server closed the connection during the "
                                f"WebSocket handshake")
         return cls(connection)

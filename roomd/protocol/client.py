@@ -230,8 +230,9 @@ class ClientProtocol:
         if self.state is ClientState.CLOSED:
             return []
         waiting = self._decoder.awaiting_attachments
-        if waiting and not detail:
-            detail = f"closed while waiting for {waiting} binary attachment(s)"
+        if waiting:
+            mid = f"closed while waiting for {waiting} binary attachment(s)"
+            detail = f"{detail}; {mid}" if detail else mid
         return self._close("transport error" if error else "transport close", detail)
 
     def heartbeat_expired(self) -> list[Event]:
