@@ -11,6 +11,7 @@ stdout, the server has the socket in the room.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,8 @@ async def test_binary_arguments(server):
 
 
 async def test_auth_headers_query(server):
-    result = await client(server.url + "/secure", "--token", "sekret", "--auth", '{"n":1}',
+    ws_url = server.url.replace("http://", "ws://")
+    result = await client(ws_url + "/secure", "--token", "sekret", "--auth", '{"n":1}',
                           "--header", "X-Test: yes", "--query", "q=1", "--emit", "whoami",
                           "--ack", "--once", "--json")
     assert result.returncode == 0, result
@@ -155,6 +157,14 @@ async def test_server_disconnect_exit_4(server):
     result = await client(server.url, "--emit", "kick", "--timeout", "60")
     assert result.returncode == 4, result
     assert "disconnected: io server disconnect" in result.stderr
+
+
+async def test_ctrl_c_ends_a_watch_with_0(server):
+    async with client_running(server.url, "--join", "quiet") as watcher:
+        await watcher.line_with("ack join", timeout=30)
+        watcher.proc.send_signal(signal.SIGINT)
+        assert await watcher.wait_exit(30) == 0, watcher.describe()
+    assert b"Traceback" not in watcher.stderr
 
 
 async def test_join_refused_exit_1():
