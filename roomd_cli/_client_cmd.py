@@ -239,24 +239,22 @@ async def _join_and_emit(plan: Plan, client: Any) -> int | None:
     return None
 
 
-async def _listen(plan: Plan, client: Any) -> int:
+async def _print_events(plan: Plan, client: Any, enough: Any) -> None:
+    """Print events from the moment of connecting (so that a full inbox never holds up
+    an ack the joins and emits wait for), until --count or the end of the connection."""
+    async for event in client:
+        _echo_event(plan, event)
+        plan.received += 1
+        if plan.count is not None and plan.received >= plan.count:
+            break
+    enough.set()
+
+
+async def _listen(plan: Plan, client: Any, enough: Any) -> int:
     import trio
 
-    enough = trio.Event()
-
-    async def printer() -> None:
-        async for event in client:
-            _echo_event(plan, event)
-            plan.received += 1
-            if plan.count is not None and plan.received >= plan.count:
-                break
-        enough.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(printer)
-        with trio.move_on_after(plan.timeout if plan.timeout is not None else math.inf):
-            await enough.wait()
-        nursery.cancel_scope.cancel()
+    with trio.move_on_after(plan.timeout if plan.timeout is not None else math.inf):
+        await enough.wait()
     if plan.count is not None and plan.received >= plan.count:
         return EXIT_OK
     if not client.connected:
@@ -268,6 +266,8 @@ async def _listen(plan: Plan, client: Any) -> int:
 
 
 async def run(plan: Plan) -> int:
+    import trio
+
     from roomd.client import ConnectError, connect
 
     try:
@@ -277,9 +277,14 @@ async def run(plan: Plan) -> int:
                            inbox_size=0 if plan.once else 256) as client:
             click.echo(f"roomd: connected to {client.url_target.origin}{client.namespace} "
                        f"(sid {client.sid}, {client.transport})", err=True)
-            code = await _join_and_emit(plan, client)
-            if code is None:
-                code = EXIT_OK if plan.once else await _listen(plan, client)
+            enough = trio.Event()
+            async with trio.open_nursery() as nursery:
+                if not plan.once:
+                    nursery.start_soon(_print_events, plan, client, enough)
+                code = await _join_and_emit(plan, client)
+                if code is None:
+                    code = EXIT_OK if plan.once else await _listen(plan, client, enough)
+                nursery.cancel_scope.cancel()
             return code
     except ConnectError as exc:
         if exc.refused:
@@ -357,8 +362,13 @@ def client_command(url: str, auth: str | None, token: str | None, headers: tuple
     import trio
 
     code = EXIT_OK
+    broken_pipe = False
     try:
         code = trio.run(run, plan)
     except* KeyboardInterrupt:
         code = EXIT_OK  # Ctrl-C is how a watch ends
+    except* BrokenPipeError:
+        broken_pipe = True
+    if broken_pipe:
+        raise BrokenPipeError  # roomd_cli.main: the reader of stdout went away, exit 0
     raise click.exceptions.Exit(code)
