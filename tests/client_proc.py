@@ -8,13 +8,17 @@
   reads its ``{"port": N}`` line and yields its base URL; stdin is closed and the process
   stopped by its PID at the end.
 - :func:`tls_files` makes a test CA and a certificate for 127.0.0.1 with trustme.
+- :func:`tls_proxy` terminates TLS on 127.0.0.1:0 (trio's SSLStream, a trustme
+  certificate) and forwards the bytes to a plain TCP port: roomd behind TLS.
 
 Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -162,3 +166,40 @@ def tls_files(directory: Path) -> tuple[Path, Path, Path]:
     cert.private_key_pem.write_to_path(str(key_path))
     cert_path.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     return ca_path, cert_path, key_path
+
+
+async def _pipe(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+    try:
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await sink.aclose()
+
+
+@asynccontextmanager
+async def tls_proxy(upstream_port: int, cert: trustme.LeafCert) -> AsyncIterator[int]:
+    """TLS on 127.0.0.1:<port yielded> in front of 127.0.0.1:``upstream_port``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+
+    async def handler(stream: trio.SSLStream) -> None:
+        try:
+            await stream.do_handshake()
+            upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
+        except (trio.BrokenResourceError, OSError):
+            return  # a client that did not trust us, or no upstream
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pipe, stream, upstream)
+            nursery.start_soon(_pipe, upstream, stream)
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_ssl_over_tcp, handler, 0, context,
+                                  host="127.0.0.1", https_compatible=True)
+        listeners = await nursery.start(serve)
+        try:
+            yield listeners[0].transport_listener.socket.getsockname()[1]
+        finally:
+            nursery.cancel_scope.cancel()

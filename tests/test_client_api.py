@@ -276,7 +276,10 @@ async def fake_ws_server(nursery: trio.Nursery,
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
-            await script(FakeWS(stream))
+            try:
+                await script(FakeWS(stream))
+            except trio.BrokenResourceError:
+                pass  # the client closed first: its right, the test checks what it saw
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
@@ -375,6 +378,23 @@ async def test_fake_garbage_is_a_parse_error(nursery, garbage, detail):
     assert (reason.reason, reason.detail) == ("parse error", detail)
 
 
+async def test_fake_oversized_message(nursery):
+    """A message over max_message_size ends the connection; it is never buffered whole."""
+    async def script(conn: FakeWS) -> None:
+        await conn.open_and_connect()
+        await conn.send('42["small"]')
+        await conn.send('42["' + "x" * 5000 + '"]')
+        with trio.move_on_after(10):
+            while await conn._pump():
+                pass
+
+    url = await fake_ws_server(nursery, script)
+    events, reason = await run_until_disconnected(url, max_message_size=4096)
+    assert events == [("small", [])]
+    assert reason.reason == "transport error"
+    assert "1009" in reason.detail
+
+
 async def test_fake_never_answers_connect(nursery):
     async def script(conn: FakeWS) -> None:
         await conn.accept()
@@ -414,7 +434,8 @@ async def test_fake_rejects_the_upgrade(nursery):
 # A fake long-polling server that cuts its second poll short
 
 
-async def test_fake_polling_response_cut_short(nursery):
+@pytest.mark.parametrize("second_poll", ["cut short", "too long"])
+async def test_fake_polling_response_cut_short(nursery, second_poll):
     connected = trio.Event()
 
     async def answer(stream: trio.SocketStream, conn: h11.Connection, body: bytes,
@@ -427,6 +448,12 @@ async def test_fake_polling_response_cut_short(nursery):
             await stream.send_all(conn.send(h11.EndOfMessage()))
 
     async def handler(stream: trio.SocketStream) -> None:
+        try:
+            await serve_polls(stream)
+        except trio.BrokenResourceError:
+            pass  # the client closed first
+
+    async def serve_polls(stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         polls = 0
         async with stream:
@@ -457,6 +484,8 @@ async def test_fake_polling_response_cut_short(nursery):
                             with trio.fail_after(10):
                                 await connected.wait()
                             await answer(stream, conn, b'40{"sid":"s"}\x1e42["first"]')
+                        elif second_poll == "too long":
+                            await answer(stream, conn, b'42["' + b"y" * 20000 + b'"]')
                         else:
                             await answer(stream, conn, b'42["cut', length=200)
                             return  # close the TCP connection mid-body
@@ -466,8 +495,13 @@ async def test_fake_polling_response_cut_short(nursery):
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    events, reason = await run_until_disconnected(url, transport="polling")
+    events, reason = await run_until_disconnected(url, transport="polling",
+                                                  max_message_size=1024)
     assert events == [("first", [])]
-    assert reason.reason == "transport close"
-    assert reason.detail == ("the server closed the connection mid-response "
-                             "(7 bytes of the body read)")
+    if second_poll == "too long":  # the body limit is 8 times max_message_size
+        assert (reason.reason, reason.detail) == ("transport error",
+                                                  "response body over 8192 bytes")
+    else:
+        assert (reason.reason, reason.detail) == (
+            "transport close", "the server closed the connection mid-response "
+                               "(7 bytes of the body read)")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from client_proc import client_running, node_server, tls_files
+import trustme
+from client_proc import client_running, node_server, tls_files, tls_proxy
 from daemon_proc import roomd, running_daemon, short_dir
 
 pytestmark = pytest.mark.deadline(120)
@@ -235,3 +236,35 @@ async def test_tls_with_test_ca(tmp_path):
                     "/orders", "secret", [{"$binary": "AQ=="}])
         result = await client(node.url, "--insecure", "--emit", "echo", "1", "--ack", "--once")
         assert result.returncode == 0, result
+
+
+async def test_tls_proxy_in_front_of_roomd():
+    """roomd behind a TLS-terminating proxy: trusted CA, unknown CA, wrong host name."""
+    ca = trustme.CA()
+    with short_dir() as directory:
+        ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+        cafile = str(directory / "ca.pem")
+        async with running_daemon(directory) as daemon, \
+                tls_proxy(daemon.port, ca.issue_cert("127.0.0.1")) as port:
+            url = f"https://127.0.0.1:{port}"
+            for transport in ("websocket", "polling"):
+                async with client_running(url + "/", "--cafile", cafile, "--join", "t",
+                                          "--count", "1", "--json",
+                                          "--transport", transport) as watcher:
+                    await watcher.line_with('"ack":"join"', timeout=30)
+                    result = await client(url.replace("https", "wss"), "--cafile", cafile,
+                                          "--emit", "publish", '"t"', '"through"', "1",
+                                          "--ack", "--once")
+                    assert result.returncode == 0, result
+                    assert await watcher.wait_exit(30) == 0, watcher.describe()
+                assert json.loads(watcher.lines[-1])["args"] == [1]
+            result = await client(url, "--once", "--transport", "polling")
+            assert result.returncode == 1, result
+            assert "certificate verify failed" in result.stderr
+        async with running_daemon(directory) as daemon, \
+                tls_proxy(daemon.port, ca.issue_cert("rooms.example.test")) as port:
+            result = await client(f"https://127.0.0.1:{port}/", "--cafile", cafile, "--once")
+            assert result.returncode == 1, result
+            assert "certificate verify failed: IP address mismatch" in result.stderr
+            result = await client(f"https://127.0.0.1:{port}/", "--insecure", "--once")
+            assert result.returncode == 0, result

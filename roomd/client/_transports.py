@@ -380,7 +380,7 @@ class PollingTransport:
         except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError,
                 TransportGone) as exc:
             await transport.aclose()
-            raise ConnectError(f"cannot connect to {target.origin}: {_describe(exc)}") from None
+            raise ConnectError(f"cannot connect to {target.origin}: {_describe(_unwrap(exc))}") from None
         if status != 200:
             await transport.aclose()
             raise ConnectError(f"cannot connect to {target.origin}: {_refusal(status, body)}")
@@ -398,7 +398,7 @@ class PollingTransport:
         except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError,
                 h11.ProtocolError) as exc:
             await conn.aclose()
-            raise TransportGone(_describe(exc), error=True) from None
+            raise TransportGone(_describe(_unwrap(exc)), error=True) from None
         except TransportGone:
             await conn.aclose()
             raise
