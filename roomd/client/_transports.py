@@ -380,7 +380,8 @@ class PollingTransport:
         except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError,
                 TransportGone) as exc:
             await transport.aclose()
-            raise ConnectError(f"cannot connect to {target.origin}: {_describe(_unwrap(exc))}") from None
+            detail = _describe(_unwrap(exc))
+            raise ConnectError(f"cannot connect to {target.origin}: {detail}") from None
         if status != 200:
             await transport.aclose()
             raise ConnectError(f"cannot connect to {target.origin}: {_refusal(status, body)}")
