@@ -275,7 +275,7 @@ async def run(plan: Plan) -> int:
                            path=plan.path, transport=plan.transport, cafile=plan.cafile,
                            insecure=plan.insecure, connect_timeout=plan.connect_timeout,
                            inbox_size=0 if plan.once else 256) as client:
-            click.echo(f"roomd: connected to {client.url_target.origin}{client.namespace} "
+            click.echo(f"roomd: connected to {client.target.origin}{client.namespace} "
                        f"(sid {client.sid}, {client.transport})", err=True)
             enough = trio.Event()
             async with trio.open_nursery() as nursery:

@@ -109,7 +109,7 @@ class Client:
 
     def __init__(self, target: Target, transport: WebSocketTransport | PollingTransport,
                  protocol: proto.ClientProtocol, sid: str, inbox_size: int) -> None:
-        self.url_target = target
+        self.target = target
         self.namespace = target.namespace
         self.sid = sid
         self._transport = transport
@@ -325,7 +325,7 @@ class Client:
             if isinstance(event, proto.Closed) and self.disconnect_reason is None:
                 self.disconnect_reason = Disconnected(event.reason, event.detail)
                 if event.reason != "io client disconnect":
-                    logger.info("disconnected from %s: %s", self.url_target.origin,
+                    logger.info("disconnected from %s: %s", self.target.origin,
                                 self.disconnect_reason)
         if self.disconnect_reason is None and self._proto.close_reason is not None:
             closed = self._proto.close_reason  # closed earlier, e.g. by a parse error

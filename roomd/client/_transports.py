@@ -135,6 +135,16 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+async def _close_quietly(stream: trio.abc.AsyncResource) -> None:
+    """Close a stream we are giving up on, bounded, whatever state it is in."""
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        try:
+            await stream.aclose()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 class _ReaderWatch:
     """Stands in for the nursery trio-websocket starts its reader task in, to notice the
     reader ending before the handshake is answered (trio-websocket would wait forever)."""
@@ -207,13 +217,13 @@ class WebSocketTransport:
                     max_message_size=max_message_size)
             watcher.scope = None
         except trio_websocket.ConnectionRejected as exc:
-            await stream.aclose()
+            await _close_quietly(stream)
             raise ConnectError(f"{failed}: {_refusal(exc.status_code, exc.body or b'')}") from None
         except (OSError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
-            await stream.aclose()
+            await _close_quietly(stream)
             raise ConnectError(f"{failed}: {_describe(_unwrap(exc))}") from None
         if scope.cancelled_caught:
-            await stream.aclose()
+            await _close_quietly(stream)
             error = watcher.error
             if isinstance(error, trio_websocket.ConnectionRejected):
                 refusal = _refusal(error.status_code, error.body or b"")
@@ -230,7 +240,8 @@ class WebSocketTransport:
         except trio_websocket.ConnectionClosed as exc:
             reason = exc.reason
             code = reason.code if reason is not None else None
-            # 1000/1001: an orderly close; 1006: the TCP connection simply ended.
+            # 1000/1001: an orderly close, 1005: one without a code, 1006: the TCP
+            # connection simply ended; anything else (1002, 1009...) is an error.
             error = code not in (1000, 1001, 1005, 1006, None)
             detail = f"WebSocket closed ({reason.code} {reason.name})" if reason else ""
             if reason is not None and reason.reason:
@@ -353,7 +364,7 @@ class _HTTPConnection:
         if stream is not None:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
-                await stream.aclose()
+                await _close_quietly(stream)
 
 
 class PollingTransport:
