@@ -5,7 +5,9 @@ The relay app's ``join`` / ``leave`` / ``publish`` in "/" and "/secure", plus:
 - "/secure" refuses a handshake whose ``auth.token`` is not "sekret" (CONNECT_ERROR
   "not authorized" with data ``{"code": 401}``), like tests/node/sio_server.js;
 - ``echo`` answers with its arguments; ``whoami`` with the socket's sid, auth, query and
-  ``x-test`` header; ``kick`` makes the server disconnect the socket.
+  ``x-test`` header; ``kick`` makes the server disconnect the socket; ``ask_back`` makes
+  the server emit ``question`` (with the same arguments) asking for an ack, and answers
+  with the client's answer, or ``"no answer"`` after 2 s.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def _extras(namespace: Any) -> None:
         hs = socket.handshake
         return {"sid": socket.id, "auth": hs.auth, "query": hs.query,
                 "header": hs.headers.get("x-test")}
+
+    @namespace.on("ask_back")
+    async def ask_back(socket: Any, *args: Any) -> Any:
+        try:
+            return await socket.emit_with_ack("question", *args, timeout=2)
+        except roomd.AckTimeout:
+            return "no answer"
 
     @namespace.on("kick")
     async def kick(socket: Any, *args: Any) -> None:

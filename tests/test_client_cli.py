@@ -106,6 +106,33 @@ async def test_binary_arguments(server):
     assert json_lines(result.stdout)[0]["args"] == [{"$binary": "aGk="}, 7]
 
 
+async def test_server_asks_for_an_ack(server):
+    """An event that wants an ack is shown so; the command sends none (the server times out)."""
+    result = await client(server.url, "--emit", "ask_back", "7", "--ack", "--count", "1",
+                          "--timeout", "30", "--json")
+    assert result.returncode == 0, result
+    lines = json_lines(result.stdout)
+    question = next(line for line in lines if line.get("event") == "question")
+    assert question["args"] == [7] and question["wants_ack"] is True
+    assert {"ack": "ask_back", "args": ["no answer"]}.items() <= \
+        next(line for line in lines if "ack" in line).items()
+    result = await client(server.url, "--emit", "ask_back", "--ack", "--count", "1",
+                          "--timeout", "30")
+    assert result.returncode == 0, result
+    assert " / question (ack requested)\n" in result.stdout
+
+
+async def test_custom_path():
+    with short_dir() as directory:
+        async with running_daemon(directory, args=("--path", "/rt/")) as daemon:
+            result = await client(daemon.url, "--path", "/rt", "--emit", "join", '"x"', "--ack",
+                                  "--once")
+            assert result.returncode == 0, result
+            result = await client(daemon.url, "--once")  # the default /socket.io/ is not there
+            assert result.returncode == 1, result
+            assert f"cannot connect to {daemon.url}: HTTP" in result.stderr
+
+
 async def test_auth_headers_query(server):
     ws_url = server.url.replace("http://", "ws://")
     result = await client(ws_url + "/secure", "--token", "sekret", "--auth", '{"n":1}',

@@ -8,10 +8,13 @@ import json
 
 import pytest
 import socketio.packet
+from hypothesis import given
+from hypothesis import strategies as st
 
 from roomd._errors import Disconnected, ProtocolError
-from roomd.protocol import eio
+from roomd.protocol import eio, sio
 from roomd.protocol.client import (
+    RESERVED_EVENTS,
     AckReceived,
     ClientProtocol,
     ClientState,
@@ -386,3 +389,36 @@ def test_close_by_client():
     p = ClientProtocol()  # before OPEN: nothing to say
     assert p.close() == [Closed("io client disconnect")]
     assert p.frames_to_send() == []
+
+
+# ---- properties: the client and the server codec understand each other
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(alphabet="abcé", max_size=3), children, max_size=3),
+    max_leaves=10)
+EVENTS = st.text(min_size=1, max_size=8).filter(lambda e: e not in RESERVED_EVENTS)
+NAMESPACES = st.sampled_from(["/", "/orders", "/a-b/c"])
+
+
+@given(namespace=NAMESPACES, event=EVENTS, args=st.lists(JSON_VALUES, max_size=4),
+       ack=st.booleans())
+def test_what_the_client_emits_the_server_decodes(namespace, event, args, ack):
+    p = connected(namespace)
+    ack_id = p.emit(namespace, event, args, ack=ack)
+    decoder = sio.Decoder()
+    results = [decoder.feed(eio.decode_packet(frame).data) for frame in p.frames_to_send()]
+    assert results[-1] == sio.Packet(sio.PacketType.EVENT, namespace, [event, *args], ack_id)
+
+
+@given(namespace=NAMESPACES, event=EVENTS, args=st.lists(JSON_VALUES, max_size=4),
+       ack_id=st.none() | st.integers(0, 2**40))
+def test_what_the_server_emits_the_client_decodes(namespace, event, args, ack_id):
+    p = connected(namespace)
+    events = []
+    for part in sio.encode_event(namespace, [event, *args], ack_id):
+        events += p.receive_message(eio.encode_packet(eio.Packet(eio.PacketType.MESSAGE, part)))
+    assert events == [EventReceived(namespace, event, args, ack_id)]

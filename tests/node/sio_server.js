@@ -17,6 +17,8 @@
 //   echo    (...args)                    -> the same args back
 //   whoami  ()                           -> {"sid", "auth", "query", "header"}  (header: x-test)
 //   kick    ()                           -> the server disconnects the socket
+//   ask_back (...args)                   -> the server emits "question" (args) asking for an
+//                                           ack; answers with it, or "no answer" after 2 s
 "use strict";
 
 const fs = require("fs");
@@ -89,6 +91,16 @@ function relay(nsp) {
       header: socket.handshake.headers["x-test"] || null,
     })));
     socket.on("kick", () => socket.disconnect(true));
+    socket.on("ask_back", async (...args) => {
+      const ack = typeof args[args.length - 1] === "function" ? args.pop() : null;
+      let reply;
+      try {
+        reply = await socket.timeout(2000).emitWithAck("question", ...args);
+      } catch (err) {
+        reply = "no answer";
+      }
+      if (ack) ack(reply);
+    });
   });
 }
 
