@@ -9,7 +9,10 @@ are replaced by ``{"_placeholder":true,"num":N}`` and sent as N following
 binary Engine.IO messages; such an EVENT / ACK goes out as BINARY_EVENT /
 BINARY_ACK.
 
-Encoding (:func:`encode`, :func:`encode_event`) trusts the server: it raises
+Both roles use this codec: the server, and the client's state machine
+(:mod:`.client`), since a Socket.IO packet has the same form in both directions.
+
+Encoding (:func:`encode`, :func:`encode_event`) trusts its caller: it raises
 :class:`TypeError` for data that is not JSON-serializable and
 :class:`ValueError` for a malformed packet (bad namespace, bad ack id, wrong
 data shape, NaN / infinity, circular or too deeply nested data).
