@@ -24,8 +24,6 @@ from typing import Any
 
 import click
 
-from roomd.protocol.client import RESERVED_EVENTS
-
 from ._format import clock
 
 EXIT_OK = 0
@@ -140,6 +138,8 @@ class Plan:
 
 
 def _emits(values: tuple[str, ...]) -> list[tuple[str, list]]:
+    from roomd.protocol.client import RESERVED_EVENTS  # not at import: admin commands skip it
+
     out = []
     for value in values:
         event, *texts = json.loads(value)
