@@ -31,7 +31,7 @@ def test_every_public_method_is_documented():
     text = API_DOC.read_text()
     missing = []
     for cls in (roomd.Server, roomd.Namespace, roomd.Socket, roomd.BroadcastOperator,
-                roomd.RemoteSocket):
+                roomd.RemoteSocket, roomd.Client, roomd.ReceivedEvent):
         for name in dir(cls):
             if not name.startswith("_") and f"{name}" not in text:
                 missing.append(f"{cls.__name__}.{name}")
