@@ -335,3 +335,11 @@ def test_decoder_fuzz(sequence):
         except ProtocolError:
             continue
         assert packet is None or isinstance(packet, Packet)
+
+
+def test_ids_never_look_like_options():
+    from roomd.protocol.sio import new_id
+
+    ids = [new_id() for _ in range(5000)]
+    assert all(len(i) == 20 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

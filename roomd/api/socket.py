@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import inspect
-import secrets
 from collections.abc import Callable, Iterable
 from types import CoroutineType
 from typing import Any, Protocol
@@ -86,7 +85,7 @@ class Socket:
 
     def __init__(self, namespace: SocketNamespace, connection: SocketConnection,
                  handshake: Handshake) -> None:
-        self.id = secrets.token_urlsafe(15)
+        self.id = sio.new_id()
         self.namespace = namespace
         self.handshake = handshake
         self.data: dict[str, Any] = {}

@@ -32,6 +32,7 @@ import enum
 import json
 import math
 import re
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -440,3 +441,15 @@ class Decoder:
         if not all(used):
             raise ProtocolError(f"attachment {used.index(0)} is not referenced by any placeholder")
         return packet
+
+
+def new_id() -> str:
+    """A random 20-character id for a session or a socket (120 bits, URL-safe).
+
+    Never starts with "-", so that an id can be given to a command line
+    (``roomd disconnect SID``) without being read as an option.
+    """
+    while True:
+        candidate = secrets.token_urlsafe(15)
+        if candidate[0] != "-":
+            return candidate

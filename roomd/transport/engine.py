@@ -14,7 +14,6 @@ import dataclasses
 import inspect
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,7 +21,7 @@ from typing import Any, Protocol
 import trio
 
 from .._errors import ProtocolError
-from ..protocol import eio
+from ..protocol import eio, sio
 from ..protocol.websocket import WebSocketProtocol
 from ..protocol.wsframe import encode_frames
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
@@ -271,7 +270,7 @@ class Engine:
 
     def new_session(self, transport: str, request: RequestInfo,
                     outbox: WebSocketOutbox | None = None) -> EngineSession:
-        sid = secrets.token_urlsafe(15)
+        sid = sio.new_id()
         session = EngineSession(self, sid, transport, request)
         if outbox is not None:
             session.outbox = outbox
