@@ -60,11 +60,11 @@ class CliResult:
 
 
 async def roomd(*args: str, timeout: float = 15, env: dict | None = None,
-                prefix: Sequence[str] = ()) -> CliResult:
-    """Run ``roomd ARGS`` (after ``prefix``, e.g. setpriv) and return its outcome."""
+                command: Sequence[str] = (ROOMD,), cwd: str | None = None) -> CliResult:
+    """Run ``roomd ARGS`` (``command`` replaces the executable) and return its outcome."""
     with trio.fail_after(timeout):  # run_process kills the child when cancelled
-        done = await trio.run_process([*prefix, ROOMD, *args], capture_stdout=True,
-                                      capture_stderr=True, check=False, env=env,
+        done = await trio.run_process([*command, *args], capture_stdout=True,
+                                      capture_stderr=True, check=False, env=env, cwd=cwd,
                                       stdin=subprocess.DEVNULL)
     return CliResult(list(args), done.returncode, done.stdout.decode(), done.stderr.decode())
 

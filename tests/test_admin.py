@@ -8,13 +8,18 @@ import shutil
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import textwrap
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from other_user import (
+    AS_OTHER_USER,
+    needs_root,
+    readable_packages,
+    require_python_for_other_user,
+)
 
 from roomd._errors import AdminError, RoomdError
 from roomd.ops.admin import serve_admin
@@ -359,11 +364,9 @@ CLIENT_AS_NOBODY = textwrap.dedent(
     """
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT_AS_NOBODY_WITH_ADMINCLIENT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, ".")
     from roomd.ops.admin_proto import AdminClient
     from roomd._errors import AdminError
     try:
@@ -373,16 +376,13 @@ CLIENT_AS_NOBODY_WITH_ADMINCLIENT = textwrap.dedent(
     """
 )
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to act as another uid"
-)
-
 
 async def run_as_nobody(path: str) -> dict:
+    """CLIENT_AS_NOBODY run as uid 65534 by a Python it can read (not this venv's)."""
+    python = require_python_for_other_user()
     result = await trio.run_process(
-        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-I", "-c",
-         CLIENT_AS_NOBODY, path],
-        capture_stdout=True, capture_stderr=True, check=False,
+        [*AS_OTHER_USER, python, "-I", "-c", CLIENT_AS_NOBODY, path],
+        capture_stdout=True, capture_stderr=True, check=False, cwd="/",
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -390,6 +390,7 @@ async def run_as_nobody(path: str) -> dict:
 
 @needs_root
 async def test_other_uid_is_refused():
+    python = require_python_for_other_user()
     base = tempfile.mkdtemp(prefix="roomd-admin-test-", dir="/tmp")
     try:
         os.chmod(base, 0o711)
@@ -401,13 +402,15 @@ async def test_other_uid_is_refused():
             answer = await run_as_nobody(path)
             assert answer == {"ok": False, "error": "permission denied: uid 65534 may not use this admin socket"}
             # The real client reports the refusal, whoever wins the race to the socket.
-            for _ in range(5):
-                result = await trio.run_process(
-                    ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c",
-                     CLIENT_AS_NOBODY_WITH_ADMINCLIENT, path],
-                    capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT,
-                )
-                assert result.stdout.decode() == "permission denied: uid 65534 may not use this admin socket\n", result.stderr
+            # It runs from a world-readable copy: the clone may be private (mode 0700).
+            with readable_packages("roomd") as packages:
+                for _ in range(5):
+                    result = await trio.run_process(
+                        [*AS_OTHER_USER, python, "-c", CLIENT_AS_NOBODY_WITH_ADMINCLIENT, path],
+                        capture_stdout=True, capture_stderr=True, check=False, cwd="/",
+                        env=dict(os.environ, PYTHONPATH=str(packages)),
+                    )
+                    assert result.stdout.decode() == "permission denied: uid 65534 may not use this admin socket\n", result.stderr
             assert (await call(path, "ping"))["ok"]  # root still gets in
     finally:
         shutil.rmtree(base)
