@@ -115,23 +115,29 @@ def config_check(path: str | None) -> None:
     click.echo(config_to_toml(cfg), nl=False)
 
 
-def unit_file_text() -> str:
-    """The systemd unit shipped in the roomd package."""
+UNITS = ("roomd.service", "roomd@.service", "roomd.socket")
+
+
+def unit_file_text(name: str = "roomd.service") -> str:
+    """A systemd unit shipped in the roomd package."""
     try:
         import importlib.resources
 
-        return importlib.resources.files("roomd.ops").joinpath("roomd.service").read_text()
+        return importlib.resources.files("roomd.ops").joinpath(name).read_text()
     except (FileNotFoundError, ModuleNotFoundError, TypeError):
         import roomd.ops.config
 
-        return Path(roomd.ops.config.__file__).with_name("roomd.service").read_text()
+        return Path(roomd.ops.config.__file__).with_name(name).read_text()
 
 
-@cli.command("unit-file", short_help="Print the hardened systemd unit.")
-@click.option("--exec-path", metavar="PATH", help=f"The roomd executable in ExecStart= (default {UNIT_EXEC_PATH}).")
-def unit_file(exec_path: str | None) -> None:
-    """Print the hardened systemd unit (save as /etc/systemd/system/roomd.service)."""
-    text = unit_file_text()
+@cli.command("unit-file", short_help="Print a shipped systemd unit.")
+@click.argument("unit", type=click.Choice(UNITS), default=UNITS[0], required=False)
+@click.option("--exec-path", metavar="PATH",
+              help=f"The roomd executable in ExecStart= (default {UNIT_EXEC_PATH}).")
+def unit_file(unit: str, exec_path: str | None) -> None:
+    """Print UNIT: the hardened service (default, save as /etc/systemd/system/roomd.service),
+    the template for several instances (roomd@.service) or the socket-activation unit."""
+    text = unit_file_text(unit)
     if exec_path:
         text = text.replace(UNIT_EXEC_PATH, exec_path)
     click.echo(text, nl=False)

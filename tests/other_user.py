@@ -71,7 +71,7 @@ def readable_packages(*names: str) -> Iterator[Path]:
             source = Path(importlib.import_module(name).__file__ or "").parent
             shutil.copytree(source, directory / name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for root, dirs, files in os.walk(directory):
+        for root, _dirs, files in os.walk(directory):
             os.chmod(root, 0o755)
             for file in files:
                 os.chmod(os.path.join(root, file), 0o644)

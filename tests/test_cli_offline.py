@@ -122,8 +122,17 @@ def test_unit_file():
     assert "ExecStart=/opt/roomd/bin/roomd serve --config" in result.output
 
 
-def test_shipped_unit_files_are_identical():
-    assert (ROOT / "dist" / "roomd.service").read_text() == (ROOT / "roomd" / "ops" / "roomd.service").read_text()
+@pytest.mark.parametrize("unit", ["roomd.service", "roomd@.service", "roomd.socket"])
+def test_shipped_unit_files_are_identical(unit):
+    shipped = (ROOT / "dist" / unit).read_text()
+    assert shipped == (ROOT / "roomd" / "ops" / unit).read_text()
+    result = run("unit-file", unit)
+    assert (result.exit_code, result.output) == (0, shipped)
+
+
+def test_unit_file_unknown_unit():
+    result = run("unit-file", "nosuch.service")
+    assert result.exit_code == 2 and "nosuch.service" in result.output
 
 
 async def cli_in_thread(*args: str):
