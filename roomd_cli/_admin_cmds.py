@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from typing import Any
 
 import click
 
@@ -168,15 +170,31 @@ def tail(
         ctx.exit(0)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for JSON numbers")
+    return value
+
+
 def _json_args(values: tuple[str, ...]) -> list:
+    """Each value parsed as strict JSON: NaN, Infinity and numbers that overflow to
+    infinity (1e999) are refused, as any JSON encoder would refuse to send them."""
     out = []
     for value in values:
         try:
-            out.append(json.loads(value))
+            out.append(json.loads(value, parse_constant=_no_constant, parse_float=_finite))
         except json.JSONDecodeError as e:
             raise click.BadParameter(
-                f"{value!r} is not valid JSON ({e.msg}); quote strings, e.g. '\"hello\"'", param_hint="JSON-ARG"
-            ) from None
+                f"{value!r} is not valid JSON ({e.msg}); quote strings, e.g. '\"hello\"'",
+                param_hint="JSON-ARG") from None
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r} is not valid JSON ({e})",
+                                     param_hint="JSON-ARG") from None
     return out
 
 

@@ -78,6 +78,16 @@ def test_emit_bad_json_arg_is_a_usage_error(tmp_path):
     assert "JSON-ARG" in result.output and "'hello' is not valid JSON" in result.output
 
 
+@pytest.mark.parametrize("arg", ["NaN", "Infinity", "-Infinity", "1e999", '[1, NaN]',
+                                 '{"a": -1e400}', "1" * 5000])
+def test_emit_non_json_numbers_are_a_usage_error(tmp_path, arg):
+    """Python's json reads these, but they are not JSON: refused before anything is sent."""
+    result = run("--socket", str(tmp_path / "x.sock"), "emit", "/orders", "created", "--", arg)
+    assert result.exit_code == 2, result.output
+    assert "JSON-ARG" in result.output and "is not valid JSON" in result.output
+    assert "no roomd daemon" not in result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [
