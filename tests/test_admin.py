@@ -50,7 +50,7 @@ class FakeBackend:
                 "connections": 3, "namespaces": 2, "rooms": 3, "events_total": 7, "events_per_second": 0.5}
 
     def namespace_names(self) -> list[str]:
-        return ["/orders", "/"]
+        return ["/orders", "/", "/boom"]  # /boom: a namespace whose emit fails
 
     def rooms_snapshot(self, namespace):
         rooms: dict[tuple[str, str], list[str]] = {}
@@ -124,6 +124,7 @@ async def test_commands(sock_path):
 
         assert (await call(sock_path, "namespaces"))["namespaces"] == [
             {"name": "/", "sockets": 1, "rooms": 1},
+            {"name": "/boom", "sockets": 0, "rooms": 0},
             {"name": "/orders", "sockets": 2, "rooms": 2},
         ]
         rooms = (await call(sock_path, "rooms", namespace="/orders"))["rooms"]
@@ -219,6 +220,47 @@ async def test_tail_filters_and_previews(sock_path):
         with trio.fail_after(5):
             while backend.taps:
                 await trio.sleep(0.01)
+
+
+async def test_unknown_namespaces_are_errors(sock_path):
+    backend = FakeBackend()
+    async with running(backend, sock_path):
+        for cmd, args in (("emit", {"event": "e", "args": [1]}), ("rooms", {}), ("sockets", {}),
+                          ("tail", {})):
+            with pytest.raises(AdminError) as info:
+                if cmd == "tail":
+                    await trio.to_thread.run_sync(
+                        lambda: next(AdminClient(sock_path).stream("tail", namespace="/nosuch")))
+                else:
+                    await call(sock_path, cmd, namespace="/nosuch", **args)
+            assert str(info.value) == "no namespace /nosuch", cmd
+        assert backend.emitted == [] and backend.taps == []
+        assert (await call(sock_path, "rooms", namespace="/boom"))["rooms"] == []
+
+
+async def test_tail_filters_are_shell_patterns(sock_path):
+    backend = FakeBackend()
+    async with running(backend, sock_path):
+        got: list[dict] = []
+
+        def tail():
+            for item in AdminClient(sock_path).stream("tail", room="eu-*", event="order.[cu]*"):
+                got.append(item)
+                if len(got) == 2:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, tail)
+            while not backend.taps:
+                await trio.sleep(0.01)
+            backend.publish(rooms=["eu"], event="order.created")  # room does not match
+            backend.publish(rooms=["eu-1"], event="order.deleted")  # event does not match
+            backend.publish(rooms=[], event="order.created")  # the whole namespace: no room
+            backend.publish(rooms=["us", "eu-west"], event="order.created")
+            backend.publish(rooms=["EU-1"], event="order.updated")  # case matters
+            backend.publish(rooms=["eu-2"], event="order.updated")
+        assert [(g["rooms"], g["event"]) for g in got] == [
+            (["us", "eu-west"], "order.created"), (["eu-2"], "order.updated")]
 
 
 async def test_tail_with_args_and_daemon_going_away(sock_path):

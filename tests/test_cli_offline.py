@@ -164,6 +164,7 @@ async def test_admin_commands_output(tmp_path):
         assert result.output.splitlines() == [
             "NAMESPACE  SOCKETS  ROOMS",
             "/          1        1",
+            "/boom      0        0",
             "/orders    2        2",
         ]
 

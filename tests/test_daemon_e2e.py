@@ -252,6 +252,39 @@ async def test_emit_reaches_exactly_the_right_clients(tmpdir_short, node, py_cli
         no_traceback(r)
 
 
+async def test_unknown_namespace_is_named(tmpdir_short):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        results = await _gather(
+            d.cli("emit", "/nosuch", "created", "1"),
+            d.cli("tail", "/nosuch"),  # would wait forever for events that cannot come
+            d.cli("rooms", "list", "nosuch"),
+            d.cli("sockets", "list", "/nosuch", "--json"),
+        )
+        for r in results:
+            assert (r.returncode, r.stdout, r.stderr) == (
+                1, "", "roomd: no namespace /nosuch\n"), str(r)
+        r = await d.cli("emit", "/orders", "created", "1")  # a declared one, nobody in it
+        assert (r.returncode, r.stdout) == (0, "delivered to 0 sockets\n"), str(r)
+        async with tailing(d.socket, "/orders") as t:  # declared: tail waits for its events
+            await t.sync(d.socket, "/orders")
+
+
+async def test_tail_takes_shell_patterns(tmpdir_short, node):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        a = await node.connect(d.url, "/orders")
+        b = await node.connect(d.url, "/orders", force_new=True)
+        await b.emit_with_ack("join", ["eu-1", "eu-2", "us"])
+        async with tailing(d.socket, "/orders", "--room", "eu-*", "--event", "order.[cu]*") as t:
+            await t.sync(d.socket, "/orders", "eu-*", "order.created")
+            for room, event in (("us", "order.created"), ("eu-1", "order.deleted"),
+                                ("eu-2", "order.updated"), ("eu-1", "order.created")):
+                assert await a.emit_with_ack("publish", room, event, 1) == [{"recipients": 1}]
+                await b.next_event(event)
+            assert (await t.line()).split(" ", 1)[1] == f"/orders eu-2 !{a.sid} order.updated 1 -> 1"
+            assert (await t.line()).split(" ", 1)[1] == f"/orders eu-1 !{a.sid} order.created 1 -> 1"
+            await t.no_line(0.3)
+
+
 async def test_disconnect_drops_exactly_that_socket(tmpdir_short, node, py_client):
     async with running_daemon(tmpdir_short, CONFIG) as d:
         main = await node.connect(d.url, "/")

@@ -20,6 +20,7 @@ closes the admin socket nor disturbs the daemon.
 
 from __future__ import annotations
 
+import fnmatch
 import grp
 import inspect
 import logging
@@ -223,6 +224,18 @@ async def _call(fn: Any, *args: Any) -> Any:
     return result
 
 
+async def _existing_namespace(backend: Any, namespace: str | None) -> str | None:
+    """``namespace`` when the backend has it (or None); AdminError naming it otherwise."""
+    if namespace is not None and namespace not in await _call(backend.namespace_names):
+        raise AdminError(f"no namespace {namespace}")
+    return namespace
+
+
+def _matches(pattern: str | None, values: Any) -> bool:
+    """No pattern, or a shell-style ``pattern`` matching one of ``values``."""
+    return pattern is None or any(fnmatch.fnmatchcase(v, pattern) for v in values)
+
+
 class _Connection:
     """One admin client: credential check, then request lines until EOF."""
 
@@ -322,7 +335,7 @@ class _Connection:
                 out.append({"name": name, "sockets": len(sockets), "rooms": len(public)})
             return {"ok": True, "namespaces": out}
         if cmd == "rooms":
-            namespace = _opt_str(request, "namespace")
+            namespace = await _existing_namespace(b, _opt_str(request, "namespace"))
             want_members = bool(request.get("members"))
             include_private = bool(request.get("all"))
             out = []
@@ -338,13 +351,15 @@ class _Connection:
             out.sort(key=lambda item: (item["namespace"], item["room"]))
             return {"ok": True, "rooms": out}
         if cmd == "sockets":
-            sockets = await _call(b.sockets_snapshot, _opt_str(request, "namespace"), _opt_str(request, "room"))
+            namespace = await _existing_namespace(b, _opt_str(request, "namespace"))
+            sockets = await _call(b.sockets_snapshot, namespace, _opt_str(request, "room"))
             return {"ok": True, "sockets": [dict(s) for s in sockets]}
         if cmd == "emit":
             namespace = _req_str(request, "namespace")
             if not namespace.startswith("/"):
                 raise AdminError(f"namespace must start with '/', got {namespace!r}")
             event = _req_str(request, "event")
+            await _existing_namespace(b, namespace)
             args = request.get("args", [])
             if not isinstance(args, list):
                 raise AdminError("'args' must be a list")
@@ -366,7 +381,7 @@ class _Connection:
         stopping), the client gets a last ``{"end": true, ...}`` line, sent
         within a shielded second; the cancellation then propagates.
         """
-        namespace = _opt_str(request, "namespace")
+        namespace = await _existing_namespace(self.backend, _opt_str(request, "namespace"))
         room = _opt_str(request, "room")
         event = _opt_str(request, "event")
         with_args = bool(request.get("args"))
@@ -379,9 +394,9 @@ class _Connection:
                     async for item in events:
                         if namespace is not None and item.get("namespace") != namespace:
                             continue
-                        if room is not None and room not in item.get("rooms", ()):
+                        if not _matches(room, item.get("rooms", ())):
                             continue
-                        if event is not None and item.get("event") != event:
+                        if not _matches(event, (str(item.get("event")),)):
                             continue
                         await self.send(self._tail_line(item, with_args))
                     reason = "event tap closed"

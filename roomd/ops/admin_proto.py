@@ -28,6 +28,11 @@ Commands and their results:
     disconnect sid                         {"disconnected": true} or an error
     tail    [namespace] [room] [event] [args]   stream of {time, namespace, rooms, except,
                                              event, preview, recipients, source, args?}
+                                             (room, event: shell-style patterns, as
+                                             fnmatch; room matches any of the rooms)
+
+A namespace given to rooms, sockets, emit or tail must be one the daemon has
+(``namespaces`` lists them): otherwise the answer is the error "no namespace NAME".
 """
 
 from __future__ import annotations
