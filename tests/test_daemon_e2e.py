@@ -336,6 +336,22 @@ async def test_no_daemon(tmpdir_short):
         assert (r.returncode, r.stdout, r.stderr) == (1, "", f"roomd: no roomd daemon answering on {path}\n"), str(r)
 
 
+async def test_serve_on_a_taken_port_names_the_address(tmpdir_short):
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = await roomd("serve", "--port", str(port), "--socket", str(tmpdir_short / "a.sock"))
+    finally:
+        taken.close()
+    assert r.returncode == 1, str(r)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr, str(r)
+    assert len(r.stderr.splitlines()) == 1, str(r)
+    no_traceback(r)
+    assert not (tmpdir_short / "a.sock").exists()  # nothing was left behind
+
+
 async def test_config_check_and_serve_reject_bad_files(tmpdir_short):
     misspelt = tmpdir_short / "misspelt.toml"
     misspelt.write_text('[server]\nport = 4000\n\n[[namespaces]]\nname = "/orders"\nclient_joins = true\n')

@@ -9,12 +9,14 @@ relay app's per-namespace policies.
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -30,6 +32,7 @@ from .config import Config, load_config
 logger = logging.getLogger("roomd.daemon")
 
 GC_THRESHOLDS = (20_000, 20, 20)
+LISTEN_BACKLOG = 4096  # as Server.serve's own listeners: bursts of reconnecting clients
 
 
 def load_app(spec: str, app_dir: str | None = None) -> Server:
@@ -86,11 +89,28 @@ class Daemon:
             self.server = Server(**server_options(config))
             self.relay = RelayApp(self.server, config.namespaces)
 
-    def _listeners(self) -> list[trio.SocketListener] | None:
+    async def _listeners(self) -> list[trio.SocketListener]:
+        """The sockets systemd passed (socket activation), else server.host:port bound here.
+
+        Raises RoomdError naming the address when it cannot be bound.
+        """
         sockets = systemd.listen_fds()
-        if not sockets:
-            return None
-        return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        if sockets:
+            return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        host, port = self.config.server.host, self.config.server.port
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            return await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
+        except socket.gaierror as exc:  # before OSError, its base class
+            raise RoomdError(f"cannot listen on {where}: {exc.strerror}") from None
+        except OSError as exc:
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = " (another process listens there: stop it, or choose another --port)"
+            elif exc.errno == errno.EACCES and port < 1024:
+                hint = " (ports below 1024 need privileges)"
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise RoomdError(f"cannot listen on {where}: {reason}{hint}") from None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (then shut down gracefully) or cancellation.
@@ -103,7 +123,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(functools.partial(
                     self.server.serve, config.server.host, config.server.port,
-                    listeners=self._listeners()))
+                    listeners=await self._listeners()))
                 if config.admin.enabled:
                     await nursery.start(functools.partial(
                         serve_admin, self.server, config.admin.socket, group=config.admin.group))
