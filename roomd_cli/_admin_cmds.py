@@ -9,6 +9,9 @@ from typing import Any
 
 import click
 
+from roomd._errors import AdminError
+from roomd.ops.admin_proto import AdminClient, running_instances
+
 from ._common import admin_options, client, namespace_arg
 from ._format import clock, duration, echo_json, table, when
 
@@ -25,6 +28,7 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
     listen = s.get("listen") or []
     rows = [
         ("version", s.get("version", "-")),
+        ("instance", s.get("instance", "-")),
         ("pid", s.get("pid", "-")),
         ("started", when(s.get("started_at"))),
         ("uptime", duration(s.get("uptime"))),
@@ -241,4 +245,37 @@ def disconnect(ctx: click.Context, socket_id: str, socket_path: str | None, as_j
         click.echo(f"disconnected {socket_id}")
 
 
-COMMANDS = [status, namespaces, rooms, sockets, tail, emit, disconnect]
+@click.group()
+def instances() -> None:
+    """The roomd daemons running on this host."""
+
+
+@instances.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+def instances_list(as_json: bool) -> None:
+    """List the daemons answering on default admin sockets: instance name, socket, pid, listen.
+
+    The name is what --instance takes. Daemons given an explicit admin socket
+    (--socket, admin.socket) are not found here.
+    """
+    items = []
+    for found in running_instances():
+        item: dict[str, Any] = {"instance": found.name, "socket": found.path}
+        try:
+            s = AdminClient(found.path, timeout=5).request("status")["status"]
+            item.update(pid=s.get("pid"), listen=s.get("listen") or [])
+        except AdminError as e:
+            item["error"] = str(e)
+        items.append(item)
+    if as_json:
+        echo_json(items)
+        return
+    if not items:
+        click.echo("no roomd instances running")
+        return
+    rows = [(i["instance"], i["socket"], i.get("pid", "-"),
+             ", ".join(i.get("listen", [])) or i.get("error", "-")) for i in items]
+    click.echo(table(("INSTANCE", "SOCKET", "PID", "LISTEN"), rows))
+
+
+COMMANDS = [status, namespaces, rooms, sockets, tail, emit, disconnect, instances]

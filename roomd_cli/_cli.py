@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from roomd._errors import ConfigError, RoomdError
 from roomd.ops.config import LOG_LEVELS, config_to_toml, load_config
 
 from ._admin_cmds import COMMANDS
-from ._common import RoomdGroup, State
+from ._common import INSTANCE_HELP, RoomdGroup, State, instance_option
 
 EX_CONFIG = 78  # sysexits.h; the shipped unit does not restart on it
 UNIT_EXEC_PATH = "/usr/local/bin/roomd"
@@ -32,11 +33,12 @@ def _version() -> str:
     envvar="ROOMD_SOCKET",
     help="The admin socket: where the admin commands connect, where serve listens. [env: ROOMD_SOCKET]",
 )
+@click.option("--instance", metavar="NAME", envvar="ROOMD_INSTANCE", help=INSTANCE_HELP)
 @click.version_option(_version(), prog_name="roomd")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None) -> None:
+def cli(ctx: click.Context, socket_path: str | None, instance: str | None) -> None:
     """roomd: a Socket.IO v5 message-room daemon, and the tool to operate it."""
-    ctx.obj = State(socket=socket_path)
+    ctx.obj = State(socket=socket_path, instance=instance)
 
 
 @cli.command()
@@ -48,6 +50,9 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 @click.option("--app-dir", metavar="DIR", help="Look for the --app module in DIR first (app.dir).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level (log.level).")
 @click.option("--socket", "socket_path", metavar="PATH", help="The admin socket to create (admin.socket).")
+@functools.partial(instance_option, help=(
+    "This daemon's instance name (admin.instance; default: its port): names its admin "
+    "socket, <dir>/NAME.sock, unless under systemd or --socket."))
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -74,6 +79,7 @@ def serve(
         "app.dir": app_dir,
         "log.level": log_level.lower() if log_level else None,
         "admin.socket": socket_path or state.socket,
+        "admin.instance": state.instance,
     }
     try:
         config = load_config(config_path, overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,15 +10,25 @@ from typing import Any
 import click
 
 from roomd._errors import RoomdError
-from roomd.ops.admin_proto import AdminClient, client_socket_path
+from roomd.ops.admin_proto import AdminClient, resolve_admin_socket
 from roomd.ops.config import load_config
+
+INSTANCE_HELP = ("The daemon instance (by default named by its port, e.g. 3001; roomd@NAME "
+                 "under systemd) when several run. [env: ROOMD_INSTANCE]")
 
 
 @dataclass
 class State:
-    """ctx.obj: options given to the ``roomd`` group itself."""
+    """ctx.obj: options given to the ``roomd`` group itself (or to a command, for these)."""
 
     socket: str | None = None
+    instance: str | None = None
+
+
+def _set_instance(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        ctx.ensure_object(State).instance = value
+    return value
 
 
 class RoomdGroup(click.Group):
@@ -31,9 +42,16 @@ class RoomdGroup(click.Group):
             ctx.exit(getattr(e, "exit_code", 1))
 
 
+def instance_option(fn: Callable, help: str = INSTANCE_HELP) -> Callable:
+    """--instance NAME, stored in the State (not passed to the command)."""
+    return click.option("--instance", metavar="NAME", expose_value=False, callback=_set_instance,
+                        is_eager=True, help=help)(fn)
+
+
 def admin_options(fn: Callable) -> Callable:
-    """Add --socket and --json to an admin command (as ``socket_path`` and ``as_json``)."""
+    """Add --socket, --instance and --json to an admin command (``socket_path``, ``as_json``)."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(fn)
+    fn = instance_option(fn)
     fn = click.option(
         "--socket",
         "socket_path",
@@ -44,12 +62,17 @@ def admin_options(fn: Callable) -> Callable:
 
 
 def client(ctx: click.Context, socket_path: str | None) -> AdminClient:
-    """An AdminClient for --socket, else the group's --socket/ROOMD_SOCKET, else the config's."""
+    """An AdminClient for --socket (the command's, else the group's, else ROOMD_SOCKET), else
+    --instance/ROOMD_INSTANCE, else $ROOMD_CONFIG's admin.socket or admin.instance, else the
+    only running daemon (see :func:`~roomd.ops.admin_proto.resolve_admin_socket`)."""
     state: State = ctx.ensure_object(State)
     path = socket_path or state.socket
-    if not path:
-        path = client_socket_path(load_config(None, {}).admin.socket)
-    return AdminClient(path)
+    instance = state.instance
+    configured = None
+    if not path and instance is None and os.environ.get("ROOMD_CONFIG"):
+        admin = load_config(None, {}).admin
+        configured, instance = admin.socket, admin.instance
+    return AdminClient(resolve_admin_socket(path, instance, configured))
 
 
 def namespace_arg(value: str | None) -> str | None:

@@ -125,9 +125,13 @@ async def serve_admin(
     path: str,
     *,
     group: str | int | None = None,
+    instance: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin socket at ``path`` until cancelled.
+
+    ``instance`` (the daemon's instance name) and ``path`` are part of the
+    ``status`` answer.
 
     Creates the parent directory when missing (0700, or 0750 owned by
     ``group``), replaces a stale socket file, binds, sets the socket's mode to
@@ -160,7 +164,9 @@ async def serve_admin(
                 sock.listen(64)
             except OSError as e:
                 raise AdminError(f"cannot set up admin socket {path}: {e.strerror or e}") from None
-            handler = _Connection.factory(backend, own_uid=os.geteuid(), group_gid=group_gid)
+            about = {"admin_socket": path} | ({"instance": instance} if instance else {})
+            handler = _Connection.factory(backend, own_uid=os.geteuid(), group_gid=group_gid,
+                                          about=about)
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, handler, [trio.SocketListener(sock)])
                 log.info("admin socket listening on %s", path)
@@ -239,8 +245,10 @@ def _matches(pattern: str | None, values: Any) -> bool:
 class _Connection:
     """One admin client: credential check, then request lines until EOF."""
 
-    def __init__(self, backend: Any, stream: trio.SocketStream, own_uid: int, group_gid: int | None) -> None:
+    def __init__(self, backend: Any, stream: trio.SocketStream, own_uid: int,
+                 group_gid: int | None, about: dict[str, str]) -> None:
         self.backend = backend
+        self.about = about
         self.stream = stream
         self.own_uid = own_uid
         self.group_gid = group_gid
@@ -248,12 +256,13 @@ class _Connection:
         self.client_closed = False
 
     @classmethod
-    def factory(cls, backend: Any, *, own_uid: int, group_gid: int | None):
+    def factory(cls, backend: Any, *, own_uid: int, group_gid: int | None,
+                about: dict[str, str]) -> Any:
         async def handle(stream: trio.SocketStream) -> None:
             try:
                 try:
                     async with stream:
-                        await cls(backend, stream, own_uid, group_gid).run()
+                        await cls(backend, stream, own_uid, group_gid, about).run()
                 except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                     pass  # the client went away
             except Exception:
@@ -325,6 +334,8 @@ class _Connection:
         if cmd == "status":
             stats = dict(await _call(b.stats))
             stats.setdefault("pid", os.getpid())
+            for key, value in self.about.items():
+                stats.setdefault(key, value)
             return {"ok": True, "status": stats}
         if cmd == "namespaces":
             out = []

@@ -27,7 +27,7 @@ from ..api.server import Server
 from ..apps.relay import RelayApp
 from . import systemd
 from .admin import serve_admin
-from .config import Config, load_config
+from .config import Config, default_admin_socket, load_config
 
 logger = logging.getLogger("roomd.daemon")
 
@@ -125,8 +125,11 @@ class Daemon:
                     self.server.serve, config.server.host, config.server.port,
                     listeners=await self._listeners()))
                 if config.admin.enabled:
+                    instance = config.admin.instance or str(port)
                     await nursery.start(functools.partial(
-                        serve_admin, self.server, config.admin.socket, group=config.admin.group))
+                        serve_admin, self.server,
+                        config.admin.socket or default_admin_socket(instance),
+                        group=config.admin.group, instance=instance))
                 await nursery.start(systemd.run_watchdog)
                 where = ", ".join(self.server.listen_addresses)
                 systemd.notify_ready(f"serving on {where}")
