@@ -13,6 +13,7 @@ import socket
 import pytest
 import trio
 from daemon_proc import roomd, running_daemon, short_dir, stop, tailing
+from harness import ConnectError
 from other_user import AS_OTHER_USER, needs_root, readable_packages, require_python_for_other_user
 
 CONFIG = """\
@@ -283,6 +284,37 @@ async def test_tail_takes_shell_patterns(tmpdir_short, node):
             assert (await t.line()).split(" ", 1)[1] == f"/orders eu-2 !{a.sid} order.updated 1 -> 1"
             assert (await t.line()).split(" ", 1)[1] == f"/orders eu-1 !{a.sid} order.created 1 -> 1"
             await t.no_line(0.3)
+
+
+async def test_sighup_removes_a_namespace(tmpdir_short, node):
+    """A namespace dropped from the file no longer exists after SIGHUP: not listed, new
+    connections refused, its sockets told and disconnected; one added is served."""
+    async with running_daemon(tmpdir_short, CONFIG + '\n[[namespaces]]\nname = "/chat"\n') as d:
+        chat = await node.connect(d.url, "/chat")
+        main = await node.connect(d.url, "/")  # the same connection, another namespace
+        assert await chat.emit_with_ack("join", "lobby") == [{"rooms": sorted([chat.sid, "lobby"])}]
+        listed = (await d.cli("namespaces", "list", "--json")).json()
+        assert [n["name"] for n in listed] == ["/", "/chat", "/orders"]
+
+        (tmpdir_short / "roomd.toml").write_text(CONFIG + '\n[[namespaces]]\nname = "/news"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        assert (await chat.next_event("disconnect")).args == ["io server disconnect"]
+        with trio.fail_after(10):
+            while "SIGHUP: configuration reloaded" not in d.log():
+                await trio.sleep(0.05)
+        assert "SIGHUP: namespaces removed: /chat" in d.log()
+        assert "SIGHUP: namespaces added: /news" in d.log()
+        assert await main.is_connected()
+        listed = (await d.cli("namespaces", "list", "--json")).json()
+        assert [n["name"] for n in listed] == ["/", "/news", "/orders"]
+        assert (await d.cli("status", "--json")).json()["namespaces"] == 3
+        r = await d.cli("emit", "/chat", "hello")
+        assert (r.returncode, r.stderr) == (1, "roomd: no namespace /chat\n"), str(r)
+        with pytest.raises(ConnectError) as info:
+            await node.connect(d.url, "/chat", force_new=True)
+        assert info.value.message == "Invalid namespace"
+        news = await node.connect(d.url, "/news", force_new=True)
+        assert await news.emit_with_ack("join", "a") == [{"rooms": sorted([news.sid, "a"])}]
 
 
 async def test_disconnect_drops_exactly_that_socket(tmpdir_short, node, py_client):

@@ -130,6 +130,7 @@ class NamespaceConfig:
     client_join: bool = True
     client_leave: bool = True
     client_publish: bool = True
+    publish_to_sockets: bool = False  # may clients publish to another socket's own room?
     rooms: tuple[str, ...] = ("*",)  # fnmatch-style patterns of allowed room names
 
 
@@ -231,6 +232,7 @@ _NAMESPACE_SCHEMA = {
     "client_join": "boolean",
     "client_leave": "boolean",
     "client_publish": "boolean",
+    "publish_to_sockets": "boolean",
     "rooms": "strings",
 }
 

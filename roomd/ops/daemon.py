@@ -127,7 +127,7 @@ class Daemon:
                 if config.admin.enabled:
                     instance = config.admin.instance or str(port)
                     await nursery.start(functools.partial(
-                        serve_admin, self.server,
+                        serve_admin, AdminBackend(self.server, self.relay),
                         config.admin.socket or default_admin_socket(instance),
                         group=config.admin.group, instance=instance))
                 await nursery.start(systemd.run_watchdog)
@@ -136,7 +136,7 @@ class Daemon:
                 task_status.started(port)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        self.reload()
+                        await self.reload()
                         continue
                     logger.info("received %s: shutting down", signal.Signals(signum).name)
                     systemd.notify_stopping("draining connections")
@@ -144,8 +144,13 @@ class Daemon:
                     nursery.cancel_scope.cancel()
                     break
 
-    def reload(self) -> None:
-        """Re-read the configuration file; keep the old one when it is invalid."""
+    async def reload(self) -> None:
+        """Re-read the configuration file; keep the old one when it is invalid.
+
+        Applied: the log level and the relay's namespaces (added ones served, removed
+        ones refuse connections and disconnect their sockets, policies replaced).
+        Other changes are logged as needing a restart.
+        """
         systemd.notify_reloading("reloading configuration")
         try:
             if self.config.source is None:
@@ -154,7 +159,10 @@ class Daemon:
             new = load_config(self.config.source, self.overrides)
             systemd.setup_logging(new.log.level)
             if self.relay is not None:
-                self.relay.update(new.namespaces)
+                added, removed = await self.relay.update(new.namespaces)
+                for verb, names in (("added", added), ("removed", removed)):
+                    if names:
+                        logger.info("SIGHUP: namespaces %s: %s", verb, ", ".join(names))
             restart = [key for key in ("server", "admin", "app")
                        if getattr(new, key) != getattr(self.config, key)]
             if new.limits != self.config.limits:
@@ -168,6 +176,29 @@ class Daemon:
             logger.error("SIGHUP: keeping the running configuration: %s", exc)
         finally:
             systemd.notify_ready("serving")
+
+
+class AdminBackend:
+    """The Server as the admin socket sees it: with the relay app, only the namespaces of
+    the current configuration exist (a namespace removed on SIGHUP is not listed)."""
+
+    def __init__(self, server: Server, relay: RelayApp | None) -> None:
+        self.server = server
+        self.relay = relay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def namespace_names(self) -> list[str]:
+        names = self.server.namespace_names()
+        if self.relay is None:
+            return names
+        return [name for name in names if self.relay.serves(name)]
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.server.stats())
+        stats["namespaces"] = len(self.namespace_names())
+        return stats
 
 
 def tune_gc() -> None:
