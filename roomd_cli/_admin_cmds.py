@@ -16,6 +16,14 @@ from ._common import admin_options, client, namespace_arg
 from ._format import clock, duration, echo_json, table, when
 
 
+def _closed(by_reason: dict) -> str:
+    """{"transport close": 9, "ping timeout": 1} -> "10 (transport close 9, ping timeout 1)"."""
+    if not by_reason:
+        return "0"
+    reasons = sorted(by_reason.items(), key=lambda item: (-item[1], item[0]))
+    return f"{sum(by_reason.values())} (" + ", ".join(f"{r} {n}" for r, n in reasons) + ")"
+
+
 @click.command(short_help="Show the daemon's vital statistics.")
 @admin_options
 @click.pass_context
@@ -37,6 +45,7 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("namespaces", s.get("namespaces", "-")),
         ("rooms", s.get("rooms", "-")),
         ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
+        ("closed", _closed(s.get("closed") or {})),
     ]
     for key, value in rows:
         click.echo(f"{key + ':':<13}{value}")

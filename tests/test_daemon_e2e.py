@@ -5,6 +5,7 @@ disconnect; plus the no-daemon message, ``config check`` and the admin credentia
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import socket
 import pytest
 import trio
 from daemon_proc import roomd, running_daemon, short_dir, stop, tailing
-from harness import ConnectError
+from harness import ConnectError, build_request, raw_http
 from other_user import AS_OTHER_USER, needs_root, readable_packages, require_python_for_other_user
 
 CONFIG = """\
@@ -315,6 +316,41 @@ async def test_sighup_removes_a_namespace(tmpdir_short, node):
         assert info.value.message == "Invalid namespace"
         news = await node.connect(d.url, "/news", force_new=True)
         assert await news.emit_with_ack("join", "a") == [{"rooms": sorted([news.sid, "a"])}]
+
+
+async def test_ordinary_closes_are_counted_not_logged(tmpdir_short, node, py_client):
+    """Clients closing, dropping their connection or going silent are routine: no INFO line
+    each (they drowned real events), a count by reason in `roomd status`, DEBUG lines."""
+    config = CONFIG + "\n[server]\nping_interval = 0.5\nping_timeout = 0.5\n"
+    async with running_daemon(tmpdir_short, config) as d:
+        ws = await node.connect(d.url, "/orders", transports=["websocket"], force_new=True)
+        polling = await node.connect(d.url, "/", transports=["polling"], force_new=True)
+        upgraded = await node.connect(d.url, "/", force_new=True)
+        p = await py_client()
+        await p.connect(d.url, namespaces=["/"])
+        for s in (ws, polling, upgraded):
+            await s.disconnect()
+        await p.disconnect()
+        # a client that opens a session, then never polls again (nor answers a ping)
+        status, _, body = await raw_http(d.port, build_request(
+            "GET", "/socket.io/?EIO=4&transport=polling"))
+        assert status == 200, body
+        sid = json.loads(body[1:].split(b"\x1e")[0])["sid"]
+        with trio.fail_after(15):
+            while "ping timeout" not in (await d.admin("status"))["status"]["closed"]:
+                await trio.sleep(0.1)
+        # its late poll: the session is gone (a 400), as for any client after a close
+        status, _, _ = await raw_http(d.port, build_request(
+            "GET", f"/socket.io/?EIO=4&transport=polling&sid={sid}"))
+        assert status == 400
+
+        closed = (await d.cli("status", "--json")).json()["closed"]
+        assert closed["ping timeout"] == 1 and closed["transport close"] >= 4, closed
+        table = (await d.cli("status")).stdout
+        total = sum(closed.values())
+        assert re.search(rf"^closed: +{total} \(transport close \d+, ", table, re.M), table
+        lines = d.log().splitlines()
+        assert len(lines) == 2 and all("listening on" in line for line in lines), lines
 
 
 async def test_disconnect_drops_exactly_that_socket(tmpdir_short, node, py_client):

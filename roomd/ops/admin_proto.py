@@ -18,6 +18,8 @@ Commands and their results:
     status                                 {"status": {version, pid, started_at, uptime,
                                              listen, connections, namespaces, rooms,
                                              events_total, events_per_second,
+                                             closed: {reason: count} (Engine.IO
+                                             sessions that ended, by reason),
                                              instance, admin_socket}}
     namespaces                             {"namespaces": [{name, sockets, rooms}]}
     rooms   [namespace] [members] [all]    {"rooms": [{namespace, room, count, private,
