@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import AdminError
-from .config import SYSTEMD_SOCKET_NAME, admin_socket_dirs
+from .config import SYSTEMD_SOCKET_NAME, admin_socket_dir
 
 __all__ = [
     "AdminClient",
@@ -146,9 +146,9 @@ class InstanceChoiceError(AdminError):
 
 def _candidates(env: Mapping[str, str] | None) -> list[Instance]:
     found: list[Instance] = []
-    for directory in admin_socket_dirs(env):
-        for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*.sock"))):
-            found.append(Instance(os.path.basename(path)[: -len(".sock")], path))
+    directory = glob.escape(admin_socket_dir(env))
+    for path in sorted(glob.glob(os.path.join(directory, "*.sock"))):
+        found.append(Instance(os.path.basename(path)[: -len(".sock")], path))
     found.append(Instance("roomd", os.path.join(SYSTEM_DIR, SYSTEMD_SOCKET_NAME)))
     for path in sorted(glob.glob(os.path.join(SYSTEM_DIR, "*", SYSTEMD_SOCKET_NAME))):
         found.append(Instance(os.path.basename(os.path.dirname(path)), path))
@@ -181,8 +181,8 @@ def _answers(path: str, timeout: float = 2.0) -> bool:
 def running_instances(env: Mapping[str, str] | None = None) -> list[Instance]:
     """The daemons answering on default admin sockets.
 
-    Looked for: ``*.sock`` in each of :func:`~roomd.ops.config.admin_socket_dirs` (named by
-    the file: ``3000.sock`` is instance 3000), ``/run/roomd/roomd.sock`` (roomd.service:
+    Looked for: ``*.sock`` in :func:`~roomd.ops.config.admin_socket_dir` (named by the
+    file: ``3000.sock`` is instance 3000), ``/run/roomd/roomd.sock`` (roomd.service:
     instance "roomd") and ``/run/roomd/NAME/roomd.sock`` (roomd@NAME.service).
     """
     return [instance for instance in _candidates(env) if _answers(instance.path)]
@@ -223,8 +223,8 @@ def resolve_admin_socket(socket_path: str | None = None, instance: str | None = 
         raise InstanceChoiceError(f"{len(running)} roomd instances are running: "
                                   f"{_listing(running)}; choose one with --instance NAME "
                                   "or --socket PATH")
-    places = [os.path.join(d, "*.sock") for d in admin_socket_dirs(env)]
-    places += [os.path.join(SYSTEM_DIR, SYSTEMD_SOCKET_NAME),
+    places = [os.path.join(admin_socket_dir(env), "*.sock"),
+              os.path.join(SYSTEM_DIR, SYSTEMD_SOCKET_NAME),
                os.path.join(SYSTEM_DIR, "*", SYSTEMD_SOCKET_NAME)]
     raise AdminError(f"no roomd daemon answering (looked for {', '.join(places)})")
 

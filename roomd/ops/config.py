@@ -42,7 +42,7 @@ __all__ = [
     "NamespaceConfig",
     "ServerConfig",
     "config_to_toml",
-    "admin_socket_dirs",
+    "admin_socket_dir",
     "default_admin_socket",
     "load_config",
 ]
@@ -56,18 +56,13 @@ INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 SYSTEMD_SOCKET_NAME = "roomd.sock"  # in $RUNTIME_DIRECTORY, which systemd gives each unit
 
 
-def admin_socket_dirs(env: Mapping[str, str] | None = None) -> list[str]:
-    """Where this user's daemons put their default admin sockets, first the one serve uses.
-
-    ``$XDG_RUNTIME_DIR/roomd`` (when that variable is set), then ``/tmp/roomd-<uid>``.
-    """
+def admin_socket_dir(env: Mapping[str, str] | None = None) -> str:
+    """Where a daemon outside systemd puts its default admin socket, and where the CLI
+    (in the same environment) looks for it: ``$XDG_RUNTIME_DIR/roomd`` when that variable
+    is set, else ``/tmp/roomd-<uid>``."""
     env = os.environ if env is None else env
-    dirs = []
     xdg = env.get("XDG_RUNTIME_DIR", "")
-    if xdg:
-        dirs.append(os.path.join(xdg, "roomd"))
-    dirs.append(f"/tmp/roomd-{os.geteuid()}")
-    return dirs
+    return os.path.join(xdg, "roomd") if xdg else f"/tmp/roomd-{os.geteuid()}"
 
 
 def default_admin_socket(instance: str, env: Mapping[str, str] | None = None) -> str:
@@ -75,14 +70,14 @@ def default_admin_socket(instance: str, env: Mapping[str, str] | None = None) ->
 
     Under systemd, ``$RUNTIME_DIRECTORY/roomd.sock`` (``RuntimeDirectory=``: each unit has
     its own directory; a colon-separated list uses the first); otherwise
-    ``<dir>/<instance>.sock`` in the first of :func:`admin_socket_dirs`, so that several
-    instances (by default named by their port) have a socket each.
+    ``<dir>/<instance>.sock`` in :func:`admin_socket_dir`, so that several instances (by
+    default named by their port) have a socket each.
     """
     env = os.environ if env is None else env
     runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
         return os.path.join(runtime, SYSTEMD_SOCKET_NAME)
-    return os.path.join(admin_socket_dirs(env)[0], f"{instance}.sock")
+    return os.path.join(admin_socket_dir(env), f"{instance}.sock")
 
 
 @dataclass(frozen=True)
