@@ -26,8 +26,12 @@ from roomd.ops.admin import serve_admin
 from roomd.ops.admin_proto import (
     PEERCRED_FORMAT,
     AdminClient,
+    Instance,
+    InstanceChoiceError,
     peer_allowed,
     preview_args,
+    resolve_admin_socket,
+    running_instances,
     unpack_peercred,
 )
 
@@ -220,6 +224,30 @@ async def test_tail_filters_and_previews(sock_path):
         with trio.fail_after(5):
             while backend.taps:
                 await trio.sleep(0.01)
+
+
+async def test_systemd_sockets_are_found_by_instance(tmp_path):
+    """roomd.service's /run/roomd/roomd.sock is instance "roomd", roomd@NAME's
+    /run/roomd/NAME/roomd.sock is NAME (here under a stand-in for /run/roomd)."""
+    system = tmp_path / "run" / "roomd"
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "user")}
+    main, eu1 = str(system / "roomd.sock"), str(system / "eu1" / "roomd.sock")
+    with pytest.raises(AdminError, match="no roomd daemon answering .*run/roomd/roomd.sock"):
+        resolve_admin_socket(env=env, system_dir=str(system))
+    async with running(FakeBackend(), main):
+        found = await trio.to_thread.run_sync(lambda: resolve_admin_socket(
+            env=env, system_dir=str(system)))
+        assert found == main
+        async with running(FakeBackend(), eu1):
+            instances = running_instances(env, str(system))
+            assert instances == [Instance("roomd", main), Instance("eu1", eu1)]
+            with pytest.raises(InstanceChoiceError) as info:
+                resolve_admin_socket(env=env, system_dir=str(system))
+            assert info.value.exit_code == 2 and "roomd (" in str(info.value)
+            assert resolve_admin_socket(instance="eu1", env=env, system_dir=str(system)) == eu1
+            # an explicit socket, or a configured one, wins over discovery
+            assert resolve_admin_socket("/x.sock", "eu1", env=env, system_dir=str(system)) == "/x.sock"
+            assert resolve_admin_socket(configured="/y.sock", env=env, system_dir=str(system)) == "/y.sock"
 
 
 async def test_unknown_namespaces_are_errors(sock_path):

@@ -144,13 +144,14 @@ class InstanceChoiceError(AdminError):
     exit_code = 2
 
 
-def _candidates(env: Mapping[str, str] | None) -> list[Instance]:
+def _candidates(env: Mapping[str, str] | None, system_dir: str) -> list[Instance]:
     found: list[Instance] = []
     directory = glob.escape(admin_socket_dir(env))
     for path in sorted(glob.glob(os.path.join(directory, "*.sock"))):
         found.append(Instance(os.path.basename(path)[: -len(".sock")], path))
-    found.append(Instance("roomd", os.path.join(SYSTEM_DIR, SYSTEMD_SOCKET_NAME)))
-    for path in sorted(glob.glob(os.path.join(SYSTEM_DIR, "*", SYSTEMD_SOCKET_NAME))):
+    found.append(Instance("roomd", os.path.join(system_dir, SYSTEMD_SOCKET_NAME)))
+    pattern = os.path.join(glob.escape(system_dir), "*", SYSTEMD_SOCKET_NAME)
+    for path in sorted(glob.glob(pattern)):
         found.append(Instance(os.path.basename(os.path.dirname(path)), path))
     unique: dict[str, Instance] = {}
     for instance in found:
@@ -178,14 +179,15 @@ def _answers(path: str, timeout: float = 2.0) -> bool:
         sock.close()
 
 
-def running_instances(env: Mapping[str, str] | None = None) -> list[Instance]:
+def running_instances(env: Mapping[str, str] | None = None,
+                      system_dir: str = SYSTEM_DIR) -> list[Instance]:
     """The daemons answering on default admin sockets.
 
     Looked for: ``*.sock`` in :func:`~roomd.ops.config.admin_socket_dir` (named by the
     file: ``3000.sock`` is instance 3000), ``/run/roomd/roomd.sock`` (roomd.service:
     instance "roomd") and ``/run/roomd/NAME/roomd.sock`` (roomd@NAME.service).
     """
-    return [instance for instance in _candidates(env) if _answers(instance.path)]
+    return [instance for instance in _candidates(env, system_dir) if _answers(instance.path)]
 
 
 def _listing(instances: list[Instance]) -> str:
@@ -194,7 +196,8 @@ def _listing(instances: list[Instance]) -> str:
 
 def resolve_admin_socket(socket_path: str | None = None, instance: str | None = None,
                          configured: str | None = None,
-                         env: Mapping[str, str] | None = None) -> str:
+                         env: Mapping[str, str] | None = None,
+                         system_dir: str = SYSTEM_DIR) -> str:
     """The admin socket the CLI should use.
 
     ``socket_path`` (--socket, ROOMD_SOCKET) wins; then the instance named ``instance``
@@ -207,7 +210,7 @@ def resolve_admin_socket(socket_path: str | None = None, instance: str | None = 
         return socket_path
     if instance is None and configured:
         return configured
-    running = running_instances(env)
+    running = running_instances(env, system_dir)
     if instance is not None:
         chosen = [i for i in running if i.name == instance]
         if len(chosen) == 1:
@@ -224,8 +227,8 @@ def resolve_admin_socket(socket_path: str | None = None, instance: str | None = 
                                   f"{_listing(running)}; choose one with --instance NAME "
                                   "or --socket PATH")
     places = [os.path.join(admin_socket_dir(env), "*.sock"),
-              os.path.join(SYSTEM_DIR, SYSTEMD_SOCKET_NAME),
-               os.path.join(SYSTEM_DIR, "*", SYSTEMD_SOCKET_NAME)]
+              os.path.join(system_dir, SYSTEMD_SOCKET_NAME),
+              os.path.join(system_dir, "*", SYSTEMD_SOCKET_NAME)]
     raise AdminError(f"no roomd daemon answering (looked for {', '.join(places)})")
 
 
