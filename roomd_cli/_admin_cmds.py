@@ -28,7 +28,8 @@ def _closed(by_reason: dict) -> str:
 @admin_options
 @click.pass_context
 def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
-    """Version, uptime, listen address, connections, namespaces, rooms, event rate."""
+    """Version, instance, uptime, listen address, connections, namespaces, rooms, event rate,
+    connections closed (by reason)."""
     s = client(ctx, socket_path).request("status")["status"]
     if as_json:
         echo_json(s)

@@ -4,7 +4,11 @@
 gracefully (stop accepting, a Socket.IO DISCONNECT to every client, queued
 messages drained within ``limits.shutdown_grace``); SIGHUP re-reads the
 configuration file and applies what can change safely: the log level and the
-relay app's per-namespace policies.
+relay app's namespaces (added, removed: their sockets disconnected, changed).
+
+The listening address is bound here (unless systemd passed sockets), so a
+port that is taken is named in the one-line error. The admin socket's default
+path is per instance: ``admin.instance``, else the port that was bound.
 """
 
 from __future__ import annotations
