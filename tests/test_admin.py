@@ -246,8 +246,9 @@ async def test_systemd_sockets_are_found_by_instance(tmp_path):
             assert info.value.exit_code == 2 and "roomd (" in str(info.value)
             assert resolve_admin_socket(instance="eu1", env=env, system_dir=str(system)) == eu1
             # an explicit socket, or a configured one, wins over discovery
-            assert resolve_admin_socket("/x.sock", "eu1", env=env, system_dir=str(system)) == "/x.sock"
-            assert resolve_admin_socket(configured="/y.sock", env=env, system_dir=str(system)) == "/y.sock"
+            where = {"env": env, "system_dir": str(system)}
+            assert resolve_admin_socket("/x.sock", "eu1", **where) == "/x.sock"
+            assert resolve_admin_socket(configured="/y.sock", **where) == "/y.sock"
 
 
 async def test_unknown_namespaces_are_errors(sock_path):
@@ -480,7 +481,8 @@ async def test_other_uid_is_refused():
                         capture_stdout=True, capture_stderr=True, check=False, cwd="/",
                         env=dict(os.environ, PYTHONPATH=str(packages)),
                     )
-                    assert result.stdout.decode() == "permission denied: uid 65534 may not use this admin socket\n", result.stderr
+                    assert result.stdout.decode() == (
+                        "permission denied: uid 65534 may not use this admin socket\n"), result.stderr
             assert (await call(path, "ping"))["ok"]  # root still gets in
     finally:
         shutil.rmtree(base)

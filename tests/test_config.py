@@ -48,9 +48,10 @@ def test_defaults_without_a_file(monkeypatch):
 
 def test_default_admin_socket_order():
     # systemd gives each unit its own RuntimeDirectory: the name stays roomd.sock there
-    assert default_admin_socket("3000", {"RUNTIME_DIRECTORY": "/run/roomd",
-                                         "XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/roomd/roomd.sock"
-    assert default_admin_socket("eu1", {"RUNTIME_DIRECTORY": "/run/a:/run/b"}) == "/run/a/roomd.sock"
+    both = {"RUNTIME_DIRECTORY": "/run/roomd", "XDG_RUNTIME_DIR": "/run/user/1"}
+    assert default_admin_socket("3000", both) == "/run/roomd/roomd.sock"
+    several = {"RUNTIME_DIRECTORY": "/run/a:/run/b"}
+    assert default_admin_socket("eu1", several) == "/run/a/roomd.sock"
     # elsewhere one socket per instance (by default named by its port)
     assert default_admin_socket("3000", {"XDG_RUNTIME_DIR": "/run/user/1"}) == (
         "/run/user/1/roomd/3000.sock")
