@@ -212,7 +212,12 @@ def _json_args(values: tuple[str, ...]) -> list:
     return out
 
 
-@click.command(short_help="Emit an event from the command line.")
+# Socket ids (base64url) and JSON numbers may start with "-": not options.
+ARGS_MAY_START_WITH_DASH = {"ignore_unknown_options": True}
+
+
+@click.command(short_help="Emit an event from the command line.",
+               context_settings=ARGS_MAY_START_WITH_DASH)
 @click.argument("namespace")
 @click.argument("event")
 @click.argument("json_args", metavar="[JSON-ARG]...", nargs=-1)
@@ -242,7 +247,7 @@ def emit(
         click.echo(f"delivered to {recipients} socket{'' if recipients == 1 else 's'}")
 
 
-@click.command(short_help="Disconnect one socket.")
+@click.command(short_help="Disconnect one socket.", context_settings=ARGS_MAY_START_WITH_DASH)
 @click.argument("socket_id", metavar="SOCKET-ID")
 @admin_options
 @click.pass_context

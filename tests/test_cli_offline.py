@@ -194,6 +194,15 @@ async def test_admin_commands_output(tmp_path):
 
         result = await cli_in_thread("--socket", path, "disconnect", "b1")
         assert result.exit_code == 0 and result.output == "disconnected b1\n"
+        # socket ids are base64url: one may start with "-"; so may a JSON number
+        backend.sockets["-9Qx"] = dict(backend.sockets["a1"], id="-9Qx")
+        result = await cli_in_thread("disconnect", "-9Qx", "--socket", path, "--json")
+        assert (result.exit_code, json.loads(result.output)) == (
+            0, {"disconnected": True, "id": "-9Qx"}), result.output
+        result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "-1", "-2.5e3")
+        assert result.exit_code == 0 and backend.emitted[-1][:3] == ("/orders", "n", [-1, -2500.0])
+        result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "--rom", "eu")
+        assert result.exit_code == 2 and "'--rom' is not valid JSON" in result.output
         result = await cli_in_thread("--socket", path, "disconnect", "b1")
         assert result.exit_code == 1 and result.output == "roomd: no socket with id 'b1'\n"
 
