@@ -12,7 +12,7 @@ import click
 from roomd._errors import AdminError
 from roomd.ops.admin_proto import AdminClient, running_instances
 
-from ._common import admin_options, client, namespace_arg
+from ._common import DashArgsCommand, admin_options, client, namespace_arg
 from ._format import clock, duration, echo_json, table, when
 
 
@@ -212,12 +212,7 @@ def _json_args(values: tuple[str, ...]) -> list:
     return out
 
 
-# Socket ids (base64url) and JSON numbers may start with "-": not options.
-ARGS_MAY_START_WITH_DASH = {"ignore_unknown_options": True}
-
-
-@click.command(short_help="Emit an event from the command line.",
-               context_settings=ARGS_MAY_START_WITH_DASH)
+@click.command(cls=DashArgsCommand, short_help="Emit an event from the command line.")
 @click.argument("namespace")
 @click.argument("event")
 @click.argument("json_args", metavar="[JSON-ARG]...", nargs=-1)
@@ -247,7 +242,7 @@ def emit(
         click.echo(f"delivered to {recipients} socket{'' if recipients == 1 else 's'}")
 
 
-@click.command(short_help="Disconnect one socket.", context_settings=ARGS_MAY_START_WITH_DASH)
+@click.command(cls=DashArgsCommand, short_help="Disconnect one socket.")
 @click.argument("socket_id", metavar="SOCKET-ID")
 @admin_options
 @click.pass_context

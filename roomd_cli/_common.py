@@ -25,6 +25,40 @@ class State:
     instance: str | None = None
 
 
+class DashArgsCommand(click.Command):
+    """A command whose arguments may start with "-" (socket ids are base64url, JSON numbers
+    may be negative): any token that is not one of its own options is an argument.
+
+    click would read ``-St5...`` as a cluster of short options (``-h`` among them);
+    ``ignore_unknown_options`` does not help with that. ``--`` still ends the options.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags: set[str] = set()
+        valued: set[str] = set()
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                names = [*param.opts, *param.secondary_opts]
+                (flags if param.is_flag or param.count else valued).update(names)
+        options: list[str] = []
+        arguments: list[str] = []
+        tokens = iter(args)
+        for token in tokens:
+            if token == "--":
+                arguments.extend(tokens)
+                break
+            if token in flags or (token.split("=", 1)[0] in valued and "=" in token):
+                options.append(token)
+            elif token in valued:
+                options.append(token)
+                value = next(tokens, None)  # missing: click says the option needs a value
+                if value is not None:
+                    options.append(value)
+            else:
+                arguments.append(token)
+        return super().parse_args(ctx, [*options, "--", *arguments])
+
+
 def _set_instance(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None:
         ctx.ensure_object(State).instance = value

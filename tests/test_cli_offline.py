@@ -195,12 +195,20 @@ async def test_admin_commands_output(tmp_path):
         result = await cli_in_thread("--socket", path, "disconnect", "b1")
         assert result.exit_code == 0 and result.output == "disconnected b1\n"
         # socket ids are base64url: one may start with "-"; so may a JSON number
-        backend.sockets["-9Qx"] = dict(backend.sockets["a1"], id="-9Qx")
-        result = await cli_in_thread("disconnect", "-9Qx", "--socket", path, "--json")
-        assert (result.exit_code, json.loads(result.output)) == (
-            0, {"disconnected": True, "id": "-9Qx"}), result.output
-        result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "-1", "-2.5e3")
-        assert result.exit_code == 0 and backend.emitted[-1][:3] == ("/orders", "n", [-1, -2500.0])
+        for sid in ("-9Qx", "-St5s2xTm8FSEh4LwUP0", "--x"):  # -h inside: not --help
+            backend.sockets[sid] = dict(backend.sockets["a1"], id=sid)
+            result = await cli_in_thread("disconnect", sid, "--socket", path, "--json")
+            assert (result.exit_code, json.loads(result.output)) == (
+                0, {"disconnected": True, "id": sid}), result.output
+        backend.sockets["-h"] = dict(backend.sockets["a1"], id="-h")
+        result = await cli_in_thread("--socket", path, "disconnect", "--", "-h")
+        assert (result.exit_code, result.output) == (0, "disconnected -h\n")
+        result = await cli_in_thread("disconnect", "--help")
+        assert result.exit_code == 0 and result.output.startswith("Usage: ")
+        result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "-1", "-2.5e3",
+                                     "--room=eu", "--except", "-us")
+        assert result.exit_code == 0, result.output
+        assert backend.emitted[-1] == ("/orders", "n", [-1, -2500.0], ["eu"], ["-us"])
         result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "--rom", "eu")
         assert result.exit_code == 2 and "'--rom' is not valid JSON" in result.output
         result = await cli_in_thread("--socket", path, "disconnect", "b1")
