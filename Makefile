@@ -1,9 +1,17 @@
 # roomd — build and test plumbing (GNU make).
-#   make install   .venv with roomd editable + test extras; npm packages for tests/node
-#   make test      install, then the import contracts (lint-imports), mypy and pytest
+#   make serve     runtime install (.venv, roomd editable; python3 only), then
+#                  `roomd serve $(ARGS)`, e.g. make serve ARGS='--port 3001'
+#   make test      runtime + test install (test extras, npm ci in tests/node), then the
+#                  import contracts (lint-imports), mypy and pytest
 #                  (pytest fails when no test is collected: it exits 5)
-#   make serve     install, then `roomd serve $(ARGS)`, e.g. make serve ARGS='--port 3001'
-#   make bench     install, then run the yardstick (../shared/bench) with roomd,
+#   make install   the runtime install only; then `. .venv/bin/activate` puts roomd on PATH
+#   make install-test   the runtime and the test install
+#   make install-system [PREFIX=/usr/local ROOMD_HOME=/opt/roomd ...]
+#                  a self-contained copy for the shipped systemd units (as root):
+#                  venv in $(ROOMD_HOME), $(BINDIR)/roomd, man pages, $(CONFDIR)/roomd.toml
+#                  (kept when present), units in $(UNITDIR); see docs/deploy.md
+#   make uninstall-system   removes what install-system put there (not $(CONFDIR))
+#   make bench     test install, then run the yardstick (../shared/bench) with roomd,
 #                  Node.js socket.io and python-socketio (docs/performance.md)
 #   make clean     remove .venv, node_modules, stamps and caches
 # Stamp files make repeated runs fast; they are redone when their inputs change.
@@ -16,20 +24,38 @@ ARGS   ?=
 PYTEST_ARGS ?=
 
 PY_STAMP   := $(VENV)/.install.stamp
+TEST_STAMP := $(VENV)/.install-test.stamp
 NODE_STAMP := $(NODE_DIR)/node_modules/.install.stamp
 NODE_LOCK  := $(wildcard $(NODE_DIR)/package-lock.json)
 
-.PHONY: all install test serve bench clean
+# install-system: where the copy goes. The units name $(BINDIR)/roomd and $(CONFDIR).
+PREFIX     ?= /usr/local
+ROOMD_HOME ?= /opt/roomd
+BINDIR     ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
+CONFDIR    ?= /etc/roomd
+UNITDIR    ?= /etc/systemd/system
+UNITS      := roomd.service roomd@.service roomd.socket
+
+.PHONY: all install install-test test serve bench clean install-system uninstall-system
 .DEFAULT_GOAL := test
 
 all: test
 
-install: $(PY_STAMP) $(NODE_STAMP)
+install: $(PY_STAMP)
+	@echo "roomd is installed in $(VENV): run '. $(BIN)/activate' to put roomd on PATH" \
+	      "(or run $(BIN)/roomd)"
+
+install-test: $(PY_STAMP) $(TEST_STAMP) $(NODE_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(PY_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml $(PY_STAMP)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
 	@touch $@
 
@@ -41,16 +67,42 @@ else
 endif
 	@touch $@
 
-test: install
+test: install-test
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-serve: install
+serve: $(PY_STAMP)
+	@echo "roomd serve $(ARGS)   (in another shell: '. $(BIN)/activate', then roomd status)"
 	$(BIN)/roomd serve $(ARGS)
 
-bench: install
+bench: install-test
 	bench/run.sh
+
+# A copy, not an editable install: the units run with ProtectHome=yes and as a
+# dynamic user, so nothing may point back into this clone. umask 022: the
+# dynamic user must be able to read the venv.
+install-system:
+	umask 022 && $(PYTHON) -m venv --clear $(ROOMD_HOME)
+	umask 022 && $(ROOMD_HOME)/bin/python -m pip install --disable-pip-version-check -q \
+	    --no-cache-dir .
+	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(UNITDIR)
+	install -d -m 755 $(CONFDIR)
+	ln -sfn $(ROOMD_HOME)/bin/roomd $(BINDIR)/roomd
+	install -m 644 man/roomd.1 $(MANDIR)/man1/roomd.1
+	install -m 644 man/roomd.toml.5 $(MANDIR)/man5/roomd.toml.5
+	test -e $(CONFDIR)/roomd.toml || install -m 644 dist/roomd.toml $(CONFDIR)/roomd.toml
+	for unit in $(UNITS); do \
+	    sed -e 's#/usr/local/bin/roomd#$(BINDIR)/roomd#g' -e 's#/etc/roomd/#$(CONFDIR)/#g' \
+	        dist/$$unit > $(UNITDIR)/$$unit && chmod 644 $(UNITDIR)/$$unit || exit 1; \
+	done
+	@echo "installed $(BINDIR)/roomd -> $(ROOMD_HOME); then: systemctl daemon-reload &&" \
+	      "systemctl enable --now roomd (see docs/deploy.md)"
+
+uninstall-system:
+	rm -f $(BINDIR)/roomd $(MANDIR)/man1/roomd.1 $(MANDIR)/man5/roomd.toml.5
+	for unit in $(UNITS); do rm -f $(UNITDIR)/$$unit; done
+	rm -rf $(ROOMD_HOME)
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .hypothesis build *.egg-info

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from typing import Any
 
 import click
 
-from ._common import admin_options, client, namespace_arg
+from roomd._errors import AdminError
+from roomd.ops.admin_proto import AdminClient, running_instances
+
+from ._common import DashArgsCommand, admin_options, client, namespace_arg
 from ._format import clock, duration, echo_json, table, when
+
+
+def _closed(by_reason: dict) -> str:
+    """{"transport close": 9, "ping timeout": 1} -> "10 (transport close 9, ping timeout 1)"."""
+    if not by_reason:
+        return "0"
+    reasons = sorted(by_reason.items(), key=lambda item: (-item[1], item[0]))
+    return f"{sum(by_reason.values())} (" + ", ".join(f"{r} {n}" for r, n in reasons) + ")"
 
 
 @click.command(short_help="Show the daemon's vital statistics.")
 @admin_options
 @click.pass_context
 def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
-    """Version, uptime, listen address, connections, namespaces, rooms, event rate."""
+    """Version, instance, uptime, listen address, connections, namespaces, rooms, event rate,
+    connections closed (by reason)."""
     s = client(ctx, socket_path).request("status")["status"]
     if as_json:
         echo_json(s)
@@ -23,6 +37,7 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
     listen = s.get("listen") or []
     rows = [
         ("version", s.get("version", "-")),
+        ("instance", s.get("instance", "-")),
         ("pid", s.get("pid", "-")),
         ("started", when(s.get("started_at"))),
         ("uptime", duration(s.get("uptime"))),
@@ -31,6 +46,7 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("namespaces", s.get("namespaces", "-")),
         ("rooms", s.get("rooms", "-")),
         ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
+        ("closed", _closed(s.get("closed") or {})),
     ]
     for key, value in rows:
         click.echo(f"{key + ':':<13}{value}")
@@ -168,19 +184,35 @@ def tail(
         ctx.exit(0)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for JSON numbers")
+    return value
+
+
 def _json_args(values: tuple[str, ...]) -> list:
+    """Each value parsed as strict JSON: NaN, Infinity and numbers that overflow to
+    infinity (1e999) are refused, as any JSON encoder would refuse to send them."""
     out = []
     for value in values:
         try:
-            out.append(json.loads(value))
+            out.append(json.loads(value, parse_constant=_no_constant, parse_float=_finite))
         except json.JSONDecodeError as e:
             raise click.BadParameter(
-                f"{value!r} is not valid JSON ({e.msg}); quote strings, e.g. '\"hello\"'", param_hint="JSON-ARG"
-            ) from None
+                f"{value!r} is not valid JSON ({e.msg}); quote strings, e.g. '\"hello\"'",
+                param_hint="JSON-ARG") from None
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r} is not valid JSON ({e})",
+                                     param_hint="JSON-ARG") from None
     return out
 
 
-@click.command(short_help="Emit an event from the command line.")
+@click.command(cls=DashArgsCommand, short_help="Emit an event from the command line.")
 @click.argument("namespace")
 @click.argument("event")
 @click.argument("json_args", metavar="[JSON-ARG]...", nargs=-1)
@@ -210,7 +242,7 @@ def emit(
         click.echo(f"delivered to {recipients} socket{'' if recipients == 1 else 's'}")
 
 
-@click.command(short_help="Disconnect one socket.")
+@click.command(cls=DashArgsCommand, short_help="Disconnect one socket.")
 @click.argument("socket_id", metavar="SOCKET-ID")
 @admin_options
 @click.pass_context
@@ -223,4 +255,37 @@ def disconnect(ctx: click.Context, socket_id: str, socket_path: str | None, as_j
         click.echo(f"disconnected {socket_id}")
 
 
-COMMANDS = [status, namespaces, rooms, sockets, tail, emit, disconnect]
+@click.group()
+def instances() -> None:
+    """The roomd daemons running on this host."""
+
+
+@instances.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+def instances_list(as_json: bool) -> None:
+    """List the daemons answering on default admin sockets: instance name, socket, pid, listen.
+
+    The name is what --instance takes. Daemons given an explicit admin socket
+    (--socket, admin.socket) are not found here.
+    """
+    items = []
+    for found in running_instances():
+        item: dict[str, Any] = {"instance": found.name, "socket": found.path}
+        try:
+            s = AdminClient(found.path, timeout=5).request("status")["status"]
+            item.update(pid=s.get("pid"), listen=s.get("listen") or [])
+        except AdminError as e:
+            item["error"] = str(e)
+        items.append(item)
+    if as_json:
+        echo_json(items)
+        return
+    if not items:
+        click.echo("no roomd instances running")
+        return
+    rows = [(i["instance"], i["socket"], i.get("pid", "-"),
+             ", ".join(i.get("listen", [])) or i.get("error", "-")) for i in items]
+    click.echo(table(("INSTANCE", "SOCKET", "PID", "LISTEN"), rows))
+
+
+COMMANDS = [status, namespaces, rooms, sockets, tail, emit, disconnect, instances]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from roomd.ops.config import LOG_LEVELS, config_to_toml, load_config
 
 from ._admin_cmds import COMMANDS
 from ._client_cmd import client_command
-from ._common import RoomdGroup, State
+from ._common import INSTANCE_HELP, RoomdGroup, State, instance_option
 
 EX_CONFIG = 78  # sysexits.h; the shipped unit does not restart on it
 UNIT_EXEC_PATH = "/usr/local/bin/roomd"
@@ -33,11 +34,12 @@ def _version() -> str:
     envvar="ROOMD_SOCKET",
     help="The admin socket: where the admin commands connect, where serve listens. [env: ROOMD_SOCKET]",
 )
+@click.option("--instance", metavar="NAME", envvar="ROOMD_INSTANCE", help=INSTANCE_HELP)
 @click.version_option(_version(), prog_name="roomd")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None) -> None:
+def cli(ctx: click.Context, socket_path: str | None, instance: str | None) -> None:
     """roomd: a Socket.IO v5 message-room daemon, and the tool to operate it."""
-    ctx.obj = State(socket=socket_path)
+    ctx.obj = State(socket=socket_path, instance=instance)
 
 
 @cli.command()
@@ -49,6 +51,9 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 @click.option("--app-dir", metavar="DIR", help="Look for the --app module in DIR first (app.dir).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level (log.level).")
 @click.option("--socket", "socket_path", metavar="PATH", help="The admin socket to create (admin.socket).")
+@functools.partial(instance_option, help=(
+    "This daemon's instance name (admin.instance; default: its port): names its admin "
+    "socket, <dir>/NAME.sock, unless under systemd or --socket."))
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -75,6 +80,7 @@ def serve(
         "app.dir": app_dir,
         "log.level": log_level.lower() if log_level else None,
         "admin.socket": socket_path or state.socket,
+        "admin.instance": state.instance,
     }
     try:
         config = load_config(config_path, overrides)
@@ -116,23 +122,29 @@ def config_check(path: str | None) -> None:
     click.echo(config_to_toml(cfg), nl=False)
 
 
-def unit_file_text() -> str:
-    """The systemd unit shipped in the roomd package."""
+UNITS = ("roomd.service", "roomd@.service", "roomd.socket")
+
+
+def unit_file_text(name: str = "roomd.service") -> str:
+    """A systemd unit shipped in the roomd package."""
     try:
         import importlib.resources
 
-        return importlib.resources.files("roomd.ops").joinpath("roomd.service").read_text()
+        return importlib.resources.files("roomd.ops").joinpath(name).read_text()
     except (FileNotFoundError, ModuleNotFoundError, TypeError):
         import roomd.ops.config
 
-        return Path(roomd.ops.config.__file__).with_name("roomd.service").read_text()
+        return Path(roomd.ops.config.__file__).with_name(name).read_text()
 
 
-@cli.command("unit-file", short_help="Print the hardened systemd unit.")
-@click.option("--exec-path", metavar="PATH", help=f"The roomd executable in ExecStart= (default {UNIT_EXEC_PATH}).")
-def unit_file(exec_path: str | None) -> None:
-    """Print the hardened systemd unit (save as /etc/systemd/system/roomd.service)."""
-    text = unit_file_text()
+@cli.command("unit-file", short_help="Print a shipped systemd unit.")
+@click.argument("unit", type=click.Choice(UNITS), default=UNITS[0], required=False)
+@click.option("--exec-path", metavar="PATH",
+              help=f"The roomd executable in ExecStart= (default {UNIT_EXEC_PATH}).")
+def unit_file(unit: str, exec_path: str | None) -> None:
+    """Print UNIT: the hardened service (default, save as /etc/systemd/system/roomd.service),
+    the template for several instances (roomd@.service) or the socket-activation unit."""
+    text = unit_file_text(unit)
     if exec_path:
         text = text.replace(UNIT_EXEC_PATH, exec_path)
     click.echo(text, nl=False)

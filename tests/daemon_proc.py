@@ -60,11 +60,11 @@ class CliResult:
 
 
 async def roomd(*args: str, timeout: float = 15, env: dict | None = None,
-                prefix: Sequence[str] = ()) -> CliResult:
-    """Run ``roomd ARGS`` (after ``prefix``, e.g. setpriv) and return its outcome."""
+                command: Sequence[str] = (ROOMD,), cwd: str | None = None) -> CliResult:
+    """Run ``roomd ARGS`` (``command`` replaces the executable) and return its outcome."""
     with trio.fail_after(timeout):  # run_process kills the child when cancelled
-        done = await trio.run_process([*prefix, ROOMD, *args], capture_stdout=True,
-                                      capture_stderr=True, check=False, env=env,
+        done = await trio.run_process([*command, *args], capture_stdout=True,
+                                      capture_stderr=True, check=False, env=env, cwd=cwd,
                                       stdin=subprocess.DEVNULL)
     return CliResult(list(args), done.returncode, done.stdout.decode(), done.stderr.decode())
 
@@ -144,24 +144,28 @@ async def stop(proc: trio.Process, sig: int = signal.SIGTERM, timeout: float = 5
 @asynccontextmanager
 async def running_daemon(directory: Path, config: str | None = None, *,
                          args: Sequence[str] = (), env: dict | None = None,
-                         command: Sequence[str] | None = None, **popen) -> AsyncIterator[Daemon]:
+                         command: Sequence[str] | None = None, admin_socket: bool = True,
+                         log_name: str = "roomd.log", **popen) -> AsyncIterator[Daemon]:
     """``roomd serve --port 0 --socket DIR/admin.sock [--config DIR/roomd.toml] ARGS``.
 
     ``command`` replaces the ``[ROOMD]`` prefix (a wrapper that execs roomd); extra keyword
-    arguments go to trio.open_process (``pass_fds``...). stderr (the log) goes to DIR/roomd.log.
+    arguments go to trio.open_process (``pass_fds``...). stderr (the log) goes to
+    DIR/``log_name``. ``admin_socket=False`` leaves out ``--socket``: the daemon picks its
+    default admin socket, read back from its log.
     """
     sock = str(directory / "admin.sock")
-    argv = [*(command or [ROOMD]), "serve", "--socket", sock]
+    argv = [*(command or [ROOMD]), "serve"] + (["--socket", sock] if admin_socket else [])
     if "--port" not in args:
         argv += ["--port", "0"]
     if config is not None:
         (directory / "roomd.toml").write_text(config)
         argv += ["--config", str(directory / "roomd.toml")]
     argv += list(args)
-    log_path = directory / "roomd.log"
+    log_path = directory / log_name
     full_env = dict(os.environ, **(env or {}))
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                 "JOURNAL_STREAM", "ROOMD_CONFIG", "ROOMD_SOCKET"):
+                 "JOURNAL_STREAM", "ROOMD_CONFIG", "ROOMD_SOCKET", "ROOMD_INSTANCE",
+                 "RUNTIME_DIRECTORY"):
         if env is None or name not in env:
             full_env.pop(name, None)
     with open(log_path, "wb") as log_file:
@@ -170,8 +174,8 @@ async def running_daemon(directory: Path, config: str | None = None, *,
                                                 env=full_env, **popen)
     try:
         match = await wait_for_log(log_path, LISTENING_RE, proc)
-        await wait_for_log(log_path, "admin socket listening on", proc)
-        yield Daemon(proc, sock, log_path, match.group(1), int(match.group(2)))
+        admin = await wait_for_log(log_path, r"admin socket listening on (\S+)", proc)
+        yield Daemon(proc, admin.group(1), log_path, match.group(1), int(match.group(2)))
     finally:
         await stop(proc)
         # shown by pytest when the test fails

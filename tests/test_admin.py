@@ -8,21 +8,30 @@ import shutil
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import textwrap
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from other_user import (
+    AS_OTHER_USER,
+    needs_root,
+    readable_packages,
+    require_python_for_other_user,
+)
 
 from roomd._errors import AdminError, RoomdError
 from roomd.ops.admin import serve_admin
 from roomd.ops.admin_proto import (
     PEERCRED_FORMAT,
     AdminClient,
+    Instance,
+    InstanceChoiceError,
     peer_allowed,
     preview_args,
+    resolve_admin_socket,
+    running_instances,
     unpack_peercred,
 )
 
@@ -45,7 +54,7 @@ class FakeBackend:
                 "connections": 3, "namespaces": 2, "rooms": 3, "events_total": 7, "events_per_second": 0.5}
 
     def namespace_names(self) -> list[str]:
-        return ["/orders", "/"]
+        return ["/orders", "/", "/boom"]  # /boom: a namespace whose emit fails
 
     def rooms_snapshot(self, namespace):
         rooms: dict[tuple[str, str], list[str]] = {}
@@ -119,6 +128,7 @@ async def test_commands(sock_path):
 
         assert (await call(sock_path, "namespaces"))["namespaces"] == [
             {"name": "/", "sockets": 1, "rooms": 1},
+            {"name": "/boom", "sockets": 0, "rooms": 0},
             {"name": "/orders", "sockets": 2, "rooms": 2},
         ]
         rooms = (await call(sock_path, "rooms", namespace="/orders"))["rooms"]
@@ -214,6 +224,72 @@ async def test_tail_filters_and_previews(sock_path):
         with trio.fail_after(5):
             while backend.taps:
                 await trio.sleep(0.01)
+
+
+async def test_systemd_sockets_are_found_by_instance(tmp_path):
+    """roomd.service's /run/roomd/roomd.sock is instance "roomd", roomd@NAME's
+    /run/roomd/NAME/roomd.sock is NAME (here under a stand-in for /run/roomd)."""
+    system = tmp_path / "run" / "roomd"
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "user")}
+    main, eu1 = str(system / "roomd.sock"), str(system / "eu1" / "roomd.sock")
+    with pytest.raises(AdminError, match="no roomd daemon answering .*run/roomd/roomd.sock"):
+        resolve_admin_socket(env=env, system_dir=str(system))
+    async with running(FakeBackend(), main):
+        found = await trio.to_thread.run_sync(lambda: resolve_admin_socket(
+            env=env, system_dir=str(system)))
+        assert found == main
+        async with running(FakeBackend(), eu1):
+            instances = running_instances(env, str(system))
+            assert instances == [Instance("roomd", main), Instance("eu1", eu1)]
+            with pytest.raises(InstanceChoiceError) as info:
+                resolve_admin_socket(env=env, system_dir=str(system))
+            assert info.value.exit_code == 2 and "roomd (" in str(info.value)
+            assert resolve_admin_socket(instance="eu1", env=env, system_dir=str(system)) == eu1
+            # an explicit socket, or a configured one, wins over discovery
+            where = {"env": env, "system_dir": str(system)}
+            assert resolve_admin_socket("/x.sock", "eu1", **where) == "/x.sock"
+            assert resolve_admin_socket(configured="/y.sock", **where) == "/y.sock"
+
+
+async def test_unknown_namespaces_are_errors(sock_path):
+    backend = FakeBackend()
+    async with running(backend, sock_path):
+        for cmd, args in (("emit", {"event": "e", "args": [1]}), ("rooms", {}), ("sockets", {}),
+                          ("tail", {})):
+            with pytest.raises(AdminError) as info:
+                if cmd == "tail":
+                    await trio.to_thread.run_sync(
+                        lambda: next(AdminClient(sock_path).stream("tail", namespace="/nosuch")))
+                else:
+                    await call(sock_path, cmd, namespace="/nosuch", **args)
+            assert str(info.value) == "no namespace /nosuch", cmd
+        assert backend.emitted == [] and backend.taps == []
+        assert (await call(sock_path, "rooms", namespace="/boom"))["rooms"] == []
+
+
+async def test_tail_filters_are_shell_patterns(sock_path):
+    backend = FakeBackend()
+    async with running(backend, sock_path):
+        got: list[dict] = []
+
+        def tail():
+            for item in AdminClient(sock_path).stream("tail", room="eu-*", event="order.[cu]*"):
+                got.append(item)
+                if len(got) == 2:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, tail)
+            while not backend.taps:
+                await trio.sleep(0.01)
+            backend.publish(rooms=["eu"], event="order.created")  # room does not match
+            backend.publish(rooms=["eu-1"], event="order.deleted")  # event does not match
+            backend.publish(rooms=[], event="order.created")  # the whole namespace: no room
+            backend.publish(rooms=["us", "eu-west"], event="order.created")
+            backend.publish(rooms=["EU-1"], event="order.updated")  # case matters
+            backend.publish(rooms=["eu-2"], event="order.updated")
+        assert [(g["rooms"], g["event"]) for g in got] == [
+            (["us", "eu-west"], "order.created"), (["eu-2"], "order.updated")]
 
 
 async def test_tail_with_args_and_daemon_going_away(sock_path):
@@ -359,11 +435,9 @@ CLIENT_AS_NOBODY = textwrap.dedent(
     """
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT_AS_NOBODY_WITH_ADMINCLIENT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, ".")
     from roomd.ops.admin_proto import AdminClient
     from roomd._errors import AdminError
     try:
@@ -373,16 +447,13 @@ CLIENT_AS_NOBODY_WITH_ADMINCLIENT = textwrap.dedent(
     """
 )
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to act as another uid"
-)
-
 
 async def run_as_nobody(path: str) -> dict:
+    """CLIENT_AS_NOBODY run as uid 65534 by a Python it can read (not this venv's)."""
+    python = require_python_for_other_user()
     result = await trio.run_process(
-        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-I", "-c",
-         CLIENT_AS_NOBODY, path],
-        capture_stdout=True, capture_stderr=True, check=False,
+        [*AS_OTHER_USER, python, "-I", "-c", CLIENT_AS_NOBODY, path],
+        capture_stdout=True, capture_stderr=True, check=False, cwd="/",
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -390,6 +461,7 @@ async def run_as_nobody(path: str) -> dict:
 
 @needs_root
 async def test_other_uid_is_refused():
+    python = require_python_for_other_user()
     base = tempfile.mkdtemp(prefix="roomd-admin-test-", dir="/tmp")
     try:
         os.chmod(base, 0o711)
@@ -401,13 +473,16 @@ async def test_other_uid_is_refused():
             answer = await run_as_nobody(path)
             assert answer == {"ok": False, "error": "permission denied: uid 65534 may not use this admin socket"}
             # The real client reports the refusal, whoever wins the race to the socket.
-            for _ in range(5):
-                result = await trio.run_process(
-                    ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c",
-                     CLIENT_AS_NOBODY_WITH_ADMINCLIENT, path],
-                    capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT,
-                )
-                assert result.stdout.decode() == "permission denied: uid 65534 may not use this admin socket\n", result.stderr
+            # It runs from a world-readable copy: the clone may be private (mode 0700).
+            with readable_packages("roomd") as packages:
+                for _ in range(5):
+                    result = await trio.run_process(
+                        [*AS_OTHER_USER, python, "-c", CLIENT_AS_NOBODY_WITH_ADMINCLIENT, path],
+                        capture_stdout=True, capture_stderr=True, check=False, cwd="/",
+                        env=dict(os.environ, PYTHONPATH=str(packages)),
+                    )
+                    assert result.stdout.decode() == (
+                        "permission denied: uid 65534 may not use this admin socket\n"), result.stderr
             assert (await call(path, "ping"))["ok"]  # root still gets in
     finally:
         shutil.rmtree(base)

@@ -78,6 +78,16 @@ def test_emit_bad_json_arg_is_a_usage_error(tmp_path):
     assert "JSON-ARG" in result.output and "'hello' is not valid JSON" in result.output
 
 
+@pytest.mark.parametrize("arg", ["NaN", "Infinity", "-Infinity", "1e999", '[1, NaN]',
+                                 '{"a": -1e400}', "1" * 5000])
+def test_emit_non_json_numbers_are_a_usage_error(tmp_path, arg):
+    """Python's json reads these, but they are not JSON: refused before anything is sent."""
+    result = run("--socket", str(tmp_path / "x.sock"), "emit", "/orders", "created", "--", arg)
+    assert result.exit_code == 2, result.output
+    assert "JSON-ARG" in result.output and "is not valid JSON" in result.output
+    assert "no roomd daemon" not in result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -122,8 +132,17 @@ def test_unit_file():
     assert "ExecStart=/opt/roomd/bin/roomd serve --config" in result.output
 
 
-def test_shipped_unit_files_are_identical():
-    assert (ROOT / "dist" / "roomd.service").read_text() == (ROOT / "roomd" / "ops" / "roomd.service").read_text()
+@pytest.mark.parametrize("unit", ["roomd.service", "roomd@.service", "roomd.socket"])
+def test_shipped_unit_files_are_identical(unit):
+    shipped = (ROOT / "dist" / unit).read_text()
+    assert shipped == (ROOT / "roomd" / "ops" / unit).read_text()
+    result = run("unit-file", unit)
+    assert (result.exit_code, result.output) == (0, shipped)
+
+
+def test_unit_file_unknown_unit():
+    result = run("unit-file", "nosuch.service")
+    assert result.exit_code == 2 and "nosuch.service" in result.output
 
 
 async def cli_in_thread(*args: str):
@@ -145,6 +164,7 @@ async def test_admin_commands_output(tmp_path):
         assert result.output.splitlines() == [
             "NAMESPACE  SOCKETS  ROOMS",
             "/          1        1",
+            "/boom      0        0",
             "/orders    2        2",
         ]
 
@@ -174,6 +194,23 @@ async def test_admin_commands_output(tmp_path):
 
         result = await cli_in_thread("--socket", path, "disconnect", "b1")
         assert result.exit_code == 0 and result.output == "disconnected b1\n"
+        # socket ids are base64url: one may start with "-"; so may a JSON number
+        for sid in ("-9Qx", "-St5s2xTm8FSEh4LwUP0", "--x"):  # -h inside: not --help
+            backend.sockets[sid] = dict(backend.sockets["a1"], id=sid)
+            result = await cli_in_thread("disconnect", sid, "--socket", path, "--json")
+            assert (result.exit_code, json.loads(result.output)) == (
+                0, {"disconnected": True, "id": sid}), result.output
+        backend.sockets["-h"] = dict(backend.sockets["a1"], id="-h")
+        result = await cli_in_thread("--socket", path, "disconnect", "--", "-h")
+        assert (result.exit_code, result.output) == (0, "disconnected -h\n")
+        result = await cli_in_thread("disconnect", "--help")
+        assert result.exit_code == 0 and result.output.startswith("Usage: ")
+        result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "-1", "-2.5e3",
+                                     "--room=eu", "--except", "-us")
+        assert result.exit_code == 0, result.output
+        assert backend.emitted[-1] == ("/orders", "n", [-1, -2500.0], ["eu"], ["-us"])
+        result = await cli_in_thread("--socket", path, "emit", "/orders", "n", "--rom", "eu")
+        assert result.exit_code == 2 and "'--rom' is not valid JSON" in result.output
         result = await cli_in_thread("--socket", path, "disconnect", "b1")
         assert result.exit_code == 1 and result.output == "roomd: no socket with id 'b1'\n"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -46,14 +47,24 @@ def test_defaults_without_a_file(monkeypatch):
 
 
 def test_default_admin_socket_order():
-    assert default_admin_socket({"RUNTIME_DIRECTORY": "/run/roomd", "XDG_RUNTIME_DIR": "/run/user/1"}) == (
-        "/run/roomd/roomd.sock"
-    )
-    assert default_admin_socket({"RUNTIME_DIRECTORY": "/run/a:/run/b"}) == "/run/a/roomd.sock"
-    assert default_admin_socket({"XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/user/1/roomd/roomd.sock"
+    # systemd gives each unit its own RuntimeDirectory: the name stays roomd.sock there
+    both = {"RUNTIME_DIRECTORY": "/run/roomd", "XDG_RUNTIME_DIR": "/run/user/1"}
+    assert default_admin_socket("3000", both) == "/run/roomd/roomd.sock"
+    several = {"RUNTIME_DIRECTORY": "/run/a:/run/b"}
+    assert default_admin_socket("eu1", several) == "/run/a/roomd.sock"
+    # elsewhere one socket per instance (by default named by its port)
+    assert default_admin_socket("3000", {"XDG_RUNTIME_DIR": "/run/user/1"}) == (
+        "/run/user/1/roomd/3000.sock")
     import os
 
-    assert default_admin_socket({}) == f"/tmp/roomd-{os.geteuid()}/roomd.sock"
+    assert default_admin_socket("3001", {}) == f"/tmp/roomd-{os.geteuid()}/3001.sock"
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "-x", "x" * 65, "a b"])
+def test_bad_instance_names(tmp_path, name):
+    path = write(tmp_path, f"[admin]\ninstance = {json.dumps(name)}\n")
+    with pytest.raises(ConfigError, match="admin.instance must be"):
+        load_config(str(path))
 
 
 def test_full_file(tmp_path):

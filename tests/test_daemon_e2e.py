@@ -5,15 +5,17 @@ disconnect; plus the no-daemon message, ``config check`` and the admin credentia
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
 import signal
 import socket
 
 import pytest
 import trio
 from daemon_proc import roomd, running_daemon, short_dir, stop, tailing
+from harness import ConnectError, build_request, raw_http
+from other_user import AS_OTHER_USER, needs_root, readable_packages, require_python_for_other_user
 
 CONFIG = """\
 [limits]
@@ -252,6 +254,111 @@ async def test_emit_reaches_exactly_the_right_clients(tmpdir_short, node, py_cli
         no_traceback(r)
 
 
+async def test_unknown_namespace_is_named(tmpdir_short):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        results = await _gather(
+            d.cli("emit", "/nosuch", "created", "1"),
+            d.cli("tail", "/nosuch"),  # would wait forever for events that cannot come
+            d.cli("rooms", "list", "nosuch"),
+            d.cli("sockets", "list", "/nosuch", "--json"),
+        )
+        for r in results:
+            assert (r.returncode, r.stdout, r.stderr) == (
+                1, "", "roomd: no namespace /nosuch\n"), str(r)
+        r = await d.cli("emit", "/orders", "created", "1")  # a declared one, nobody in it
+        assert (r.returncode, r.stdout) == (0, "delivered to 0 sockets\n"), str(r)
+        async with tailing(d.socket, "/orders") as t:  # declared: tail waits for its events
+            await t.sync(d.socket, "/orders")
+
+
+async def test_tail_takes_shell_patterns(tmpdir_short, node):
+    async with running_daemon(tmpdir_short, CONFIG) as d:
+        a = await node.connect(d.url, "/orders")
+        b = await node.connect(d.url, "/orders", force_new=True)
+        await b.emit_with_ack("join", ["eu-1", "eu-2", "us"])
+        async with tailing(d.socket, "/orders", "--room", "eu-*", "--event", "order.[cu]*") as t:
+            await t.sync(d.socket, "/orders", "eu-*", "order.created")
+            for room, event in (("us", "order.created"), ("eu-1", "order.deleted"),
+                                ("eu-2", "order.updated"), ("eu-1", "order.created")):
+                assert await a.emit_with_ack("publish", room, event, 1) == [{"recipients": 1}]
+                await b.next_event(event)
+            for room, event in (("eu-2", "order.updated"), ("eu-1", "order.created")):
+                line = (await t.line()).split(" ", 1)[1]
+                assert line == f"/orders {room} !{a.sid} {event} 1 -> 1"
+            await t.no_line(0.3)
+
+
+async def test_sighup_removes_a_namespace(tmpdir_short, node):
+    """A namespace dropped from the file no longer exists after SIGHUP: not listed, new
+    connections refused, its sockets told and disconnected; one added is served."""
+    async with running_daemon(tmpdir_short, CONFIG + '\n[[namespaces]]\nname = "/chat"\n') as d:
+        chat = await node.connect(d.url, "/chat")
+        main = await node.connect(d.url, "/")  # the same connection, another namespace
+        assert await chat.emit_with_ack("join", "lobby") == [{"rooms": sorted([chat.sid, "lobby"])}]
+        listed = (await d.cli("namespaces", "list", "--json")).json()
+        assert [n["name"] for n in listed] == ["/", "/chat", "/orders"]
+
+        (tmpdir_short / "roomd.toml").write_text(CONFIG + '\n[[namespaces]]\nname = "/news"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        assert (await chat.next_event("disconnect")).args == ["io server disconnect"]
+        with trio.fail_after(10):
+            while "SIGHUP: configuration reloaded" not in d.log():
+                await trio.sleep(0.05)
+        assert "SIGHUP: namespaces removed: /chat" in d.log()
+        assert "SIGHUP: namespaces added: /news" in d.log()
+        assert await main.is_connected()
+        listed = (await d.cli("namespaces", "list", "--json")).json()
+        assert [n["name"] for n in listed] == ["/", "/news", "/orders"]
+        assert (await d.cli("status", "--json")).json()["namespaces"] == 3
+        r = await d.cli("emit", "/chat", "hello")
+        assert (r.returncode, r.stderr) == (1, "roomd: no namespace /chat\n"), str(r)
+        with pytest.raises(ConnectError) as info:
+            await node.connect(d.url, "/chat", force_new=True)
+        assert info.value.message == "Invalid namespace"
+        news = await node.connect(d.url, "/news", force_new=True)
+        assert await news.emit_with_ack("join", "a") == [{"rooms": sorted([news.sid, "a"])}]
+
+
+async def test_ordinary_closes_are_counted_not_logged(tmpdir_short, node, py_client):
+    """Clients closing, dropping their connection or going silent are routine: no INFO line
+    each (they drowned real events), a count by reason in `roomd status`, DEBUG lines."""
+    config = CONFIG + "\n[server]\nping_interval = 1.0\nping_timeout = 1.0\n"
+    async with running_daemon(tmpdir_short, config) as d:
+        ws = await node.connect(d.url, "/orders", transports=["websocket"], force_new=True)
+        polling = await node.connect(d.url, "/", transports=["polling"], force_new=True)
+        upgraded = await node.connect(d.url, "/", force_new=True)
+        p = await py_client()
+        await p.connect(d.url, namespaces=["/"])
+        for s in (ws, polling, upgraded):
+            await s.disconnect()
+        await p.disconnect()
+        # a client that opens a session, then never polls again (nor answers a ping)
+        status, _, body = await raw_http(d.port, build_request(
+            "GET", "/socket.io/?EIO=4&transport=polling"))
+        assert status == 200, body
+        sid = json.loads(body[1:].split(b"\x1e")[0])["sid"]
+        with trio.fail_after(20):  # until every session is gone, the silent one included
+            while (await d.admin("status"))["status"]["connections"]:
+                await trio.sleep(0.1)
+        # its late polls: the first may still collect what closed it (a 200), then the
+        # session is gone (a 400), as for any client after a close
+        statuses = []
+        while 400 not in statuses and len(statuses) < 3:
+            status, _, _ = await raw_http(d.port, build_request(
+                "GET", f"/socket.io/?EIO=4&transport=polling&sid={sid}"))
+            statuses.append(status)
+        assert statuses in ([400], [200, 400]), statuses
+
+        # (a loaded machine may let a client miss a pong: counts, not exact reasons)
+        closed = (await d.cli("status", "--json")).json()["closed"]
+        total = sum(closed.values())
+        assert closed.get("ping timeout", 0) >= 1 and total >= 5, closed
+        table = (await d.cli("status")).stdout
+        assert re.search(rf"^closed: +{total} \(.*ping timeout \d", table, re.M), table
+        lines = d.log().splitlines()
+        assert len(lines) == 2 and all("listening on" in line for line in lines), lines
+
+
 async def test_disconnect_drops_exactly_that_socket(tmpdir_short, node, py_client):
     async with running_daemon(tmpdir_short, CONFIG) as d:
         main = await node.connect(d.url, "/")
@@ -303,6 +410,22 @@ async def test_no_daemon(tmpdir_short):
         assert (r.returncode, r.stdout, r.stderr) == (1, "", f"roomd: no roomd daemon answering on {path}\n"), str(r)
 
 
+async def test_serve_on_a_taken_port_names_the_address(tmpdir_short):
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = await roomd("serve", "--port", str(port), "--socket", str(tmpdir_short / "a.sock"))
+    finally:
+        taken.close()
+    assert r.returncode == 1, str(r)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr, str(r)
+    assert len(r.stderr.splitlines()) == 1, str(r)
+    no_traceback(r)
+    assert not (tmpdir_short / "a.sock").exists()  # nothing was left behind
+
+
 async def test_config_check_and_serve_reject_bad_files(tmpdir_short):
     misspelt = tmpdir_short / "misspelt.toml"
     misspelt.write_text('[server]\nport = 4000\n\n[[namespaces]]\nname = "/orders"\nclient_joins = true\n')
@@ -325,15 +448,18 @@ async def test_config_check_and_serve_reject_bad_files(tmpdir_short):
         78, f"roomd: unknown key 'namespaces[0].client_joins' in {misspelt}\n"), str(serve_bad)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run roomd as another uid")
+@needs_root
 async def test_admin_socket_refuses_another_uid(tmpdir_short):
+    python = require_python_for_other_user()
     os.chmod(tmpdir_short, 0o711)
     async with running_daemon(tmpdir_short) as d:
         # Open the file mode so that only the credential check stands in the way.
         os.chmod(d.socket, 0o666)
-        nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-        r = await roomd("status", "--socket", d.socket, prefix=nobody)
+        # The other user runs the CLI from a world-readable copy: the clone may be private.
+        with readable_packages("roomd", "roomd_cli", "click") as packages:
+            r = await roomd("status", "--socket", d.socket, env=dict(
+                os.environ, PYTHONPATH=str(packages)), cwd="/",
+                command=[*AS_OTHER_USER, python, "-c", "import roomd_cli; roomd_cli.main()"])
         assert (r.returncode, r.stdout, r.stderr) == (
             1, "", "roomd: permission denied: uid 65534 may not use this admin socket\n"), str(r)
         assert "admin socket: refused pid" in d.log() and "uid 65534" in d.log()

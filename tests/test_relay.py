@@ -254,15 +254,78 @@ async def test_publish_disabled(start_server, node, py_client, policies):
 async def test_update_policies(start_server, node, policies):
     io, relay, srv = await relay_server(start_server, policies)
     a = await node.connect(srv.url, "/orders", transports=WS)
+    ro = await node.connect(srv.url, "/readonly", transports=WS)
+    main = await node.connect(srv.url, "/", transports=WS)  # multiplexed with ro
     assert await a.emit_with_ack("join", "lobby") == [{"rooms": sorted([a.sid, "lobby"])}]
-    relay.update([NamespaceConfig(name="/"),
-                  NamespaceConfig(name="/orders", client_publish=False, rooms=("lobby",))])
+    assert await ro.emit_with_ack("join", "r") == [{"rooms": sorted([ro.sid, "r"])}]
+    added, removed = await relay.update([
+        NamespaceConfig(name="/"),
+        NamespaceConfig(name="/orders", client_publish=False, rooms=("lobby",)),
+        NamespaceConfig(name="/new")])
+    assert (added, removed) == (["/new"], ["/readonly", "/locked"])
+    # changed policies apply to the next request; rooms are kept
     assert await a.emit_with_ack("join", "order:1") == [
         {"error": "room 'order:1' is not allowed in /orders"}]
     assert await a.emit_with_ack("publish", "lobby", "x") == [
         {"error": "publishing is not allowed in /orders"}]
-    # a namespace dropped from the configuration refuses everything; rooms are kept
-    ro = await node.connect(srv.url, "/readonly", transports=WS)
-    assert await ro.emit_with_ack("join", "r") == [
-        {"error": "joining rooms is not allowed in /readonly"}]
     assert io.of("/orders").sockets[a.sid].rooms == {a.sid, "lobby"}
+    # a namespace dropped from the configuration no longer exists: its sockets are told and
+    # disconnected (the other namespace of the same connection stays), new ones refused
+    assert (await ro.next_event("disconnect")).args == ["io server disconnect"]
+    assert await main.is_connected() and await a.is_connected()
+    assert io.of("/readonly").sockets == {}
+    assert relay.serves("/orders") and relay.serves("/new") and not relay.serves("/readonly")
+    for name in ("/readonly", "/locked"):
+        with pytest.raises(ConnectError) as info:
+            await node.connect(srv.url, name, transports=WS)
+        assert info.value.message == "Invalid namespace"
+    # a new namespace is served at once
+    n = await node.connect(srv.url, "/new", transports=WS)
+    assert await n.emit_with_ack("join", "x") == [{"rooms": sorted([n.sid, "x"])}]
+    # and a dropped one comes back when the configuration lists it again
+    assert await relay.update(policies) == (["/readonly", "/locked"], ["/new"])
+    ro2 = await node.connect(srv.url, "/readonly", transports=WS, force_new=True)
+    assert await ro2.emit_with_ack("publish", "r", "x") == [
+        {"error": "publishing is not allowed in /readonly"}]
+
+
+async def test_unlisted_main_namespace_does_not_exist(start_server, node, py_client):
+    """The Server always has "/": without it in the configuration, the relay refuses it."""
+    _, relay, srv = await relay_server(start_server, [NamespaceConfig(name="/orders")])
+    with pytest.raises(ConnectError) as info:
+        await node.connect(srv.url, "/", transports=WS)
+    assert info.value.message == "Invalid namespace"
+    orders = await node.connect(srv.url, "/orders", transports=WS, force_new=True)
+    assert await orders.emit_with_ack("join", "r") == [{"rooms": sorted([orders.sid, "r"])}]
+    assert not relay.serves("/") and relay.serves("/orders")
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_publish_to_another_sockets_private_room(start_server, node, allowed):
+    """Joining another socket's own room is always refused; publishing to it (a direct
+    message) only where publish_to_sockets allows it, and then the room patterns do not
+    apply to socket ids."""
+    policies = [NamespaceConfig(name="/", publish_to_sockets=allowed),  # every name allowed
+                NamespaceConfig(name="/strict", rooms=("lobby",), publish_to_sockets=allowed)]
+    _, _, srv = await relay_server(start_server, policies)
+    for namespace in ("/", "/strict"):
+        a = await node.connect(srv.url, namespace, transports=WS, force_new=True)
+        b = await node.connect(srv.url, namespace, transports=WS, force_new=True)
+        c = await node.connect(srv.url, namespace, transports=WS, force_new=True)
+        refused = (f"room {b.sid!r} is a socket's private room" if namespace == "/" else
+                   f"room {b.sid!r} is not allowed in /strict")
+        assert await a.emit_with_ack("join", b.sid) == [{"error": refused}]
+        answer = await a.emit_with_ack("publish", [b.sid], "dm", "psst")
+        if allowed:
+            assert answer == [{"recipients": 1}]
+            assert (await b.next_event("dm")).args == ["psst"]
+        else:
+            if namespace == "/":
+                refused += f"; publishing to sockets is not allowed in {namespace}"
+            assert answer == [{"error": refused}]
+            await b.no_event("dm", wait=0.2)
+        await c.no_event("dm", wait=0)
+        await a.no_event("dm", wait=0)
+    # names that are not socket ids still follow the patterns
+    assert await a.emit_with_ack("publish", "elsewhere", "dm", 1) == [
+        {"error": "room 'elsewhere' is not allowed in /strict"}]

@@ -393,6 +393,7 @@ class Server:
             "slow_consumers": self._delivery.slow_consumers,
             "broadcasts_awaiting_acks": self._acks.waiting,
             "cluster": self.adapter_factory.status(),
+            "closed": dict(self.engine.closes),  # sessions closed, by reason
         }
 
     def namespace_names(self) -> list[str]:

@@ -10,6 +10,17 @@ Client events (namespace-level handlers):
 ``join``    (room | [rooms])            -> {"rooms": [...]} (the socket's rooms after)
 ``leave``   (room | [rooms])            -> {"rooms": [...]}
 ``publish`` (room | [rooms], event, *args) -> {"recipients": N}
+
+Another socket's own room (its id) can never be joined: that would let a client
+read its private messages. Publishing to it (a direct message) is allowed only
+where the namespace's ``publish_to_sockets`` policy says so (default: refused);
+then the room-name patterns do not apply to socket ids.
+
+Only the configured namespaces exist: the relay refuses connections to any
+other (including "/" when the configuration leaves it out) with the CONNECT_ERROR
+"Invalid namespace", as Socket.IO does for a namespace that does not exist.
+:meth:`RelayApp.update` applies a new configuration (SIGHUP): a namespace that
+is gone refuses new connections and disconnects its sockets.
 """
 
 from __future__ import annotations
@@ -19,7 +30,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from .._errors import ConnectRefused
 from ..api.broadcast import RESERVED_EVENTS
+from ..api.namespace import NamespaceFamily
 from ..api.server import Server
 from ..api.socket import Socket
 
@@ -30,7 +43,7 @@ MAX_ROOMS_PER_REQUEST = 100
 
 
 class RelayPolicy(Protocol):
-    """What the configuration says of one namespace (``[[namespaces]]``)."""
+    """What the configuration says of one namespace (``[[namespaces]]``); read-only."""
 
     @property
     def name(self) -> str: ...
@@ -43,6 +56,9 @@ class RelayPolicy(Protocol):
 
     @property
     def client_publish(self) -> bool: ...
+
+    @property
+    def publish_to_sockets(self) -> bool: ...
 
     @property
     def rooms(self) -> Iterable[str]: ...
@@ -64,9 +80,13 @@ def _room_list(value: Any) -> list[str]:
 class _RelayNamespace:
     def __init__(self, server: Server, policy: RelayPolicy) -> None:
         self.server = server
+        self.closed = False
         self.set_policy(policy)
         namespace = server.of(policy.name)
+        assert not isinstance(namespace, NamespaceFamily)
         self.namespace = namespace
+        namespace.use(self._admit)
+        namespace.on("connection", self._connected)
         namespace.on("join", self._guard(self.join))
         namespace.on("leave", self._guard(self.leave))
         namespace.on("publish", self._guard(self.publish))
@@ -74,6 +94,26 @@ class _RelayNamespace:
     def set_policy(self, policy: RelayPolicy) -> None:
         self.policy = policy
         self.patterns = tuple(policy.rooms)
+        self.closed = False
+
+    async def close(self) -> int:
+        """The namespace is no longer configured: refuse new connections, disconnect the
+        connected sockets (each gets a Socket.IO DISCONNECT). Returns how many there were."""
+        self.policy = _Closed(self.policy.name)
+        self.patterns = ()
+        self.closed = True
+        count = len(self.namespace.sockets)
+        await self.namespace.disconnect_sockets()
+        return count
+
+    def _admit(self, socket: Socket) -> None:
+        if self.closed:
+            raise ConnectRefused("Invalid namespace")
+
+    async def _connected(self, socket: Socket) -> None:
+        # A connection admitted just before close() ran: it must not stay.
+        if self.closed:
+            await socket.disconnect()
 
     def _guard(self, handler: Any) -> Any:
         async def guarded(socket: Socket, *args: Any) -> dict:
@@ -89,11 +129,18 @@ class _RelayNamespace:
         for room in rooms:
             if not room or len(room) > MAX_ROOM_NAME:
                 raise _Refused(f"room names must be 1 to {MAX_ROOM_NAME} characters")
+            # Another socket's own room: joining it would let a client read its private
+            # messages; publishing to it is a direct message, which the policy may allow
+            # (socket ids are not room names: the patterns do not apply to them).
+            private = room != socket.id and self.namespace.get_socket(room) is not None
+            if private and not joining and self.policy.publish_to_sockets:
+                continue
             if not any(fnmatch.fnmatchcase(room, p) for p in self.patterns):
                 raise _Refused(f"room {room!r} is not allowed in {self.policy.name}")
-            # Another socket's own room would let a client read its private messages.
-            if joining and room != socket.id and self.namespace.get_socket(room) is not None:
-                raise _Refused(f"room {room!r} is a socket's private room")
+            if private:
+                why = "" if joining else (
+                    f"; publishing to sockets is not allowed in {self.policy.name}")
+                raise _Refused(f"room {room!r} is a socket's private room{why}")
         return rooms
 
     async def join(self, socket: Socket, rooms: Any = None, *_: Any) -> dict:
@@ -130,31 +177,50 @@ class RelayApp:
         self.namespaces: dict[str, _RelayNamespace] = {}
         for policy in policies:
             self.namespaces[policy.name] = _RelayNamespace(server, policy)
+        if "/" not in self.namespaces:  # the Server always has "/": refuse it
+            main = self.namespaces["/"] = _RelayNamespace(server, _Closed("/"))
+            main.closed = True
 
-    def update(self, policies: Iterable[RelayPolicy]) -> None:
-        """Apply new policies (on SIGHUP).
+    def serves(self, name: str) -> bool:
+        """Is ``name`` a namespace of the current configuration?"""
+        relay = self.namespaces.get(name)
+        return relay is not None and not relay.closed
 
-        A namespace that disappears from the configuration refuses every
-        client request from then on; a new one is added. Connected clients
-        keep their rooms.
+    async def update(self, policies: Iterable[RelayPolicy]) -> tuple[list[str], list[str]]:
+        """Apply new policies (on SIGHUP); returns the namespaces (added, removed).
+
+        Changed policies apply to the next request. A namespace that is new is served
+        from now on. A namespace that disappeared from the configuration no longer
+        exists: new connections get "Invalid namespace" and its connected sockets are
+        disconnected (each gets a Socket.IO DISCONNECT).
         """
         seen = set()
+        added: list[str] = []
         for policy in policies:
             seen.add(policy.name)
             relay = self.namespaces.get(policy.name)
             if relay is None:
                 self.namespaces[policy.name] = _RelayNamespace(self.server, policy)
+                added.append(policy.name)
             else:
+                if relay.closed:
+                    added.append(policy.name)
                 relay.set_policy(policy)
-        for name, relay in self.namespaces.items():
-            if name not in seen:
-                relay.set_policy(_Closed(name))
+        removed: list[str] = []
+        for name, relay in list(self.namespaces.items()):
+            if name not in seen and not relay.closed:
+                count = await relay.close()
+                logger.info("namespace %s removed from the configuration: %d socket%s "
+                            "disconnected", name, count, "" if count == 1 else "s")
+                removed.append(name)
+        return added, removed
 
 
 class _Closed:
-    """The policy of a namespace removed from the configuration."""
+    """The policy of a namespace that is not (or no longer) in the configuration."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.client_join = self.client_leave = self.client_publish = False
+        self.publish_to_sockets = False
         self.rooms: tuple[str, ...] = ()

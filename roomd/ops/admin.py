@@ -20,6 +20,7 @@ closes the admin socket nor disturbs the daemon.
 
 from __future__ import annotations
 
+import fnmatch
 import grp
 import inspect
 import logging
@@ -124,9 +125,13 @@ async def serve_admin(
     path: str,
     *,
     group: str | int | None = None,
+    instance: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin socket at ``path`` until cancelled.
+
+    ``instance`` (the daemon's instance name) and ``path`` are part of the
+    ``status`` answer.
 
     Creates the parent directory when missing (0700, or 0750 owned by
     ``group``), replaces a stale socket file, binds, sets the socket's mode to
@@ -159,7 +164,9 @@ async def serve_admin(
                 sock.listen(64)
             except OSError as e:
                 raise AdminError(f"cannot set up admin socket {path}: {e.strerror or e}") from None
-            handler = _Connection.factory(backend, own_uid=os.geteuid(), group_gid=group_gid)
+            about = {"admin_socket": path} | ({"instance": instance} if instance else {})
+            handler = _Connection.factory(backend, own_uid=os.geteuid(), group_gid=group_gid,
+                                          about=about)
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, handler, [trio.SocketListener(sock)])
                 log.info("admin socket listening on %s", path)
@@ -223,11 +230,25 @@ async def _call(fn: Any, *args: Any) -> Any:
     return result
 
 
+async def _existing_namespace(backend: Any, namespace: str | None) -> str | None:
+    """``namespace`` when the backend has it (or None); AdminError naming it otherwise."""
+    if namespace is not None and namespace not in await _call(backend.namespace_names):
+        raise AdminError(f"no namespace {namespace}")
+    return namespace
+
+
+def _matches(pattern: str | None, values: Any) -> bool:
+    """No pattern, or a shell-style ``pattern`` matching one of ``values``."""
+    return pattern is None or any(fnmatch.fnmatchcase(v, pattern) for v in values)
+
+
 class _Connection:
     """One admin client: credential check, then request lines until EOF."""
 
-    def __init__(self, backend: Any, stream: trio.SocketStream, own_uid: int, group_gid: int | None) -> None:
+    def __init__(self, backend: Any, stream: trio.SocketStream, own_uid: int,
+                 group_gid: int | None, about: dict[str, str]) -> None:
         self.backend = backend
+        self.about = about
         self.stream = stream
         self.own_uid = own_uid
         self.group_gid = group_gid
@@ -235,12 +256,13 @@ class _Connection:
         self.client_closed = False
 
     @classmethod
-    def factory(cls, backend: Any, *, own_uid: int, group_gid: int | None):
+    def factory(cls, backend: Any, *, own_uid: int, group_gid: int | None,
+                about: dict[str, str]) -> Any:
         async def handle(stream: trio.SocketStream) -> None:
             try:
                 try:
                     async with stream:
-                        await cls(backend, stream, own_uid, group_gid).run()
+                        await cls(backend, stream, own_uid, group_gid, about).run()
                 except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                     pass  # the client went away
             except Exception:
@@ -312,6 +334,8 @@ class _Connection:
         if cmd == "status":
             stats = dict(await _call(b.stats))
             stats.setdefault("pid", os.getpid())
+            for key, value in self.about.items():
+                stats.setdefault(key, value)
             return {"ok": True, "status": stats}
         if cmd == "namespaces":
             out = []
@@ -322,7 +346,7 @@ class _Connection:
                 out.append({"name": name, "sockets": len(sockets), "rooms": len(public)})
             return {"ok": True, "namespaces": out}
         if cmd == "rooms":
-            namespace = _opt_str(request, "namespace")
+            namespace = await _existing_namespace(b, _opt_str(request, "namespace"))
             want_members = bool(request.get("members"))
             include_private = bool(request.get("all"))
             out = []
@@ -338,13 +362,15 @@ class _Connection:
             out.sort(key=lambda item: (item["namespace"], item["room"]))
             return {"ok": True, "rooms": out}
         if cmd == "sockets":
-            sockets = await _call(b.sockets_snapshot, _opt_str(request, "namespace"), _opt_str(request, "room"))
+            namespace = await _existing_namespace(b, _opt_str(request, "namespace"))
+            sockets = await _call(b.sockets_snapshot, namespace, _opt_str(request, "room"))
             return {"ok": True, "sockets": [dict(s) for s in sockets]}
         if cmd == "emit":
             namespace = _req_str(request, "namespace")
             if not namespace.startswith("/"):
                 raise AdminError(f"namespace must start with '/', got {namespace!r}")
             event = _req_str(request, "event")
+            await _existing_namespace(b, namespace)
             args = request.get("args", [])
             if not isinstance(args, list):
                 raise AdminError("'args' must be a list")
@@ -366,7 +392,7 @@ class _Connection:
         stopping), the client gets a last ``{"end": true, ...}`` line, sent
         within a shielded second; the cancellation then propagates.
         """
-        namespace = _opt_str(request, "namespace")
+        namespace = await _existing_namespace(self.backend, _opt_str(request, "namespace"))
         room = _opt_str(request, "room")
         event = _opt_str(request, "event")
         with_args = bool(request.get("args"))
@@ -379,9 +405,9 @@ class _Connection:
                     async for item in events:
                         if namespace is not None and item.get("namespace") != namespace:
                             continue
-                        if room is not None and room not in item.get("rooms", ()):
+                        if not _matches(room, item.get("rooms", ())):
                             continue
-                        if event is not None and item.get("event") != event:
+                        if not _matches(event, (str(item.get("event")),)):
                             continue
                         await self.send(self._tail_line(item, with_args))
                     reason = "event tap closed"

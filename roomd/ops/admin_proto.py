@@ -17,7 +17,10 @@ Commands and their results:
     ping                                   {"pong": true}
     status                                 {"status": {version, pid, started_at, uptime,
                                              listen, connections, namespaces, rooms,
-                                             events_total, events_per_second}}
+                                             events_total, events_per_second,
+                                             closed: {reason: count} (Engine.IO
+                                             sessions that ended, by reason),
+                                             instance, admin_socket}}
     namespaces                             {"namespaces": [{name, sockets, rooms}]}
     rooms   [namespace] [members] [all]    {"rooms": [{namespace, room, count, private,
                                              members?}]}   (all: include the private
@@ -28,23 +31,35 @@ Commands and their results:
     disconnect sid                         {"disconnected": true} or an error
     tail    [namespace] [room] [event] [args]   stream of {time, namespace, rooms, except,
                                              event, preview, recipients, source, args?}
+                                             (room, event: shell-style patterns, as
+                                             fnmatch; room matches any of the rooms)
+
+A namespace given to rooms, sockets, emit or tail must be one the daemon has
+(``namespaces`` lists them): otherwise the answer is the error "no namespace NAME".
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
+import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .._errors import AdminError
+from .config import SYSTEMD_SOCKET_NAME, admin_socket_dir
 
 __all__ = [
     "AdminClient",
     "PEERCRED_FORMAT",
-    "client_socket_path",
+    "Instance",
+    "InstanceChoiceError",
+    "resolve_admin_socket",
+    "running_instances",
     "decode_line",
     "encode_line",
     "peer_allowed",
@@ -54,7 +69,7 @@ __all__ = [
 PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
 MAX_LINE = 8 * 1024 * 1024  # a request line longer than this closes the connection
 PREVIEW_CHARS = 120
-SYSTEM_SOCKET = "/run/roomd/roomd.sock"  # RuntimeDirectory=roomd in the shipped unit
+SYSTEM_DIR = "/run/roomd"  # RuntimeDirectory=roomd (roomd.service), roomd/%i (roomd@.service)
 
 
 def peer_allowed(uid: int, gid: int, *, own_uid: int, group_gid: int | None, groups: tuple[int, ...] = ()) -> bool:
@@ -115,18 +130,106 @@ def preview_args(args: Any, limit: int = PREVIEW_CHARS) -> str:
     return text
 
 
-def client_socket_path(configured: str) -> str:
-    """The path the CLI should connect to.
+@dataclass(frozen=True)
+class Instance:
+    """A daemon's admin socket found by :func:`running_instances`, and its instance name."""
 
-    ``configured`` (from --socket, ROOMD_SOCKET or the config) is used when
-    it exists; failing that the shipped unit's ``/run/roomd/roomd.sock`` when
-    that exists; else ``configured`` (so the error message names it).
+    name: str
+    path: str
+
+
+class InstanceChoiceError(AdminError):
+    """Several daemons answer and nothing says which one is meant: a usage error."""
+
+    exit_code = 2
+
+
+def _candidates(env: Mapping[str, str] | None, system_dir: str) -> list[Instance]:
+    found: list[Instance] = []
+    directory = glob.escape(admin_socket_dir(env))
+    for path in sorted(glob.glob(os.path.join(directory, "*.sock"))):
+        found.append(Instance(os.path.basename(path)[: -len(".sock")], path))
+    found.append(Instance("roomd", os.path.join(system_dir, SYSTEMD_SOCKET_NAME)))
+    pattern = os.path.join(glob.escape(system_dir), "*", SYSTEMD_SOCKET_NAME)
+    for path in sorted(glob.glob(pattern)):
+        found.append(Instance(os.path.basename(os.path.dirname(path)), path))
+    unique: dict[str, Instance] = {}
+    for instance in found:
+        unique.setdefault(os.path.realpath(instance.path), instance)
+    return list(unique.values())
+
+
+def _answers(path: str, timeout: float = 2.0) -> bool:
+    """Is a daemon listening on ``path``? (True also when we may not connect: it exists.)"""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        return True
+    except PermissionError:
+        return True  # someone's daemon: using it will say "permission denied"
+    except OSError:
+        return False  # a stale file left by a daemon that died, or one that does not answer
+    finally:
+        sock.close()
+
+
+def running_instances(env: Mapping[str, str] | None = None,
+                      system_dir: str = SYSTEM_DIR) -> list[Instance]:
+    """The daemons answering on default admin sockets.
+
+    Looked for: ``*.sock`` in :func:`~roomd.ops.config.admin_socket_dir` (named by the
+    file: ``3000.sock`` is instance 3000), ``/run/roomd/roomd.sock`` (roomd.service:
+    instance "roomd") and ``/run/roomd/NAME/roomd.sock`` (roomd@NAME.service).
     """
-    if os.path.exists(configured):
+    return [instance for instance in _candidates(env, system_dir) if _answers(instance.path)]
+
+
+def _listing(instances: list[Instance]) -> str:
+    return ", ".join(f"{i.name} ({i.path})" for i in instances)
+
+
+def resolve_admin_socket(socket_path: str | None = None, instance: str | None = None,
+                         configured: str | None = None,
+                         env: Mapping[str, str] | None = None,
+                         system_dir: str = SYSTEM_DIR) -> str:
+    """The admin socket the CLI should use.
+
+    ``socket_path`` (--socket, ROOMD_SOCKET) wins; then the instance named ``instance``
+    (--instance, ROOMD_INSTANCE) among :func:`running_instances`; then ``configured``
+    (``admin.socket`` of $ROOMD_CONFIG); then the only running instance. Raises
+    AdminError when nothing answers or no instance has that name, InstanceChoiceError
+    (exit status 2) when several answer and nothing says which one.
+    """
+    if socket_path:
+        return socket_path
+    if instance is None and configured:
         return configured
-    if os.path.exists(SYSTEM_SOCKET):
-        return SYSTEM_SOCKET
-    return configured
+    running = running_instances(env, system_dir)
+    if instance is not None:
+        chosen = [i for i in running if i.name == instance]
+        if len(chosen) == 1:
+            return chosen[0].path
+        if len(chosen) > 1:
+            raise InstanceChoiceError(f"several roomd instances are named {instance!r}: "
+                                      f"{_listing(chosen)}; choose one with --socket PATH")
+        others = f" (running: {_listing(running)})" if running else ""
+        raise AdminError(f"no roomd instance {instance!r} is running{others}")
+    if len(running) == 1:
+        return running[0].path
+    if running:
+        raise InstanceChoiceError(f"{len(running)} roomd instances are running: "
+                                  f"{_listing(running)}; choose one with --instance NAME "
+                                  "or --socket PATH")
+    places = [os.path.join(admin_socket_dir(env), "*.sock"),
+              os.path.join(system_dir, SYSTEMD_SOCKET_NAME),
+              os.path.join(system_dir, "*", SYSTEMD_SOCKET_NAME)]
+    raise AdminError(f"no roomd daemon answering (looked for {', '.join(places)})")
 
 
 class AdminClient:

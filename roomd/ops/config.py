@@ -42,6 +42,7 @@ __all__ = [
     "NamespaceConfig",
     "ServerConfig",
     "config_to_toml",
+    "admin_socket_dir",
     "default_admin_socket",
     "load_config",
 ]
@@ -51,21 +52,32 @@ SLOW_CONSUMER_POLICIES = ("disconnect", "drop")
 _APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def default_admin_socket(env: Mapping[str, str] | None = None) -> str:
-    """The admin socket path used when the config names none.
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+SYSTEMD_SOCKET_NAME = "roomd.sock"  # in $RUNTIME_DIRECTORY, which systemd gives each unit
 
-    ``$RUNTIME_DIRECTORY/roomd.sock`` (systemd's RuntimeDirectory=), else
-    ``$XDG_RUNTIME_DIR/roomd/roomd.sock``, else ``/tmp/roomd-<uid>/roomd.sock``.
-    A colon-separated RUNTIME_DIRECTORY (several directories) uses the first.
+
+def admin_socket_dir(env: Mapping[str, str] | None = None) -> str:
+    """Where a daemon outside systemd puts its default admin socket, and where the CLI
+    (in the same environment) looks for it: ``$XDG_RUNTIME_DIR/roomd`` when that variable
+    is set, else ``/tmp/roomd-<uid>``."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    return os.path.join(xdg, "roomd") if xdg else f"/tmp/roomd-{os.geteuid()}"
+
+
+def default_admin_socket(instance: str, env: Mapping[str, str] | None = None) -> str:
+    """The admin socket path of instance ``instance`` when the config names none.
+
+    Under systemd, ``$RUNTIME_DIRECTORY/roomd.sock`` (``RuntimeDirectory=``: each unit has
+    its own directory; a colon-separated list uses the first); otherwise
+    ``<dir>/<instance>.sock`` in :func:`admin_socket_dir`, so that several instances (by
+    default named by their port) have a socket each.
     """
     env = os.environ if env is None else env
     runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
-        return os.path.join(runtime, "roomd.sock")
-    xdg = env.get("XDG_RUNTIME_DIR", "")
-    if xdg:
-        return os.path.join(xdg, "roomd", "roomd.sock")
-    return f"/tmp/roomd-{os.geteuid()}/roomd.sock"
+        return os.path.join(runtime, SYSTEMD_SOCKET_NAME)
+    return os.path.join(admin_socket_dir(env), f"{instance}.sock")
 
 
 @dataclass(frozen=True)
@@ -90,9 +102,10 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    socket: str = field(default_factory=default_admin_socket)
+    socket: str | None = None  # None: default_admin_socket(instance)
     group: str | None = None
     enabled: bool = True
+    instance: str | None = None  # None: the port the daemon listens on
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,7 @@ class NamespaceConfig:
     client_join: bool = True
     client_leave: bool = True
     client_publish: bool = True
+    publish_to_sockets: bool = False  # may clients publish to another socket's own room?
     rooms: tuple[str, ...] = ("*",)  # fnmatch-style patterns of allowed room names
 
 
@@ -204,7 +218,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "max_connections": "integer",
         "shutdown_grace": "number",
     },
-    "admin": {"socket": "string", "group": "string", "enabled": "boolean"},
+    "admin": {"socket": "string", "group": "string", "enabled": "boolean", "instance": "string"},
     "log": {"level": "string"},
     "app": {"module": "string", "dir": "string"},
 }
@@ -213,6 +227,7 @@ _NAMESPACE_SCHEMA = {
     "client_join": "boolean",
     "client_leave": "boolean",
     "client_publish": "boolean",
+    "publish_to_sockets": "boolean",
     "rooms": "strings",
 }
 
@@ -264,6 +279,10 @@ def _build(raw: dict, where: str) -> Config:
         admin_raw["socket"] = os.path.abspath(os.path.expanduser(admin_raw["socket"]))
     if admin_raw.get("group") == "":
         raise ConfigError("admin.group must not be empty (leave it out for no group)")
+    instance = admin_raw.get("instance")
+    if instance is not None and not INSTANCE_RE.match(instance):
+        raise ConfigError("admin.instance must be 1 to 64 letters, digits and _.@- "
+                          f"(not starting with one of _.@-), got {instance!r}")
     admin = AdminConfig(**admin_raw)
 
     log = LogConfig(**sections["log"])

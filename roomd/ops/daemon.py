@@ -4,17 +4,23 @@
 gracefully (stop accepting, a Socket.IO DISCONNECT to every client, queued
 messages drained within ``limits.shutdown_grace``); SIGHUP re-reads the
 configuration file and applies what can change safely: the log level and the
-relay app's per-namespace policies.
+relay app's namespaces (added, removed: their sockets disconnected, changed).
+
+The listening address is bound here (unless systemd passed sockets), so a
+port that is taken is named in the one-line error. The admin socket's default
+path is per instance: ``admin.instance``, else the port that was bound.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -25,11 +31,12 @@ from ..api.server import Server
 from ..apps.relay import RelayApp
 from . import systemd
 from .admin import serve_admin
-from .config import Config, load_config
+from .config import Config, default_admin_socket, load_config
 
 logger = logging.getLogger("roomd.daemon")
 
 GC_THRESHOLDS = (20_000, 20, 20)
+LISTEN_BACKLOG = 4096  # as Server.serve's own listeners: bursts of reconnecting clients
 
 
 def load_app(spec: str, app_dir: str | None = None) -> Server:
@@ -86,11 +93,28 @@ class Daemon:
             self.server = Server(**server_options(config))
             self.relay = RelayApp(self.server, config.namespaces)
 
-    def _listeners(self) -> list[trio.SocketListener] | None:
+    async def _listeners(self) -> list[trio.SocketListener]:
+        """The sockets systemd passed (socket activation), else server.host:port bound here.
+
+        Raises RoomdError naming the address when it cannot be bound.
+        """
         sockets = systemd.listen_fds()
-        if not sockets:
-            return None
-        return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        if sockets:
+            return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        host, port = self.config.server.host, self.config.server.port
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            return await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
+        except socket.gaierror as exc:  # before OSError, its base class
+            raise RoomdError(f"cannot listen on {where}: {exc.strerror}") from None
+        except OSError as exc:
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = " (another process listens there: stop it, or choose another --port)"
+            elif exc.errno == errno.EACCES and port < 1024:
+                hint = " (ports below 1024 need privileges)"
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise RoomdError(f"cannot listen on {where}: {reason}{hint}") from None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (then shut down gracefully) or cancellation.
@@ -103,17 +127,20 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(functools.partial(
                     self.server.serve, config.server.host, config.server.port,
-                    listeners=self._listeners()))
+                    listeners=await self._listeners()))
                 if config.admin.enabled:
+                    instance = config.admin.instance or str(port)
                     await nursery.start(functools.partial(
-                        serve_admin, self.server, config.admin.socket, group=config.admin.group))
+                        serve_admin, AdminBackend(self.server, self.relay),
+                        config.admin.socket or default_admin_socket(instance),
+                        group=config.admin.group, instance=instance))
                 await nursery.start(systemd.run_watchdog)
                 where = ", ".join(self.server.listen_addresses)
                 systemd.notify_ready(f"serving on {where}")
                 task_status.started(port)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        self.reload()
+                        await self.reload()
                         continue
                     logger.info("received %s: shutting down", signal.Signals(signum).name)
                     systemd.notify_stopping("draining connections")
@@ -121,8 +148,13 @@ class Daemon:
                     nursery.cancel_scope.cancel()
                     break
 
-    def reload(self) -> None:
-        """Re-read the configuration file; keep the old one when it is invalid."""
+    async def reload(self) -> None:
+        """Re-read the configuration file; keep the old one when it is invalid.
+
+        Applied: the log level and the relay's namespaces (added ones served, removed
+        ones refuse connections and disconnect their sockets, policies replaced).
+        Other changes are logged as needing a restart.
+        """
         systemd.notify_reloading("reloading configuration")
         try:
             if self.config.source is None:
@@ -131,7 +163,10 @@ class Daemon:
             new = load_config(self.config.source, self.overrides)
             systemd.setup_logging(new.log.level)
             if self.relay is not None:
-                self.relay.update(new.namespaces)
+                added, removed = await self.relay.update(new.namespaces)
+                for verb, names in (("added", added), ("removed", removed)):
+                    if names:
+                        logger.info("SIGHUP: namespaces %s: %s", verb, ", ".join(names))
             restart = [key for key in ("server", "admin", "app")
                        if getattr(new, key) != getattr(self.config, key)]
             if new.limits != self.config.limits:
@@ -145,6 +180,29 @@ class Daemon:
             logger.error("SIGHUP: keeping the running configuration: %s", exc)
         finally:
             systemd.notify_ready("serving")
+
+
+class AdminBackend:
+    """The Server as the admin socket sees it: with the relay app, only the namespaces of
+    the current configuration exist (a namespace removed on SIGHUP is not listed)."""
+
+    def __init__(self, server: Server, relay: RelayApp | None) -> None:
+        self.server = server
+        self.relay = relay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def namespace_names(self) -> list[str]:
+        names = self.server.namespace_names()
+        if self.relay is None:
+            return names
+        return [name for name in names if self.relay.serves(name)]
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.server.stats())
+        stats["namespaces"] = len(self.namespace_names())
+        return stats
 
 
 def tune_gc() -> None:

@@ -204,6 +204,9 @@ class EngineSession:
         self.closed = True
         self.close_reason = reason
         self.engine.forget(self)
+        # Clients come and go all day: counted (roomd status), logged only at DEBUG.
+        self.engine.closes[reason] = self.engine.closes.get(reason, 0) + 1
+        logger.debug("session %s closed: %s", self.sid, reason)
         outbox = self.outbox
         if isinstance(outbox, PollingOutbox):
             outbox.put_packet(eio.Packet(eio.PacketType.CLOSE))
@@ -234,6 +237,7 @@ class Engine:
         self.write_batch = WriteBatch()
         self.allow_request: AllowRequest | None = None
         self.error_listeners: list[Callable[[ConnectionRefusal], Any]] = []
+        self.closes: dict[str, int] = {}  # close reason -> sessions closed for it
 
     async def refusal_of(self, request: RequestInfo) -> str | None:
         """Why ``allow_request`` refuses a handshake, or None when it accepts."""
@@ -362,7 +366,8 @@ class _WebSocketSession:
                 reason = "parse error"
         if not self.upgraded:
             session.upgrading = False
-            logger.info("session %s: upgrade failed: %s", session.sid, reason or "timed out")
+            # a client that goes away mid-upgrade: ordinary, not worth an INFO line
+            logger.debug("session %s: upgrade failed: %s", session.sid, reason or "timed out")
             await self._close(1002)
             return
         session.reader_scope = None

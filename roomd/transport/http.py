@@ -191,7 +191,10 @@ class _HttpConnection:
                 raise _Refusal(400, BAD_HANDSHAKE_METHOD)
             return True
         except _Refusal as refusal:
-            logger.info("%s: %s %s refused: %s", self.address, method, target[:200], refusal)
+            # A late request of a session that has just closed is routine: DEBUG.
+            level = logging.DEBUG if refusal.code == SESSION_UNKNOWN[0] else logging.INFO
+            logger.log(level, "%s: %s %s refused: %s", self.address, method, target[:200],
+                       refusal)
             if self.engine.error_listeners:
                 self.engine.report_error(ConnectionRefusal(
                     refusal.code, refusal.message, refusal.detail or refusal.message,
