@@ -209,6 +209,10 @@ class NodeSocket:
         """``{connected, sid, recovered, pid, offset}`` as socket.io-client has them."""
         return await self.client.command("state", sock=self.handle)
 
+    async def reconnect(self) -> None:
+        """``socket.connect()`` again after a disconnect (with its pid and offset)."""
+        await self.client.command("reconnect", sock=self.handle)
+
     async def cut(self, silent: bool = False) -> None:
         """Cut the transport as a network failure would (see ``cut`` in client.js)."""
         await self.client.command("cut", sock=self.handle, silent=silent)

@@ -13,10 +13,12 @@ each test exercises the replay whatever the scheduling.
 
 from __future__ import annotations
 
+import json
 import socket as stdlib_socket
 
 import pytest
 import trio
+from harness import open_raw_ws
 
 import roomd
 
@@ -27,9 +29,9 @@ RECONNECT = {"reconnection": True, "reconnectionDelay": 200, "reconnectionDelayM
 class App:
     """A server whose clients join the room named in their auth and publish to rooms."""
 
-    def __init__(self, **recovery: object) -> None:
+    def __init__(self, ping: float = 0.5, **recovery: object) -> None:
         options = {"max_disconnection_duration": 30, **recovery}
-        self.io = roomd.Server(ping_interval=0.5, ping_timeout=0.5,
+        self.io = roomd.Server(ping_interval=ping, ping_timeout=ping,
                                connection_state_recovery=options)
         self.connections: list[roomd.Socket] = []
         self.middleware_runs = 0
@@ -167,3 +169,169 @@ async def test_after_the_window_a_fresh_session(start_server, node):
     assert who["rooms"] == sorted([new_sid, "r"]) and who["recovered"] is False
     await a.no_event("msg", wait=0.2)
     assert app.middleware_runs == 3
+
+
+def engine_session(io: roomd.Server, sid: str):
+    return io.sockets.get_socket(sid)._connection.session
+
+
+async def test_takeover_before_the_server_notices_twice(start_server, node):
+    # Pings every 20 s: the server cannot notice the silent cuts during this test, so
+    # each reconnect finds the old socket still connected and takes its session over.
+    app = App(ping=20)
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    n = 0
+    await pub.emit_with_ack("publish", "r", n)
+    n += 1
+    for _ in range(2):
+        old = engine_session(app.io, a.sid)
+        await a.cut(silent=True)
+        assert (await a.next_event("disconnect")).args == ["transport error"]
+        for _ in range(3):  # sent into the dead connection: lost there, replayed later
+            await pub.emit_with_ack("publish", "r", n)
+            n += 1
+        await a.reconnect()
+        assert (await a.next_event("connect")).args == [a.sid, True]
+        assert old.closed and old.close_reason == "transport close"
+        new = engine_session(app.io, a.sid)
+        assert new is not old and not new.closed
+        assert len(app.io.engine.sessions) == 2
+        who = (await a.emit_with_ack("whoami"))[0]
+        assert who["rooms"] == sorted([a.sid, "r"]) and who["recovered"] is True
+        await pub.emit_with_ack("publish", "r", n)
+        n += 1
+    # and recovery still works on a later, ordinary disconnect
+    app.watched = a.sid
+    await a.cut()
+    await a.next_event("disconnect")
+    await wait_for(lambda: app.io.sockets.get_socket(a.sid) is None)
+    for _ in range(2):
+        await pub.emit_with_ack("publish", "r", n)
+        n += 1
+    await a.reconnect()
+    assert (await a.next_event("connect")).args == [a.sid, True]
+    check_in_order(await received_msgs(a, n), n)
+    assert app.middleware_runs == 2
+
+
+async def test_overflowed_log_means_no_recovery(start_server, node):
+    app = App(max_packets=5)
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    await pub.emit_with_ack("publish", "r", 0)
+    assert (await a.next_event("msg")).args[0] == 0
+    old = a.sid
+    server_cut(app.io, old)
+    await a.next_event("disconnect")
+    await wait_for(lambda: app.io.sockets.get_socket(old) is None)
+    assert app.io.stats()["recovery"]["sessions"] == 1
+    for n in range(1, 7):  # six more: the packet after a's offset leaves the log
+        await pub.emit_with_ack("publish", "r", n)
+    assert app.io.stats()["recovery"]["packets"] == 5
+    await a.reconnect()
+    new_sid, recovered = (await a.next_event("connect")).args
+    assert new_sid != old and recovered is False
+    assert (await a.state())["recovered"] is False
+    await a.no_event("msg", wait=0.2)
+    assert app.middleware_runs == 3
+    # the fresh session recovers in turn
+    await pub.emit_with_ack("publish", "r", 7)
+    assert (await a.next_event("msg")).args[0] == 7
+
+
+async def test_log_bounded_in_bytes(start_server, node):
+    app = App(max_bytes=2000)
+    srv = await start_server(app.io)
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    for n in range(20):
+        await pub.emit_with_ack("publish", "r", "x" * 300)
+    held = app.io.stats()["recovery"]
+    assert held["bytes"] <= 2000 and 0 < held["packets"] < 20
+
+
+async def raw_connect(port: int, auth: object) -> dict:
+    """A raw Engine.IO + Socket.IO CONNECT with ``auth``; returns the CONNECT reply's data."""
+    async with open_raw_ws(port) as ws:
+        await ws.handshake()
+        await ws.send("40" + json.dumps(auth))
+        reply = await ws.recv_skip_pings()
+        assert isinstance(reply, str) and reply.startswith("40"), reply
+        return json.loads(reply[2:])
+
+
+async def test_forged_pids_and_offsets_get_fresh_sessions(start_server, node):
+    app = App()
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    b = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    await b.next_event("connect")
+    await pub.emit_with_ack("publish", "r", 0)
+    await a.next_event("msg")
+    b_state = await b.state()
+    a_state = await a.state()
+    valid = (await b.next_event("msg")).args[-1]
+    server_cut(app.io, b.sid)  # b's session waits to be recovered
+    await b.next_event("disconnect")
+    await wait_for(lambda: app.io.sockets.get_socket(b.sid) is None)
+    epoch = valid.rpartition("-")[0]
+    forged = [
+        {"pid": "x" * 20, "offset": valid}, {"pid": b.sid, "offset": valid},
+        {"pid": a.sid}, {"pid": "", "offset": ""}, {"pid": "y" * 5000, "offset": "z" * 5000},
+        {"pid": 12, "offset": 3}, {"pid": ["p"], "offset": {"o": 1}}, {"pid": None},
+        {"offset": valid}, {"pid": "x" * 20, "offset": f"{epoch}-999999999999999999999"},
+        {"pid": "x" * 20, "offset": f"{epoch}--1"}, {"pid": "x" * 20, "offset": "\u0000-1"},
+    ]
+    seen = {a.sid, b.sid, pub.sid}
+    for _ in range(3):
+        for auth in forged:
+            data = await raw_connect(srv.port, auth)
+            assert set(data) == {"sid", "pid"}
+            assert data["sid"] not in seen and data["pid"] not in (a_state["pid"],
+                                                                   b_state["pid"])
+            seen.add(data["sid"])
+    # nothing else changed: a is connected in its room, b's session is still there
+    assert (await a.emit_with_ack("whoami"))[0]["rooms"] == sorted([a.sid, "r"])
+    await wait_for(lambda: len(app.io.engine.sessions) == 2)
+    # b's session, and one per raw connection (each closed its transport: kept, unused)
+    assert app.io.stats()["recovery"]["sessions"] == 1 + 3 * len(forged)
+    await pub.emit_with_ack("publish", "r", 1)
+    await b.reconnect()
+    assert (await b.next_event("connect")).args == [b.sid, True]
+    assert [m[0] for m in await received_msgs(b, 1)] == [1]
+    assert [m[0] for m in await received_msgs(a, 1)] == [1]
+
+
+async def test_client_disconnect_discards_the_session(start_server, node):
+    app = App()
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    old = a.sid
+    await a.disconnect()
+    await wait_for(lambda: app.io.sockets.get_socket(old) is None)
+    assert app.io.stats()["recovery"]["sessions"] == 0
+    await a.reconnect()
+    new_sid, recovered = (await a.next_event("connect")).args
+    assert new_sid != old and recovered is False
+
+
+async def test_off_by_default_no_offsets_no_pid(start_server, node):
+    srv = await start_server()
+    received = []
+
+    @srv.io.on("connection")
+    async def connection(socket):
+        received.append(socket)
+        await socket.emit("hello", 1)
+
+    a = await node.connect(srv.url, transports=["websocket"])
+    assert (await a.next_event("hello")).args == [1]
+    assert (await a.state())["pid"] is None
+    assert srv.io.stats()["recovery"] is None

@@ -35,6 +35,8 @@
 //   waitUpgrade {sock, timeout=5000}                      -> {transport: "websocket"}
 //   state       {sock}                 -> {connected, sid, recovered, offset, pid}
 //               socket.recovered and the connection state recovery fields the client keeps
+//   reconnect   {sock}                 -> {} socket.connect() again after a disconnect (the
+//               client's own reconnection path: CONNECT with its pid and offset)
 //   cut         {sock, silent=false}                      -> {}
 //               cut the socket's Engine.IO transport as a network failure would, so the
 //               client reconnects (when reconnection is on). silent=false destroys the TCP
@@ -289,6 +291,11 @@ const handlers = {
       pid: socket._pid === undefined ? null : socket._pid,
       offset: socket._lastOffset === undefined ? null : socket._lastOffset,
     };
+  },
+
+  async reconnect(cmd) {
+    getEntry(cmd).socket.connect();
+    return {};
   },
 
   async cut(cmd) {
