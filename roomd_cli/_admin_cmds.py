@@ -15,7 +15,10 @@ from ._format import clock, duration, echo_json, table, when
 @admin_options
 @click.pass_context
 def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
-    """Version, uptime, listen address, connections, namespaces, rooms, event rate."""
+    """Version, uptime, listen address, connections, namespaces, rooms, event rate.
+
+    With connection state recovery on, also what its stores hold.
+    """
     s = client(ctx, socket_path).request("status")["status"]
     if as_json:
         echo_json(s)
@@ -32,6 +35,11 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("rooms", s.get("rooms", "-")),
         ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
     ]
+    held = s.get("recovery")
+    if isinstance(held, dict):
+        rows.append(("recovery", f"{held.get('sessions', 0)} sessions, {held.get('packets', 0)} "
+                                 f"packets ({held.get('bytes', 0)} bytes) in "
+                                 f"{held.get('namespaces', 0)} namespaces"))
     for key, value in rows:
         click.echo(f"{key + ':':<13}{value}")
 

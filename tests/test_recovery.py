@@ -18,6 +18,7 @@ import socket as stdlib_socket
 
 import pytest
 import trio
+from daemon_proc import running_daemon, short_dir
 from harness import open_raw_ws
 
 import roomd
@@ -248,7 +249,7 @@ async def test_log_bounded_in_bytes(start_server, node):
     app = App(max_bytes=2000)
     srv = await start_server(app.io)
     pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
-    for n in range(20):
+    for _ in range(20):
         await pub.emit_with_ack("publish", "r", "x" * 300)
     held = app.io.stats()["recovery"]
     assert held["bytes"] <= 2000 and 0 < held["packets"] < 20
@@ -335,3 +336,46 @@ async def test_off_by_default_no_offsets_no_pid(start_server, node):
     assert (await a.next_event("hello")).args == [1]
     assert (await a.state())["pid"] is None
     assert srv.io.stats()["recovery"] is None
+
+
+RELAY_CONFIG = """\
+[recovery]
+enabled = true
+max_disconnection_duration = 30
+
+[[namespaces]]
+name = "/chat"
+
+[[namespaces]]
+name = "/plain"
+recovery = false
+"""
+
+
+async def test_relay_daemon_recovers_per_namespace(node):
+    with short_dir() as tmp:
+        async with running_daemon(tmp, RELAY_CONFIG) as d:
+            a = await node.connect(d.url, "/chat", force_new=True, transports=["websocket"])
+            plain = await node.connect(d.url, "/plain", force_new=True, transports=["websocket"])
+            pub = await node.connect(d.url, "/chat", force_new=True, transports=["websocket"])
+            await a.next_event("connect")
+            assert (await plain.state())["pid"] is None  # recovery off in /plain
+            assert (await a.emit_with_ack("join", "r"))[0]["rooms"] == sorted([a.sid, "r"])
+            assert await pub.emit_with_ack("publish", "r", "m", 0) == [{"recipients": 1}]
+            assert (await a.next_event("m")).args[0] == 0
+            await a.cut()  # the TCP connection destroyed: the daemon sees it close
+            await a.next_event("disconnect")
+            with trio.fail_after(10):  # until the daemon noticed the cut
+                while (await d.cli("status", "--json")).json()["recovery"]["sessions"] != 1:
+                    await trio.sleep(0.05)
+            for n in (1, 2):
+                assert await pub.emit_with_ack("publish", "r", "m", n) == [{"recipients": 0}]
+            status = (await d.cli("status", "--json")).json()
+            assert status["recovery"]["namespaces"] == 1 and status["recovery"]["packets"] == 3
+            text = (await d.cli("status")).stdout
+            assert "recovery:    1 sessions" in text
+            await a.reconnect()
+            assert (await a.next_event("connect")).args == [a.sid, True]
+            got = [(await a.next_event("m")).args for _ in range(2)]
+            await a.no_event("m", wait=0.2)
+            assert [args[0] for args in got] == [1, 2]

@@ -220,7 +220,7 @@ class PacketLog:
         if not isinstance(offset, str) or len(offset) > 40:
             return None
         epoch, _, seq = offset.partition("-")
-        if epoch != self.epoch or not seq.isdecimal() or len(seq) > 18:
+        if epoch != self.epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
             return None
         number = int(seq)
         return number if 0 < number <= self.last_seq else None
