@@ -316,11 +316,17 @@ async def test_client_disconnect_discards_the_session(start_server, node):
     await a.next_event("connect")
     old = a.sid
     await a.disconnect()
+    assert (await a.next_event("disconnect")).args == ["io client disconnect"]
     await wait_for(lambda: app.io.sockets.get_socket(old) is None)
     assert app.io.stats()["recovery"]["sessions"] == 0
     await a.reconnect()
     new_sid, recovered = (await a.next_event("connect")).args
     assert new_sid != old and recovered is False
+    # the server's own disconnect discards it too
+    await app.io.sockets.get_socket(new_sid).disconnect()
+    assert (await a.next_event("disconnect")).args == ["io server disconnect"]
+    await wait_for(lambda: app.io.sockets.get_socket(new_sid) is None)
+    assert app.io.stats()["recovery"]["sessions"] == 0
 
 
 async def test_off_by_default_no_offsets_no_pid(start_server, node):
@@ -379,3 +385,48 @@ async def test_relay_daemon_recovers_per_namespace(node):
             got = [(await a.next_event("m")).args for _ in range(2)]
             await a.no_event("m", wait=0.2)
             assert [args[0] for args in got] == [1, 2]
+
+
+async def test_middlewares_when_not_skipped(start_server, node):
+    app = App(skip_middlewares=False)
+    refuse = []
+
+    @app.io.use
+    def gate(socket: roomd.Socket) -> None:
+        if refuse:
+            raise roomd.ConnectRefused("not now")
+
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    server_cut(app.io, a.sid)
+    await a.next_event("disconnect")
+    await wait_for(lambda: app.io.sockets.get_socket(a.sid) is None)
+    await pub.emit_with_ack("publish", "r", 0)
+    # refused by a middleware: the session is kept for a later attempt
+    refuse.append(True)
+    await a.reconnect()
+    assert (await a.next_event("connect_error")).args[0] == "not now"
+    assert app.io.stats()["recovery"]["sessions"] == 1
+    refuse.clear()
+    await a.reconnect()
+    assert (await a.next_event("connect")).args == [a.sid, True]
+    assert [m[0] for m in await received_msgs(a, 1)] == [0]
+    assert app.middleware_runs == 4  # a, pub, the refused attempt, the recovery
+
+
+async def test_python_client_sees_the_offset_as_an_extra_argument(start_server, py_client):
+    # Why recovery is off by default: a client without recovery support gets the offset.
+    app = App()
+    srv = await start_server(app.io)
+
+    @app.io.on("poke")
+    async def poke(socket: roomd.Socket) -> None:
+        await socket.emit("blob", b"\x00\xff", {"k": 1})
+
+    p = await py_client()
+    await p.connect(srv.url, transports=["websocket"])
+    await p.emit("poke")
+    args = (await p.next_event("blob")).args
+    assert args[:2] == [b"\x00\xff", {"k": 1}] and len(args) == 3 and isinstance(args[2], str)

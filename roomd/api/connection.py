@@ -241,6 +241,7 @@ class Connection:
             if refusal.data is not None:
                 data["data"] = refusal.data
             await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name, data))
+            await socket.give_back_session()
             return
         except Exception as exc:
             if isinstance(exc, trio.Cancelled):
@@ -248,8 +249,10 @@ class Connection:
             logger.info("namespace %s: middleware refused %s: %s", name, self.session.sid, exc)
             await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name,
                                          {"message": str(exc) or type(exc).__name__}))
+            await socket.give_back_session()
             return
         if self.session.closed:
+            await socket.give_back_session()
             return
         self.ever_connected = True
         self.sockets[name] = socket

@@ -16,7 +16,7 @@ from .._errors import AckTimeout
 from ..protocol import sio
 from ..rooms.acks import AckRegistry
 from ..rooms.adapter import BroadcastOptions, Emission, InMemoryAdapter, Member
-from ..rooms.recovery import RECOVERABLE_REASONS, RestoredSession
+from ..rooms.recovery import RECOVERABLE_REASONS, RestoredSession, SessionRecord
 from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
 from .acks import PendingAck
@@ -287,6 +287,14 @@ class Socket:
         self.connected = True
         restored, self._restored = self._restored, None
         await self._adapter.add_member(self._member, restored)
+
+    async def give_back_session(self) -> None:
+        """Keep a restored session again when the socket was not registered after all
+        (a middleware refused it, or the connection closed meanwhile)."""
+        restored, self._restored = self._restored, None
+        if restored is not None:
+            await self._adapter.persist_session(SessionRecord(
+                restored.sid, restored.pid, restored.rooms, restored.data, restored.from_seq))
 
     def connect_reply(self) -> dict[str, Any]:
         """The CONNECT packet's data: the id, and the pid when recovery is on."""
