@@ -230,14 +230,27 @@ class InMemoryAdapter:
         """Take a socket out of every room and forget it.
 
         With ``persist`` (recovery on, a reason that keeps a session), its
-        session is persisted first, in the same command.
+        session is kept here in the same command (so a reconnect can never
+        fall between), then handed to :meth:`share_session`.
         """
-        await self._manager.call(self._remove_member, member, persist)
+        record = await self._manager.call(self._remove_member, member, persist)
+        if record is not None:
+            await self.share_session(record)
 
     # -- connection state recovery -------------------------------------------
+    # The hooks a cluster adapter overrides to recover across nodes (as
+    # @socket.io/redis-streams-adapter does): ``share_session`` stores a kept
+    # session where the other nodes find it, ``restore_session`` looks there
+    # after this node's own sessions (super() first: it also takes over a
+    # socket still connected here), and the broadcasts it receives from the
+    # cluster carry the cluster's offsets instead of this log's.
     async def persist_session(self, record: SessionRecord) -> None:
         """Keep a disconnected socket's session for ``max_disconnection_duration``."""
         await self._manager.call(self._persist, record)
+        await self.share_session(record)
+
+    async def share_session(self, record: SessionRecord) -> None:
+        """A session was kept on this node; a cluster adapter shares it (here: nothing)."""
 
     async def restore_session(self, pid: Any, offset: Any) -> RestoredSession | None:
         """The session of ``pid``, if it can be recovered completely; it is consumed.
@@ -361,16 +374,20 @@ class InMemoryAdapter:
             if not deliver(member, message):
                 break
 
-    def _remove_member(self, member: Member, persist: bool = False) -> None:
+    def _remove_member(self, member: Member, persist: bool = False) -> SessionRecord | None:
+        """Forget a socket; returns its kept session when ``persist``."""
         if self.members.get(member.id) is not member:
-            return
+            return None
+        record = None
         if member.pid is not None:
             if self._pids.get(member.pid) is member:
                 del self._pids[member.pid]
             if persist:
-                self._persist(self._record(member))
+                record = self._record(member)
+                self._persist(record)
         self._leave(member, tuple(member.rooms))
         del self.members[member.id]
+        return record
 
     def _record(self, member: Member) -> SessionRecord:
         data = member.owner.data
