@@ -430,3 +430,19 @@ async def test_python_client_sees_the_offset_as_an_extra_argument(start_server, 
     await p.emit("poke")
     args = (await p.next_event("blob")).args
     assert args[:2] == [b"\x00\xff", {"k": 1}] and len(args) == 3 and isinstance(args[2], str)
+
+
+async def test_polling_only_client_cut(start_server, node):
+    app = App()
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["polling"])
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    await pub.emit_with_ack("publish", "r", 0)
+    await a.cut()  # the client abandons its long-polling requests
+    assert (await a.next_event("disconnect")).args == ["transport error"]
+    for n in (1, 2):
+        await pub.emit_with_ack("publish", "r", n)
+    await a.reconnect()
+    assert (await a.next_event("connect")).args == [a.sid, True]
+    check_in_order(await received_msgs(a, 3), 3)
