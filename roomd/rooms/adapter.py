@@ -203,12 +203,13 @@ class InMemoryAdapter:
         return {"adapter": "memory"}
 
     def recovery_status(self) -> dict[str, int] | None:
-        """What the recovery stores hold (None when recovery is off here)."""
+        """What the recovery stores hold (None when recovery is off here).
+
+        Read only: expired entries leave at the namespace's next use.
+        """
         log, sessions = self._log, self._sessions
         if log is None or sessions is None:
             return None
-        log.trim()
-        sessions.expire()
         return {"sessions": len(sessions), "packets": len(log), "bytes": log.bytes}
 
     # -- membership of one local socket ------------------------------------
