@@ -446,3 +446,39 @@ async def test_polling_only_client_cut(start_server, node):
     await a.reconnect()
     assert (await a.next_event("connect")).args == [a.sid, True]
     check_in_order(await received_msgs(a, 3), 3)
+
+
+async def test_takeover_of_a_multiplexed_connection(start_server, node):
+    # Two namespaces over one Engine.IO session, cut silently; socket.io-client reconnects
+    # by itself before the server notices: both sockets come back, nothing is lost.
+    app = App(ping=20)
+    other = app.io.of("/other")
+
+    @other.on("connection")
+    async def joined(socket: roomd.Socket) -> None:
+        if not socket.recovered:
+            await socket.join("r")
+
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, transports=["websocket"], **RECONNECT)
+    b = await node.connect(srv.url, "/other", transports=["websocket"], **RECONNECT)
+    assert app.io.sockets.get_socket(a.sid)._connection is \
+        other.get_socket(b.sid)._connection
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    await b.next_event("connect")
+    old = engine_session(app.io, a.sid)
+    await a.cut(silent=True)
+    await a.next_event("disconnect")
+    await b.next_event("disconnect")
+    for n in range(3):
+        await pub.emit_with_ack("publish", "r", n)
+        await other.to("r").emit("msg", n)
+    assert (await a.next_event("connect", timeout=10)).args == [a.sid, True]
+    assert (await b.next_event("connect", timeout=10)).args == [b.sid, True]
+    assert old.closed
+    for n in range(3, 5):
+        await pub.emit_with_ack("publish", "r", n)
+        await other.to("r").emit("msg", n)
+    check_in_order(await received_msgs(a, 5), 5)
+    check_in_order(await received_msgs(b, 5), 5)
