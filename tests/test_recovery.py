@@ -482,3 +482,24 @@ async def test_takeover_of_a_multiplexed_connection(start_server, node):
         await other.to("r").emit("msg", n)
     check_in_order(await received_msgs(a, 5), 5)
     check_in_order(await received_msgs(b, 5), 5)
+
+
+async def test_relay_refuses_the_room_of_a_socket_that_may_come_back(start_server, node):
+    from roomd.apps.relay import RelayApp
+    from roomd.ops.config import NamespaceConfig
+
+    io = roomd.Server(connection_state_recovery=True)
+    RelayApp(io, [NamespaceConfig(name="/")])
+    srv = await start_server(io)
+    victim = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    spy = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await victim.next_event("connect")
+    server_cut(io, victim.sid)
+    await victim.next_event("disconnect")
+    await wait_for(lambda: io.sockets.get_socket(victim.sid) is None)
+    assert await spy.emit_with_ack("join", victim.sid) == [
+        {"error": f"room {victim.sid!r} is a socket's private room"}]
+    await victim.reconnect()
+    assert (await victim.next_event("connect")).args == [victim.sid, True]
+    assert await spy.emit_with_ack("join", victim.sid) == [
+        {"error": f"room {victim.sid!r} is a socket's private room"}]

@@ -128,6 +128,7 @@ def test_sessions_expire_and_are_bounded():
     for pid in "abcd":
         store.put(record(pid))
     assert list(store.sessions) == ["b", "c", "d"]
+    assert store.sids == {"sid-b", "sid-c", "sid-d"}
     clock.now += 5
     store.put(record("e"))
     assert list(store.sessions) == ["c", "d", "e"]
@@ -136,6 +137,7 @@ def test_sessions_expire_and_are_bounded():
     assert store.pop("e").sid == "sid-e"
     assert store.pop("e") is None  # restored at most once
     assert store.pop(["e"]) is None and store.pop(None) is None
+    assert store.sids == set() and not store.sessions  # d expired too
 
 
 def test_options():

@@ -91,8 +91,9 @@ class _RelayNamespace:
                 raise _Refused(f"room names must be 1 to {MAX_ROOM_NAME} characters")
             if not any(fnmatch.fnmatchcase(room, p) for p in self.patterns):
                 raise _Refused(f"room {room!r} is not allowed in {self.policy.name}")
-            # Another socket's own room would let a client read its private messages.
-            if joining and room != socket.id and self.namespace.get_socket(room) is not None:
+            # Another socket's own room would let a client read its private messages
+            # (a disconnected socket's too, while it may be recovered).
+            if joining and room != socket.id and self.namespace.adapter.is_socket_room(room):
                 raise _Refused(f"room {room!r} is a socket's private room")
         return rooms
 

@@ -343,6 +343,12 @@ class InMemoryAdapter:
     async def rooms_snapshot(self) -> list[dict[str, Any]]:
         return await self._manager.call(self._rooms_snapshot)
 
+    def is_socket_room(self, room: str) -> bool:
+        """Whether ``room`` is the own room of a socket here, or of one that may come back
+        (a kept recovery session): another socket must not join it."""
+        sessions = self._sessions
+        return room in self.members or (sessions is not None and room in sessions.sids)
+
     def counts(self) -> tuple[int, int]:
         """(sockets, rooms that are not a socket's own room)."""
         rooms = sum(1 for name, members in self.rooms.items()

@@ -258,6 +258,7 @@ class SessionStore:
         self.max_age = max_age
         self.clock = clock
         self.sessions: dict[str, SessionRecord] = {}
+        self.sids: set[str] = set()  # the socket ids that may come back
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -265,9 +266,9 @@ class SessionStore:
     def put(self, record: SessionRecord) -> None:
         now = self.clock()
         record.disconnected_at = now
-        sessions = self.sessions
-        sessions.pop(record.pid, None)
-        sessions[record.pid] = record
+        self._remove(record.pid)
+        self.sessions[record.pid] = record
+        self.sids.add(record.sid)
         self.expire(now)
 
     def pop(self, pid: Any) -> SessionRecord | None:
@@ -275,7 +276,7 @@ class SessionStore:
         self.expire()
         if not isinstance(pid, str):
             return None
-        return self.sessions.pop(pid, None)
+        return self._remove(pid)
 
     def expire(self, now: float | None = None) -> None:
         sessions = self.sessions
@@ -284,4 +285,10 @@ class SessionStore:
             pid, record = next(iter(sessions.items()))
             if len(sessions) <= self.max_sessions and record.disconnected_at >= oldest:
                 break
-            del sessions[pid]
+            self._remove(pid)
+
+    def _remove(self, pid: str) -> SessionRecord | None:
+        record = self.sessions.pop(pid, None)
+        if record is not None:
+            self.sids.discard(record.sid)
+        return record
