@@ -6,7 +6,9 @@ Measures, each as the growth of traced memory divided by the count:
 - a namespace's adapter with recovery on, over one without (the empty stores);
 - one logged packet (a small event to one room), before and after its WebSocket
   frames were computed (they are, once any WebSocket client was sent the event);
-- one kept session (a socket in its own room and one other, empty ``data``).
+- one kept session (a socket in its own room and one other, empty ``data``);
+- one room remembered for the packets that left the log (the room name
+  string not counted: it exists anyway while the room does).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def main() -> None:
     print(f"per packet ({size}-byte event, log only): {used / N:.0f} bytes")
     used, _ = growth(lambda: [entry.message.ws_frames for entry in log.entries])
     print(f"  + its WebSocket frames once sent to a WebSocket: {used / N:.0f} bytes")
+
+    small = PacketLog(1, 1 << 40, 3600)  # every packet but the last leaves at once
+    room_sets = [frozenset({secrets.token_urlsafe(15)}) for _ in range(N + 1)]
+    used, _ = growth(lambda: [small.append(parts, r, frozenset()) for r in room_sets])
+    print(f"per room remembered for dropped packets (socket-id rooms): {used / N:.0f} bytes "
+          f"(at most max_packets rooms)")
 
     store = SessionStore(N, 3600)
 

@@ -503,3 +503,25 @@ async def test_relay_refuses_the_room_of_a_socket_that_may_come_back(start_serve
     assert (await victim.next_event("connect")).args == [victim.sid, True]
     assert await spy.emit_with_ack("join", victim.sid) == [
         {"error": f"room {victim.sid!r} is a socket's private room"}]
+
+
+async def test_quiet_client_in_a_busy_namespace_is_recovered(start_server, node):
+    # Node gives up as soon as the client's offset has left the log; roomd knows which
+    # rooms the dropped packets were for.
+    app = App(max_packets=3)
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, force_new=True, transports=["websocket"])
+    pub = await node.connect(srv.url, force_new=True, transports=["websocket"])
+    await a.next_event("connect")
+    await pub.emit_with_ack("publish", "r", 0)
+    assert (await a.next_event("msg")).args[0] == 0
+    for n in range(6):  # busy elsewhere: a's offset leaves the log
+        await pub.emit_with_ack("publish", "elsewhere", 100 + n)
+    server_cut(app.io, a.sid)
+    await a.next_event("disconnect")
+    await wait_for(lambda: app.io.sockets.get_socket(a.sid) is None)
+    await pub.emit_with_ack("publish", "r", 1)
+    await pub.emit_with_ack("publish", "elsewhere", 106)
+    await a.reconnect()
+    assert (await a.next_event("connect")).args == [a.sid, True]
+    assert [m[0] for m in await received_msgs(a, 1)] == [1]

@@ -85,8 +85,10 @@ def test_bounds_in_packets_bytes_and_age():
     for i in range(5):
         add(log, i)
     assert len(log) == 3 and log.dropped_through == 2
-    assert not log.complete_after(1) and log.complete_after(2) and log.complete_after(5)
-    assert not log.complete_after(6)  # not logged yet: forged
+    anyone = frozenset({"x"})
+    assert not log.complete_after(1, anyone)
+    assert log.complete_after(2, anyone) and log.complete_after(5, anyone)
+    assert not log.complete_after(6, anyone)  # not logged yet: forged
 
     log = log_of(clock, max_bytes=100)
     for _ in range(10):
@@ -151,3 +153,32 @@ def test_options():
     for bad in ({"max_disconnection_duration": 0}, {"max_packets": 0}, {"nope": 1}, 3):
         with pytest.raises(ConfigError):
             RecoveryOptions.from_value(bad)  # type: ignore[arg-type]
+
+
+def test_a_quiet_socket_in_a_busy_namespace_stays_recoverable():
+    log = log_of(Clock(), max_packets=3)
+    add(log, "for a", rooms={"a"})  # seq 1: the quiet socket's offset
+    for i in range(5):
+        add(log, i, rooms={"b"}, except_rooms={"me"})  # seq 2..6; 1..3 leave the log
+    assert log.dropped_through == 3 and log.dropped_rooms == {"a": 1, "b": 3}
+    quiet = frozenset({"me", "a"})
+    assert log.complete_after(1, quiet)  # nothing it could have missed was dropped
+    assert list(log.since(1, quiet)) == []
+    assert not log.complete_after(1, frozenset({"you", "b"}))
+    assert log.complete_after(3, frozenset({"you", "b"}))
+    assert not log.complete_after(0, quiet)  # "for a" itself left the log
+    add(log, "everyone")  # seq 7
+    add(log, "x", rooms={"c"})
+    add(log, "y", rooms={"c"})
+    add(log, "z", rooms={"c"})  # "everyone" (seq 7) leaves
+    assert log.dropped_all == 7 and not log.complete_after(6, quiet)
+
+
+def test_dropped_rooms_are_bounded():
+    log = log_of(Clock(), max_packets=2)
+    for i in range(10):
+        add(log, i, rooms={f"room-{i}"})
+    assert len(log.dropped_rooms) == 2 and log.dropped_floor == 6
+    assert list(log.dropped_rooms) == ["room-6", "room-7"]
+    assert not log.complete_after(5, frozenset({"elsewhere"}))  # below the floor: unknown
+    assert log.complete_after(6, frozenset({"elsewhere"}))

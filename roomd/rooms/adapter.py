@@ -370,7 +370,7 @@ class InMemoryAdapter:
         """Rejoin a restored socket's rooms and replay what it missed, in order."""
         self._join(member, tuple(restored.rooms))
         member.from_seq = restored.from_seq
-        if not log.complete_after(restored.from_seq):
+        if not log.complete_after(restored.from_seq, restored.rooms):
             # Packets left the log between the restore and now (a slow middleware).
             logger.warning("socket %s: missed packets left the log during its recovery",
                            member.id)
@@ -426,7 +426,7 @@ class InMemoryAdapter:
             if parsed is None:
                 return None
             seq = max(parsed, record.from_seq)  # never before the socket existed
-        if not log.complete_after(seq):
+        if not log.complete_after(seq, record.rooms):
             return None
         return RestoredSession(record.sid, record.pid, record.rooms, record.data, seq)
 

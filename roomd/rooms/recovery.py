@@ -173,8 +173,16 @@ class PacketLog:
     Entries leave from the oldest end when there are more than
     ``max_packets``, more than ``max_bytes`` of them, or when they are older
     than ``max_age`` seconds; ``dropped_through`` is then the newest seq
-    that left, and a client whose offset is older cannot be recovered
-    completely.
+    that left.
+
+    What left is remembered in a compact form, so that a quiet client in a
+    busy namespace can still be recovered: for each room the newest dropped
+    packet that named it (``dropped_rooms``, at most ``max_packets`` rooms;
+    beyond that the oldest is forgotten and ``dropped_floor`` rises to its
+    seq), and the newest dropped packet for the whole namespace
+    (``dropped_all``). A socket whose offset is older than a dropped packet
+    that may have been for it cannot be recovered completely; excluded rooms
+    are not taken into account there, so the answer errs on the safe side.
     """
 
     def __init__(self, max_packets: int, max_bytes: int, max_age: float,
@@ -187,6 +195,9 @@ class PacketLog:
         self.entries: collections.deque[_Entry] = collections.deque()
         self.last_seq = 0
         self.dropped_through = 0
+        self.dropped_all = 0
+        self.dropped_floor = 0
+        self.dropped_rooms: dict[str, int] = {}  # oldest first
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -214,6 +225,19 @@ class PacketLog:
             entry = entries.popleft()
             self.bytes -= entry.size
             self.dropped_through = entry.seq
+            self._remember(entry)
+
+    def _remember(self, entry: _Entry) -> None:
+        if not entry.rooms:
+            self.dropped_all = entry.seq
+            return
+        dropped = self.dropped_rooms
+        for room in entry.rooms:
+            dropped.pop(room, None)
+            dropped[room] = entry.seq  # to the end: the dict stays ordered by seq
+        while len(dropped) > self.max_packets:
+            room = next(iter(dropped))
+            self.dropped_floor = dropped.pop(room)
 
     def parse(self, offset: Any) -> int | None:
         """The seq of one of this log's offsets; None for anything else."""
@@ -225,9 +249,17 @@ class PacketLog:
         number = int(seq)
         return number if 0 < number <= self.last_seq else None
 
-    def complete_after(self, seq: int) -> bool:
-        """Whether every packet logged after ``seq`` is still here."""
-        return self.dropped_through <= seq <= self.last_seq
+    def complete_after(self, seq: int, rooms: frozenset[str]) -> bool:
+        """Whether every packet logged after ``seq`` that may be for a socket in ``rooms``
+        is still here (False for a ``seq`` not logged yet)."""
+        if seq > self.last_seq:
+            return False
+        if seq >= self.dropped_through:
+            return True
+        if self.dropped_all > seq or self.dropped_floor > seq:
+            return False
+        dropped = self.dropped_rooms
+        return all(dropped.get(room, 0) <= seq for room in rooms)
 
     def since(self, seq: int, rooms: frozenset[str]) -> Iterator[OutgoingMessage]:
         """The logged packets after ``seq`` that a socket in ``rooms`` was sent, in order.
