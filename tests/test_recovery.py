@@ -525,3 +525,23 @@ async def test_quiet_client_in_a_busy_namespace_is_recovered(start_server, node)
     await a.reconnect()
     assert (await a.next_event("connect")).args == [a.sid, True]
     assert [m[0] for m in await received_msgs(a, 1)] == [1]
+
+
+async def test_unencodable_argument_raises_in_the_emitter(start_server, node):
+    app = App()
+
+    @app.io.on("bad")
+    async def bad(socket: roomd.Socket) -> list:
+        raised = []
+        for emit in (socket.emit, app.io.emit, socket.to("r").emit):
+            try:
+                await emit("x", object())
+            except TypeError:
+                raised.append(True)
+        return raised
+
+    srv = await start_server(app.io)
+    a = await node.connect(srv.url, auth={"room": "r"}, transports=["websocket"])
+    assert await a.emit_with_ack("bad") == [[True, True, True]]
+    assert app.io.stats()["recovery"]["packets"] == 0
+    await a.no_event("x", wait=0.1)

@@ -200,7 +200,6 @@ class Socket:
         emission = Emission(self.namespace.name, [event, *args])
         if self.pid is not None:
             # Through the adapter's log (with an offset), so a recovery replays it.
-            emission.message()
             await self._adapter.broadcast(emission, BroadcastOptions(frozenset((self.id,))))
             return
         await self._adapter.send(self._member, emission.message(), emission)

@@ -283,13 +283,20 @@ class InMemoryAdapter:
         The packet is encoded here, in the caller's task: an argument that
         cannot be encoded raises TypeError before anything is sent.
         """
-        emission.message()
+        self._encode(emission, opts)
         await self._manager.cast(self._broadcast, emission, opts)
 
     async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
         """Broadcast, and return how many local sockets it was queued for."""
-        emission.message()
+        self._encode(emission, opts)
         return await self._manager.call(self._broadcast, emission, opts)
+
+    def _encode(self, emission: Emission, opts: BroadcastOptions) -> None:
+        """Encode in the caller's task (raising there); a logged event gets its offset later."""
+        if self._log is not None and not opts.volatile:
+            emission.parts()
+        else:
+            emission.message()
 
     async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
                                  on_count: Callable[[int], None],
