@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         InMemoryAdapter,
         RemoteSocketRecord,
     )
+    from .rooms.recovery import RecoveryOptions
 
 _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
@@ -57,13 +58,15 @@ _WHERE = {
     "AdapterContext": "rooms.adapter", "AdapterFactory": "rooms.adapter",
     "BroadcastOptions": "rooms.adapter", "Emission": "rooms.adapter",
     "InMemoryAdapter": "rooms.adapter", "RemoteSocketRecord": "rooms.adapter",
+    "RecoveryOptions": "rooms.recovery",
 }
 
 __all__ = [
     "AckTimeout", "AdapterContext", "AdapterFactory", "AdminError", "BroadcastOperator",
     "BroadcastOptions", "ConfigError", "ConnectRefused", "Emission", "Handshake",
-    "InMemoryAdapter", "Namespace", "NamespaceFamily", "ProtocolError", "RemoteSocket",
-    "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__", "run_daemon",
+    "InMemoryAdapter", "Namespace", "NamespaceFamily", "ProtocolError", "RecoveryOptions",
+    "RemoteSocket", "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__",
+    "run_daemon",
 ]
 
 
