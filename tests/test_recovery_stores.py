@@ -150,6 +150,7 @@ def test_options():
                                        "namespaces": ["/a"]})
     assert opts is not None and opts.covers("/a") and not opts.covers("/b")
     assert RecoveryOptions().covers("/anything")
+    assert RecoveryOptions.from_value({"namespaces": "/a"}).namespaces == frozenset({"/a"})
     for bad in ({"max_disconnection_duration": 0}, {"max_packets": 0}, {"nope": 1}, 3):
         with pytest.raises(ConfigError):
             RecoveryOptions.from_value(bad)  # type: ignore[arg-type]

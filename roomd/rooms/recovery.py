@@ -100,8 +100,9 @@ class RecoveryOptions:
         if unknown:
             raise ConfigError(f"unknown connection_state_recovery key(s): {sorted(unknown)}")
         fields = dict(value)
-        if fields.get("namespaces") is not None:
-            fields["namespaces"] = frozenset(fields["namespaces"])
+        names = fields.get("namespaces")
+        if names is not None:
+            fields["namespaces"] = frozenset((names,) if isinstance(names, str) else names)
         return cls(**fields)
 
     def covers(self, namespace: str) -> bool:
