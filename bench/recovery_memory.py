@@ -1,4 +1,4 @@
-"""What connection state recovery costs in memory (tracemalloc), for docs/recovery.md.
+"""What connection state recovery costs in memory (tracemalloc) and time, for docs/recovery.md.
 
     .venv/bin/python bench/recovery_memory.py
 
@@ -8,13 +8,16 @@ Measures, each as the growth of traced memory divided by the count:
   frames were computed (they are, once any WebSocket client was sent the event);
 - one kept session (a socket in its own room and one other, empty ``data``);
 - one room remembered for the packets that left the log (the room name
-  string not counted: it exists anyway while the room does).
+  string not counted: it exists anyway while the room does);
+- the time to log one broadcast (once per broadcast, whatever its fan-out),
+  beside the time to wrap it in an OutgoingMessage as every broadcast does.
 """
 
 from __future__ import annotations
 
 import gc
 import secrets
+import timeit
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +35,7 @@ from roomd.rooms.recovery import (
     message_size,
 )
 from roomd.rooms.taps import Taps
+from roomd.transport.outbox import OutgoingMessage
 
 N = 10_000
 
@@ -81,6 +85,13 @@ def main() -> None:
 
     used, _ = growth(sessions)
     print(f"per session (2 rooms, empty data): {used / N:.0f} bytes")
+
+    log = PacketLog(N, 1 << 40, 3600)
+    runs = 200_000
+    logged = timeit.timeit(lambda: log.append(parts, rooms, frozenset()), number=runs)
+    plain = timeit.timeit(lambda: OutgoingMessage(parts), number=runs)
+    print(f"time to log a broadcast: {logged / runs * 1e6:.1f} us "
+          f"(an OutgoingMessage alone: {plain / runs * 1e6:.1f} us)")
 
 
 if __name__ == "__main__":
