@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         InMemoryAdapter,
         RemoteSocketRecord,
     )
+    from .rooms.recovery import RecoveryOptions
 
 _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
@@ -65,14 +66,16 @@ _WHERE = {
     "AdapterContext": "rooms.adapter", "AdapterFactory": "rooms.adapter",
     "BroadcastOptions": "rooms.adapter", "Emission": "rooms.adapter",
     "InMemoryAdapter": "rooms.adapter", "RemoteSocketRecord": "rooms.adapter",
+    "RecoveryOptions": "rooms.recovery",
 }
 
 __all__ = [
     "AckTimeout", "AdapterContext", "AdapterFactory", "AdminError", "BroadcastOperator",
     "BroadcastOptions", "Client", "ClientError", "ConfigError", "ConnectError",
     "ConnectRefused", "Disconnected", "Emission", "Handshake", "InMemoryAdapter", "Namespace",
-    "NamespaceFamily", "ProtocolError", "ReceivedEvent", "RemoteSocket", "RemoteSocketRecord",
-    "RoomdError", "Server", "Socket", "__version__", "connect", "run_daemon",
+    "NamespaceFamily", "ProtocolError", "ReceivedEvent", "RecoveryOptions", "RemoteSocket",
+    "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__", "connect",
+    "run_daemon",
 ]
 
 

@@ -29,7 +29,8 @@ def _closed(by_reason: dict) -> str:
 @click.pass_context
 def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
     """Version, instance, uptime, listen address, connections, namespaces, rooms, event rate,
-    connections closed (by reason)."""
+    connections closed (by reason); with connection state recovery on, what its stores hold.
+    """
     s = client(ctx, socket_path).request("status")["status"]
     if as_json:
         echo_json(s)
@@ -48,6 +49,11 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
         ("closed", _closed(s.get("closed") or {})),
     ]
+    held = s.get("recovery")
+    if isinstance(held, dict):
+        rows.append(("recovery", f"{held.get('sessions', 0)} sessions, {held.get('packets', 0)} "
+                                 f"packets ({held.get('bytes', 0)} bytes) in "
+                                 f"{held.get('namespaces', 0)} namespaces"))
     for key, value in rows:
         click.echo(f"{key + ':':<13}{value}")
 

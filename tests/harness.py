@@ -74,7 +74,7 @@ class AckTimeout(HarnessError):
 class Received:
     """Something a client saw: an event from the server, or a lifecycle event.
 
-    ``name`` is the event name; lifecycle events are named ``connect`` (args ``[sid]``),
+    ``name`` is the event name; lifecycle events are named ``connect`` (args ``[sid, recovered]``),
     ``disconnect`` (args ``[reason]``), ``connect_error`` (args ``[message, data]`` for node,
     ``[data...]`` for python) and ``upgrade`` (args ``[transport]``, node only).
     ``sock`` is the NodeClient socket handle, ``namespace`` the PyClient namespace.
@@ -205,6 +205,18 @@ class NodeSocket:
     async def is_connected(self) -> bool:
         return (await self.client.command("connected", sock=self.handle))["connected"]
 
+    async def state(self) -> dict:
+        """``{connected, sid, recovered, pid, offset}`` as socket.io-client has them."""
+        return await self.client.command("state", sock=self.handle)
+
+    async def reconnect(self) -> None:
+        """``socket.connect()`` again after a disconnect (with its pid and offset)."""
+        await self.client.command("reconnect", sock=self.handle)
+
+    async def cut(self, silent: bool = False) -> None:
+        """Cut the transport as a network failure would (see ``cut`` in client.js)."""
+        await self.client.command("cut", sock=self.handle, silent=silent)
+
 
 def _handle(sock: NodeSocket | str) -> str:
     return sock.handle if isinstance(sock, NodeSocket) else sock
@@ -332,7 +344,8 @@ class NodeClient:
         elif kind == "disconnect":
             ev = Received("disconnect", [msg.get("reason")], sock=sock, raw=msg)
         elif kind == "connect":
-            ev = Received("connect", [msg.get("sid")], sock=sock, raw=msg)
+            ev = Received("connect", [msg.get("sid"), bool(msg.get("recovered"))], sock=sock,
+                          raw=msg)
         elif kind == "connect_error":
             ev = Received("connect_error", [msg.get("message"), from_wire(msg.get("data"))],
                           sock=sock, raw=msg)

@@ -164,6 +164,13 @@ def test_overrides_win_and_none_is_skipped(tmp_path):
         ("[[namespaces]]\nname = \"/a\"\n[[namespaces]]\nname = \"/a\"\n", "namespaces[1].name '/a' is given twice"),
         ("[[namespaces]]\nname = \"/a\"\nrooms = \"*\"\n", "namespaces[0].rooms must be an array, got string"),
         ("namespaces = 3\n", "namespaces must be an array, got integer"),
+        ("[recovery]\nenable = true\n", "unknown key 'recovery.enable' in {path}"),
+        ("[recovery]\nmax_disconnection_duration = 0\n",
+         "recovery.max_disconnection_duration must be greater than 0"),
+        ("[recovery]\nmax_packets = 0\n", "recovery.max_packets must be at least 1"),
+        ("[recovery]\nmax_bytes = \"1M\"\n", "recovery.max_bytes must be an integer, got string"),
+        ("[[namespaces]]\nname = \"/a\"\nrecovery = 1\n",
+         "namespaces[0].recovery must be a boolean, got integer"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, message):
@@ -218,3 +225,41 @@ rooms = ["a*", "b"]
     default_text = config_to_toml(load_config(None, {}))
     assert "# module is not set" in default_text
     assert load_config(write(tmp_path, default_text), {}) == load_config(None, {})
+
+
+def test_recovery_section_and_per_namespace_switch(tmp_path):
+    from roomd.ops.daemon import recovery_options, server_options
+
+    import roomd
+
+    default = load_config(None, {})
+    assert default.recovery.enabled is False and recovery_options(default) is None
+    path = write(
+        tmp_path,
+        """
+[recovery]
+enabled = true
+max_disconnection_duration = 30
+max_packets = 500
+[[namespaces]]
+name = "/chat"
+[[namespaces]]
+name = "/quiet"
+recovery = false
+""",
+    )
+    config = load_config(path, {})
+    assert config.recovery.max_disconnection_duration == 30.0
+    options = recovery_options(config)
+    assert options is not None and options["namespaces"] == ["/chat"]
+    assert options["max_packets"] == 500 and options["skip_middlewares"] is True
+    io = roomd.Server(**server_options(config))
+    assert io.of("/chat").adapter.recovery is not None
+    assert io.of("/quiet").adapter.recovery is None
+    # only one namespace switched on while the section says off
+    path = write(tmp_path, "[[namespaces]]\nname = \"/a\"\nrecovery = true\n"
+                           "[[namespaces]]\nname = \"/b\"\n")
+    assert recovery_options(load_config(path, {}))["namespaces"] == ["/a"]
+    # and the printed configuration reads back the same
+    assert load_config(write(tmp_path, config_to_toml(config)), {}) == \
+        dataclasses.replace(config, source=str(tmp_path / "roomd.toml"))

@@ -32,6 +32,8 @@ import trio
 
 from .._errors import ConnectRefused, ProtocolError
 from ..protocol import sio
+from ..rooms.adapter import InMemoryAdapter
+from ..rooms.recovery import RestoredSession
 from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
 from ..transport.timers import Timers
@@ -61,6 +63,17 @@ class ConnectionContext:
     connect_timeout: float
     max_concurrent_handlers: int = 16
     disconnect_on_handler_error: bool = False
+
+
+async def restore_session(adapter: InMemoryAdapter, auth: Any) -> RestoredSession | None:
+    """The session a CONNECT's ``auth {pid, offset}`` asks back, if it can be recovered."""
+    if adapter.recovery is None or not isinstance(auth, dict):
+        return None
+    pid = auth.get("pid")
+    if not isinstance(pid, str):
+        return None
+    offset = auth.get("offset")
+    return await adapter.restore_session(pid, offset if isinstance(offset, str) else None)
 
 
 class Connection:
@@ -217,14 +230,18 @@ class Connection:
         handshake = Handshake(auth=auth if auth is not None else {}, headers=request.headers,
                               query=request.query, address=request.address, time=request.time,
                               url=request.url)
-        socket = Socket(namespace, self, handshake)
+        recovery = namespace.adapter.recovery
+        restored = await restore_session(namespace.adapter, auth)
+        socket = Socket(namespace, self, handshake, restored)
         try:
-            await namespace.run_middlewares(socket)
+            if restored is None or recovery is None or not recovery.skip_middlewares:
+                await namespace.run_middlewares(socket)
         except ConnectRefused as refusal:
             data: dict[str, Any] = {"message": refusal.message}
             if refusal.data is not None:
                 data["data"] = refusal.data
             await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name, data))
+            await socket.give_back_session()
             return
         except Exception as exc:
             if isinstance(exc, trio.Cancelled):
@@ -232,13 +249,15 @@ class Connection:
             logger.info("namespace %s: middleware refused %s: %s", name, self.session.sid, exc)
             await self._send(sio.Packet(sio.PacketType.CONNECT_ERROR, name,
                                          {"message": str(exc) or type(exc).__name__}))
+            await socket.give_back_session()
             return
         if self.session.closed:
+            await socket.give_back_session()
             return
         self.ever_connected = True
         self.sockets[name] = socket
         await socket.registered()
-        await socket.send_packet(sio.Packet(sio.PacketType.CONNECT, name, {"sid": socket.id}))
+        await socket.send_packet(sio.Packet(sio.PacketType.CONNECT, name, socket.connect_reply()))
         await namespace.connected(socket)
 
     async def close_socket(self, socket: Socket, reason: str) -> None:

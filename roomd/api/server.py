@@ -19,6 +19,7 @@ from ..rooms.acks import AckRegistry
 from ..rooms.adapter import AdapterContext, AdapterFactory, InMemoryAdapter
 from ..rooms.delivery import Delivery
 from ..rooms.manager import RoomManager
+from ..rooms.recovery import RecoveryOptions
 from ..rooms.taps import Taps
 from ..transport.engine import (
     AllowRequest,
@@ -58,6 +59,12 @@ class Server:
     roomd handles itself (datetime, date, time, UUID, Decimal); it is
     process-wide. ``allow_request(request)`` may refuse a handshake before
     any session exists (see :data:`AllowRequest`).
+    ``connection_state_recovery`` turns Socket.IO's connection state
+    recovery on: a mapping such as ``{"max_disconnection_duration": 120,
+    "skip_middlewares": True}``, a ``RecoveryOptions``, or True for the
+    defaults (see docs/recovery.md). It is off by default, as in Node:
+    clients without recovery support see each event's offset as an extra
+    last argument.
     Raises ConfigError for an invalid setting.
     """
 
@@ -71,7 +78,9 @@ class Server:
                  max_concurrent_handlers: int = 16,
                  disconnect_on_handler_error: bool = False,
                  json_default: Callable[[Any], Any] | None = None,
-                 allow_request: AllowRequest | None = None) -> None:
+                 allow_request: AllowRequest | None = None,
+                 connection_state_recovery: RecoveryOptions | Mapping[str, Any] | bool | None = None
+                 ) -> None:
         if ping_interval <= 0 or ping_timeout <= 0 or connect_timeout <= 0:
             raise ConfigError("ping_interval, ping_timeout and connect_timeout must be positive")
         if max_concurrent_handlers < 1:
@@ -98,8 +107,9 @@ class Server:
         self._acks = AckRegistry()
         self._delivery = Delivery(slow_consumer)
         self.adapter_factory = adapter or AdapterFactory()
+        self.recovery = RecoveryOptions.from_value(connection_state_recovery)
         self._adapter_context = AdapterContext(self.manager, self._delivery, self._taps,
-                                               self._acks, self._on_server_event)
+                                               self._acks, self._on_server_event, self.recovery)
         self._namespaces: dict[str, Namespace] = {}
         self._families: list[NamespaceFamily] = []
         self._connections: dict[str, Connection] = {}
@@ -394,7 +404,21 @@ class Server:
             "broadcasts_awaiting_acks": self._acks.waiting,
             "cluster": self.adapter_factory.status(),
             "closed": dict(self.engine.closes),  # sessions closed, by reason
+            "recovery": self._recovery_stats(),
         }
+
+    def _recovery_stats(self) -> dict[str, Any] | None:
+        """What the recovery stores of every namespace hold (None when off)."""
+        if self.recovery is None:
+            return None
+        total = {"namespaces": 0, "sessions": 0, "packets": 0, "bytes": 0}
+        for namespace in self._namespaces.values():
+            held = namespace.adapter.recovery_status()
+            if held is not None:
+                total["namespaces"] += 1
+                for key, value in held.items():
+                    total[key] += value
+        return total
 
     def namespace_names(self) -> list[str]:
         return sorted(self._namespaces)

@@ -15,6 +15,7 @@ from .._errors import AckTimeout
 from ..protocol import sio
 from ..rooms.acks import AckRegistry
 from ..rooms.adapter import BroadcastOptions, Emission, InMemoryAdapter, Member
+from ..rooms.recovery import RECOVERABLE_REASONS, RestoredSession, SessionRecord
 from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
 from .acks import PendingAck
@@ -84,15 +85,29 @@ class Socket:
     """
 
     def __init__(self, namespace: SocketNamespace, connection: SocketConnection,
-                 handshake: Handshake) -> None:
-        self.id = sio.new_id()
+                 handshake: Handshake, restored: RestoredSession | None = None) -> None:
         self.namespace = namespace
         self.handshake = handshake
-        self.data: dict[str, Any] = {}
         self.connected = False
         self._connection = connection
-        self._adapter = namespace.adapter
-        self._member = Member(self.id, namespace.name, connection.session, self)
+        self._adapter = adapter = namespace.adapter
+        # Connection state recovery: ``pid`` is None when it is off; a
+        # restored socket has its old id, pid and data (rooms come back
+        # when it registers) and ``recovered`` is True.
+        self.recovered = restored is not None
+        self._restored = restored
+        pid: str | None = None
+        if restored is not None:
+            self.id = restored.sid
+            pid = restored.pid
+            self.data: dict[str, Any] = restored.data
+        else:
+            self.id = sio.new_id()
+            self.data = {}
+            if adapter.recovery is not None:
+                pid = sio.new_id()
+        self.pid = pid
+        self._member = Member(self.id, namespace.name, connection.session, self, pid)
         self._handlers: dict[str, list[Handler]] | None = None
         self._any: list[Handler] | None = None
         self._acks: dict[int, PendingAck] | None = None
@@ -182,6 +197,10 @@ class Socket:
             return
         check_event(event)
         emission = Emission(self.namespace.name, [event, *args])
+        if self.pid is not None:
+            # Through the adapter's log (with an offset), so a recovery replays it.
+            await self._adapter.broadcast(emission, BroadcastOptions(frozenset((self.id,))))
+            return
         await self._adapter.send(self._member, emission.message(), emission)
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float = 30.0) -> Any:
@@ -259,9 +278,27 @@ class Socket:
         await self._connection.close_socket(self, "server namespace disconnect")
 
     async def registered(self) -> None:
-        """Make the socket a member of the namespace (its own room included)."""
+        """Make the socket a member of the namespace (its own room included).
+
+        A recovered socket rejoins its rooms and is sent what it missed.
+        """
         self.connected = True
-        await self._adapter.add_member(self._member)
+        restored, self._restored = self._restored, None
+        await self._adapter.add_member(self._member, restored)
+
+    async def give_back_session(self) -> None:
+        """Keep a restored session again when the socket was not registered after all
+        (a middleware refused it, or the connection closed meanwhile)."""
+        restored, self._restored = self._restored, None
+        if restored is not None:
+            await self._adapter.persist_session(SessionRecord(
+                restored.sid, restored.pid, restored.rooms, restored.data, restored.from_seq))
+
+    def connect_reply(self) -> dict[str, Any]:
+        """The CONNECT packet's data: the id, and the pid when recovery is on."""
+        if self.pid is None:
+            return {"sid": self.id}
+        return {"sid": self.id, "pid": self.pid}
 
     async def closed(self, reason: str) -> None:
         """Run the disconnect sequence: disconnecting, leave all, disconnect."""
@@ -269,7 +306,8 @@ class Socket:
             await self.emit_reserved("disconnecting", reason)
         finally:
             self.connected = False
-            await self._adapter.delete_all(self._member)
+            persist = self.pid is not None and reason in RECOVERABLE_REASONS
+            await self._adapter.delete_all(self._member, persist)
             self.namespace.forget(self)
             self.abandon_acks()
         await self.emit_reserved("disconnect", reason)

@@ -129,10 +129,11 @@ class _RelayNamespace:
         for room in rooms:
             if not room or len(room) > MAX_ROOM_NAME:
                 raise _Refused(f"room names must be 1 to {MAX_ROOM_NAME} characters")
-            # Another socket's own room: joining it would let a client read its private
-            # messages; publishing to it is a direct message, which the policy may allow
-            # (socket ids are not room names: the patterns do not apply to them).
-            private = room != socket.id and self.namespace.get_socket(room) is not None
+            # Another socket's own room (a disconnected one's too, while its session may
+            # be recovered): joining it would let a client read its private messages;
+            # publishing to it is a direct message, which the policy may allow (socket
+            # ids are not room names: the patterns do not apply to them).
+            private = room != socket.id and self.namespace.adapter.is_socket_room(room)
             if private and not joining and self.policy.publish_to_sockets:
                 continue
             if not any(fnmatch.fnmatchcase(room, p) for p in self.patterns):

@@ -40,6 +40,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "NamespaceConfig",
+    "RecoveryConfig",
     "ServerConfig",
     "config_to_toml",
     "admin_socket_dir",
@@ -120,6 +121,18 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class RecoveryConfig:
+    """Connection state recovery of the relay app (docs/recovery.md); off by default."""
+
+    enabled: bool = False
+    max_disconnection_duration: float = 120.0
+    skip_middlewares: bool = True
+    max_packets: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024
+    max_sessions: int = 100_000
+
+
+@dataclass(frozen=True)
 class NamespaceConfig:
     name: str
     client_join: bool = True
@@ -127,6 +140,7 @@ class NamespaceConfig:
     client_publish: bool = True
     publish_to_sockets: bool = False  # may clients publish to another socket's own room?
     rooms: tuple[str, ...] = ("*",)  # fnmatch-style patterns of allowed room names
+    recovery: bool | None = None  # None: as recovery.enabled says
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     app: AppConfig = field(default_factory=AppConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     namespaces: tuple[NamespaceConfig, ...] = (NamespaceConfig(name="/"),)
     source: str | None = field(default=None, compare=False)  # the file read, if any
 
@@ -221,6 +236,14 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "admin": {"socket": "string", "group": "string", "enabled": "boolean", "instance": "string"},
     "log": {"level": "string"},
     "app": {"module": "string", "dir": "string"},
+    "recovery": {
+        "enabled": "boolean",
+        "max_disconnection_duration": "number",
+        "skip_middlewares": "boolean",
+        "max_packets": "integer",
+        "max_bytes": "integer",
+        "max_sessions": "integer",
+    },
 }
 _NAMESPACE_SCHEMA = {
     "name": "string",
@@ -229,6 +252,7 @@ _NAMESPACE_SCHEMA = {
     "client_publish": "boolean",
     "publish_to_sockets": "boolean",
     "rooms": "strings",
+    "recovery": "boolean",
 }
 
 
@@ -293,12 +317,19 @@ def _build(raw: dict, where: str) -> Config:
     if app.module is not None and not _APP_RE.match(app.module):
         raise ConfigError(f"app.module must look like 'package.module:attribute', got {app.module!r}")
 
+    recovery = RecoveryConfig(**sections["recovery"])
+    _at_least("recovery.max_disconnection_duration", recovery.max_disconnection_duration, 0,
+              strict=True)
+    for key in ("max_packets", "max_bytes", "max_sessions"):
+        _at_least(f"recovery.{key}", getattr(recovery, key), 1)
+
     return Config(
         server=server,
         limits=limits,
         admin=admin,
         log=log,
         app=app,
+        recovery=recovery,
         namespaces=_build_namespaces(raw.get("namespaces"), where),
     )
 
@@ -415,7 +446,7 @@ def config_to_toml(config: Config) -> str:
         out.append(f"# effective configuration (read from {config.source})")
     else:
         out.append("# effective configuration (defaults, no file)")
-    for section in ("server", "limits", "admin", "log", "app"):
+    for section in ("server", "limits", "admin", "log", "app", "recovery"):
         out.append("")
         out.append(f"[{section}]")
         out.extend(_toml_table(getattr(config, section)))

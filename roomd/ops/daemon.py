@@ -77,7 +77,23 @@ def server_options(config: Config) -> dict[str, Any]:
                 max_payload=s.max_payload, connect_timeout=s.connect_timeout,
                 cors_origins=list(s.cors_origins), path=s.path,
                 outbox_limit=limits.outbox_messages, slow_consumer=limits.slow_consumer,
-                max_connections=limits.max_connections)
+                max_connections=limits.max_connections,
+                connection_state_recovery=recovery_options(config))
+
+
+def recovery_options(config: Config) -> dict[str, Any] | None:
+    """``[recovery]`` for the relay's namespaces that recover (None when none does).
+
+    A namespace's ``recovery`` key wins over ``recovery.enabled``.
+    """
+    r = config.recovery
+    names = [ns.name for ns in config.namespaces
+             if (r.enabled if ns.recovery is None else ns.recovery)]
+    if not names:
+        return None
+    return dict(max_disconnection_duration=r.max_disconnection_duration,
+                skip_middlewares=r.skip_middlewares, max_packets=r.max_packets,
+                max_bytes=r.max_bytes, max_sessions=r.max_sessions, namespaces=names)
 
 
 class Daemon:
@@ -169,6 +185,8 @@ class Daemon:
                         logger.info("SIGHUP: namespaces %s: %s", verb, ", ".join(names))
             restart = [key for key in ("server", "admin", "app")
                        if getattr(new, key) != getattr(self.config, key)]
+            if recovery_options(new) != recovery_options(self.config):
+                restart.append("recovery")
             if new.limits != self.config.limits:
                 restart.append("limits")
             if restart:

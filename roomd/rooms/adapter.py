@@ -12,6 +12,13 @@ adapter overrides the operations that reach other nodes: it publishes
 them, then calls the in-memory implementation for its own sockets; what
 arrives from other nodes is applied with ``BroadcastOptions.local`` set.
 
+Connection state recovery (``rooms/recovery.py``) lives here too, as in
+Socket.IO's SessionAwareAdapter: with recovery on, the adapter logs every
+broadcast that qualifies (an event, no ack id, not volatile) and gives it
+its offset; :meth:`InMemoryAdapter.persist_session` keeps a departing
+socket's session and :meth:`InMemoryAdapter.restore_session` hands it back.
+A cluster adapter that recovers across nodes overrides those two.
+
 Errors: membership commands for a socket that already left are ignored (a
 late join must not resurrect it); an operation that fails raises in the
 caller only.
@@ -20,6 +27,7 @@ caller only.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -30,7 +38,10 @@ from ..transport.outbox import OutgoingMessage
 from .acks import AckCallback, AckRegistry
 from .delivery import Delivery, Session
 from .manager import RoomManager
+from .recovery import PacketLog, RecoveryOptions, RestoredSession, SessionRecord, SessionStore
 from .taps import Taps, tap_record
+
+logger = logging.getLogger("roomd.rooms")
 
 
 class LocalSocket(Protocol):
@@ -42,18 +53,29 @@ class LocalSocket(Protocol):
     def details(self) -> dict[str, Any]:
         """``{"id", "handshake", "rooms", "data"}`` as a cluster fetch reply carries it."""
 
+    @property
+    def data(self) -> Any:
+        """The application's data of this socket (kept in a recovery session)."""
+
 
 class Member:
-    """One local socket's membership record; ``rooms`` is changed only by the manager."""
+    """One local socket's membership record; ``rooms`` is changed only by the manager.
 
-    __slots__ = ("id", "namespace", "session", "rooms", "owner")
+    With recovery on, ``pid`` is the socket's private session id and
+    ``from_seq`` where a reconnect without offset resumes.
+    """
 
-    def __init__(self, sid: str, namespace: str, session: Session, owner: LocalSocket) -> None:
+    __slots__ = ("id", "namespace", "session", "rooms", "owner", "pid", "from_seq")
+
+    def __init__(self, sid: str, namespace: str, session: Session, owner: LocalSocket,
+                 pid: str | None = None) -> None:
         self.id = sid
         self.namespace = namespace
         self.session = session
         self.rooms: set[str] = set()
         self.owner = owner
+        self.pid = pid
+        self.from_seq = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,17 +111,25 @@ class Emission:
     encoded; that happens in the emitting task, before anything is sent.
     """
 
-    __slots__ = ("namespace", "data", "source", "_message")
+    __slots__ = ("namespace", "data", "source", "_parts", "_message")
 
     def __init__(self, namespace: str, data: list, source: str = "server") -> None:
         self.namespace = namespace
         self.data = data
         self.source = source
+        self._parts: list[str | bytes] | None = None
         self._message: OutgoingMessage | None = None
 
     @property
     def event(self) -> str:
         return self.data[0]
+
+    def parts(self) -> list[str | bytes]:
+        """The Socket.IO packet's parts without an ack id (cached)."""
+        parts = self._parts
+        if parts is None:
+            parts = self._parts = sio.encode_event(self.namespace, self.data)
+        return parts
 
     def message(self, ack_id: int | None = None) -> OutgoingMessage:
         """The encoded packet (cached, unless it carries an ack id)."""
@@ -107,7 +137,7 @@ class Emission:
             return OutgoingMessage(sio.encode_event(self.namespace, self.data, ack_id))
         message = self._message
         if message is None:
-            message = self._message = OutgoingMessage(sio.encode_event(self.namespace, self.data))
+            message = self._message = OutgoingMessage(self.parts())
         return message
 
     def tap(self) -> dict[str, Any]:
@@ -131,6 +161,7 @@ class AdapterContext:
     taps: Taps
     acks: AckRegistry
     on_server_event: ServerEventHandler | None = None
+    recovery: RecoveryOptions | None = None
 
 
 AckCloser = Callable[[], None]
@@ -147,6 +178,16 @@ class InMemoryAdapter:
         self._taps = context.taps
         self.rooms: dict[str, set[Member]] = {}
         self.members: dict[str, Member] = {}
+        recovery = context.recovery
+        self.recovery = recovery if recovery is not None and recovery.covers(namespace) else None
+        self._log: PacketLog | None = None
+        self._sessions: SessionStore | None = None
+        self._pids: dict[str, Member] = {}
+        if self.recovery is not None:
+            self._log = PacketLog(self.recovery.max_packets, self.recovery.max_bytes,
+                                  self.recovery.max_disconnection_duration)
+            self._sessions = SessionStore(self.recovery.max_sessions,
+                                          self.recovery.max_disconnection_duration)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.namespace}>"
@@ -161,10 +202,24 @@ class InMemoryAdapter:
     def status(self) -> dict[str, Any]:
         return {"adapter": "memory"}
 
+    def recovery_status(self) -> dict[str, int] | None:
+        """What the recovery stores hold (None when recovery is off here).
+
+        Read only: expired entries leave at the namespace's next use.
+        """
+        log, sessions = self._log, self._sessions
+        if log is None or sessions is None:
+            return None
+        return {"sessions": len(sessions), "packets": len(log), "bytes": log.bytes}
+
     # -- membership of one local socket ------------------------------------
-    async def add_member(self, member: Member) -> None:
-        """Register a socket; it joins the room named by its own id."""
-        await self._manager.call(self._add_member, member)
+    async def add_member(self, member: Member, restored: RestoredSession | None = None) -> None:
+        """Register a socket; it joins the room named by its own id.
+
+        A ``restored`` session's rooms are joined and its missed packets
+        replayed in the same command, so no broadcast falls between.
+        """
+        await self._manager.call(self._add_member, member, restored)
 
     async def add_all(self, member: Member, rooms: Iterable[str]) -> None:
         await self._manager.call(self._join, member, tuple(rooms))
@@ -172,9 +227,46 @@ class InMemoryAdapter:
     async def delete(self, member: Member, rooms: Iterable[str]) -> None:
         await self._manager.call(self._leave, member, tuple(rooms))
 
-    async def delete_all(self, member: Member) -> None:
-        """Take a socket out of every room and forget it."""
-        await self._manager.call(self._remove_member, member)
+    async def delete_all(self, member: Member, persist: bool = False) -> None:
+        """Take a socket out of every room and forget it.
+
+        With ``persist`` (recovery on, a reason that keeps a session), its
+        session is kept here in the same command (so a reconnect can never
+        fall between), then handed to :meth:`share_session`.
+        """
+        record = await self._manager.call(self._remove_member, member, persist)
+        if record is not None:
+            await self.share_session(record)
+
+    # -- connection state recovery -------------------------------------------
+    # The hooks a cluster adapter overrides to recover across nodes (as
+    # @socket.io/redis-streams-adapter does): ``share_session`` stores a kept
+    # session where the other nodes find it, ``restore_session`` looks there
+    # after this node's own sessions (super() first: it also takes over a
+    # socket still connected here), and the broadcasts it receives from the
+    # cluster carry the cluster's offsets instead of this log's.
+    async def persist_session(self, record: SessionRecord) -> None:
+        """Keep a disconnected socket's session for ``max_disconnection_duration``."""
+        await self._manager.call(self._persist, record)
+        await self.share_session(record)
+
+    async def share_session(self, record: SessionRecord) -> None:
+        """A session was kept on this node; a cluster adapter shares it (here: nothing)."""
+
+    async def restore_session(self, pid: Any, offset: Any) -> RestoredSession | None:
+        """The session of ``pid``, if it can be recovered completely; it is consumed.
+
+        ``offset`` is the client's last offset (None when it received no
+        event: the replay starts where the socket's record starts). A pid
+        whose socket is still connected here (the server has not yet noticed
+        that its transport died) is taken over: that socket's Engine.IO
+        session is closed and its session moves to the caller. Returns None
+        (a fresh session) for an unknown, expired or forged pid or offset,
+        or when packets after the offset have left the log.
+        """
+        if self._sessions is None or not isinstance(pid, str):
+            return None
+        return await self._manager.call(self._restore, pid, offset)
 
     # -- sending -------------------------------------------------------------
     async def send(self, member: Member, message: OutgoingMessage,
@@ -191,13 +283,20 @@ class InMemoryAdapter:
         The packet is encoded here, in the caller's task: an argument that
         cannot be encoded raises TypeError before anything is sent.
         """
-        emission.message()
+        self._encode(emission, opts)
         await self._manager.cast(self._broadcast, emission, opts)
 
     async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
         """Broadcast, and return how many local sockets it was queued for."""
-        emission.message()
+        self._encode(emission, opts)
         return await self._manager.call(self._broadcast, emission, opts)
+
+    def _encode(self, emission: Emission, opts: BroadcastOptions) -> None:
+        """Encode in the caller's task (raising there); a logged event gets its offset later."""
+        if self._log is not None and not opts.volatile:
+            emission.parts()
+        else:
+            emission.message()
 
     async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
                                  on_count: Callable[[int], None],
@@ -251,6 +350,12 @@ class InMemoryAdapter:
     async def rooms_snapshot(self) -> list[dict[str, Any]]:
         return await self._manager.call(self._rooms_snapshot)
 
+    def is_socket_room(self, room: str) -> bool:
+        """Whether ``room`` is the own room of a socket here, or of one that may come back
+        (a kept recovery session): another socket must not join it."""
+        sessions = self._sessions
+        return room in self.members or (sessions is not None and room in sessions.sids)
+
     def counts(self) -> tuple[int, int]:
         """(sockets, rooms that are not a socket's own room)."""
         rooms = sum(1 for name, members in self.rooms.items()
@@ -258,15 +363,79 @@ class InMemoryAdapter:
         return len(self.members), rooms
 
     # -- command bodies (run in the manager task) -----------------------------
-    def _add_member(self, member: Member) -> None:
+    def _add_member(self, member: Member, restored: RestoredSession | None = None) -> None:
         self.members[member.id] = member
         self._join(member, (member.id,))
+        log = self._log
+        if member.pid is not None and log is not None:
+            self._pids[member.pid] = member
+            member.from_seq = log.last_seq
+            if restored is not None:
+                self._resume(member, restored, log)
 
-    def _remove_member(self, member: Member) -> None:
-        if self.members.get(member.id) is not member:
+    def _resume(self, member: Member, restored: RestoredSession, log: PacketLog) -> None:
+        """Rejoin a restored socket's rooms and replay what it missed, in order."""
+        self._join(member, tuple(restored.rooms))
+        member.from_seq = restored.from_seq
+        if not log.complete_after(restored.from_seq, restored.rooms):
+            # Packets left the log between the restore and now (a slow middleware).
+            logger.warning("socket %s: missed packets left the log during its recovery",
+                           member.id)
+            member.session.close("recovery incomplete")
             return
+        deliver = self._delivery.send_one
+        for message in log.since(restored.from_seq, frozenset(member.rooms)):
+            if not deliver(member, message):
+                break
+
+    def _remove_member(self, member: Member, persist: bool = False) -> SessionRecord | None:
+        """Forget a socket; returns its kept session when ``persist``."""
+        if self.members.get(member.id) is not member:
+            return None
+        record = None
+        if member.pid is not None:
+            if self._pids.get(member.pid) is member:
+                del self._pids[member.pid]
+            if persist:
+                record = self._record(member)
+                self._persist(record)
         self._leave(member, tuple(member.rooms))
         del self.members[member.id]
+        return record
+
+    def _record(self, member: Member) -> SessionRecord:
+        data = member.owner.data
+        assert member.pid is not None
+        return SessionRecord(member.id, member.pid, frozenset(member.rooms),
+                             dict(data) if isinstance(data, dict) else data, member.from_seq)
+
+    def _persist(self, record: SessionRecord) -> None:
+        if self._sessions is not None:
+            self._sessions.put(record)
+
+    def _restore(self, pid: str, offset: Any) -> RestoredSession | None:
+        sessions, log = self._sessions, self._log
+        assert sessions is not None and log is not None
+        live = self._pids.get(pid)
+        if live is not None:
+            # The client is back before its old transport was noticed dead.
+            logger.info("socket %s: taken over by a reconnecting client (session %s closed)",
+                        live.id, live.session.sid)
+            self._remove_member(live, persist=True)
+            live.session.close("transport close")
+        record = sessions.pop(pid)
+        if record is None:
+            return None
+        if offset is None:
+            seq = record.from_seq
+        else:
+            parsed = log.parse(offset)
+            if parsed is None:
+                return None
+            seq = max(parsed, record.from_seq)  # never before the socket existed
+        if not log.complete_after(seq, record.rooms):
+            return None
+        return RestoredSession(record.sid, record.pid, record.rooms, record.data, seq)
 
     def _join(self, member: Member, rooms: tuple[str, ...]) -> None:
         if self.members.get(member.id) is not member:
@@ -322,7 +491,12 @@ class InMemoryAdapter:
                                         frozenset(), 1))
 
     def _broadcast(self, emission: Emission, opts: BroadcastOptions) -> int:
-        return self._broadcast_message(emission, emission.message(), opts)
+        log = self._log
+        if log is not None and not opts.volatile:
+            message = log.append(emission.parts(), opts.rooms, opts.except_rooms)
+        else:
+            message = emission.message()
+        return self._broadcast_message(emission, message, opts)
 
     def _broadcast_message(self, emission: Emission, message: OutgoingMessage,
                            opts: BroadcastOptions) -> int:

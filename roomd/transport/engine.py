@@ -33,6 +33,10 @@ logger = logging.getLogger("roomd.transport")
 # and how long a closing session may take to flush before its socket is shut.
 UPGRADE_TIMEOUT = 10.0
 CLOSE_FLUSH_TIMEOUT = 2.0
+# After the probe, a pending long-poll is released with a noop only if the
+# upgrade has not completed by then; checked this often, as engine.io does
+# (released at once, the noop can overtake the client's CONNECT reply).
+UPGRADE_NOOP_CHECK = 0.1
 RECEIVE_SIZE = 65536
 
 
@@ -166,6 +170,8 @@ class EngineSession:
                 self.engine.timers.call_later_weak(self.engine.options.ping_interval,
                                                    self._ping, self._ping_generation)
         elif kind is eio.PacketType.CLOSE:
+            # A long-poll still pending is answered with a noop, as engine.io does.
+            self.noop_pending = isinstance(self.outbox, PollingOutbox)
             self.close("transport close")
         elif kind is eio.PacketType.NOOP:
             pass
@@ -187,6 +193,16 @@ class EngineSession:
         self.send_packet(eio.Packet(eio.PacketType.PING))
         self.engine.timers.call_later_weak(self.engine.options.ping_timeout,
                                            self._check_pong, self._ping_generation)
+
+    def release_poll_for_upgrade(self) -> None:
+        """Timer: while an upgrade is under way, answer a pending long-poll with a noop."""
+        if self.closed or not self.upgrading or self.transport != "polling":
+            return
+        if self.poll_pending:
+            self.noop_pending = True
+            self.outbox.wake()  # type: ignore[union-attr]
+        else:
+            self.engine.timers.call_later_weak(UPGRADE_NOOP_CHECK, self.release_poll_for_upgrade)
 
     def _check_pong(self, generation: int) -> None:
         if not self.closed and self._awaiting_pong and generation == self._ping_generation:
@@ -348,6 +364,8 @@ class _WebSocketSession:
         else:
             found = engine.sessions.get(sid)
             if found is None or found.transport != "polling" or found.upgrading:
+                # Already upgraded (or upgrading): the handshake was answered, now close
+                # this WebSocket at once, as engine.io does.
                 await self._close(1008)
                 return
             session = found
@@ -431,9 +449,9 @@ class _WebSocketSession:
             raise ProtocolError("session closed during the upgrade")
         if packet.type is eio.PacketType.PING and packet.data == "probe":
             self.outbox.put_bytes(encode_frames(["3probe"]))
-            # Release the client's pending long-poll so it can pause.
-            session.noop_pending = True
-            session.outbox.wake()  # type: ignore[union-attr]
+            # The client pauses polling next: its pending long-poll must end.
+            self.engine.timers.call_later_weak(UPGRADE_NOOP_CHECK,
+                                               session.release_poll_for_upgrade)
             return
         if packet.type is not eio.PacketType.UPGRADE:
             raise ProtocolError(f"unexpected {packet.type.name} during upgrade")

@@ -293,8 +293,9 @@ class _HttpConnection:
         if request.method != b"GET" or headers.get("upgrade", "").lower() != "websocket":
             raise _Refusal(400, BAD_REQUEST, "websocket transport without an upgrade")
         if sid is not None:
-            session = self.engine.sessions.get(sid)
-            if session is None or session.transport != "polling" or session.upgrading:
+            # A known session that is already upgraded (or upgrading) gets the
+            # handshake, then an immediate close (run_websocket), as in engine.io.
+            if sid not in self.engine.sessions:
                 raise _Refusal(400, SESSION_UNKNOWN)
         elif not self.engine.accepting or self.engine.full():
             raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")

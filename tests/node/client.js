@@ -7,7 +7,8 @@
 // Unsolicited lines carry "event" instead of "id":
 //   {"event": "recv", "sock": "s1", "name": "<event>", "args": [...], "withAck": bool}
 //   {"event": "disconnect", "sock": "s1", "reason": "...", "description": ...}
-//   {"event": "connect", "sock": "s1", "sid": "..."}      (every connect, the first included)
+//   {"event": "connect", "sock": "s1", "sid": "...", "recovered": bool}
+//                                                          (every connect, the first included)
 //   {"event": "connect_error", "sock": "s1", "message": "...", "data": ...}
 //   {"event": "upgrade", "sock": "s1", "transport": "websocket"}
 // Binary: {"$bytes": "<base64>"} stands for a Buffer, in both directions.
@@ -15,7 +16,8 @@
 // Commands:
 //   connect     {url, namespace="/", opts={}, listen=[]}  -> {sock, sid, transport}
 //               opts go to io() (transports, auth, forceNew, multiplex, query, ...);
-//               reconnection is always false. listen: events to register before the
+//               reconnection is false unless opts.reconnection is given (true, say,
+//               with reconnectionDelay, for connection state recovery tests). listen: events to register before the
 //               connection starts ("*" = catch-all), same as the "on" command.
 //               On connect_error -> ok:false, error=err.message, data=err.data (the socket
 //               is closed, unless keepOnError is true).
@@ -31,6 +33,16 @@
 //   connected   {sock}                                    -> {connected, sid}
 //   transport   {sock}                                    -> {transport}
 //   waitUpgrade {sock, timeout=5000}                      -> {transport: "websocket"}
+//   state       {sock}                 -> {connected, sid, recovered, offset, pid}
+//               socket.recovered and the connection state recovery fields the client keeps
+//   reconnect   {sock}                 -> {} socket.connect() again after a disconnect (the
+//               client's own reconnection path: CONNECT with its pid and offset)
+//   cut         {sock, silent=false}                      -> {}
+//               cut the socket's Engine.IO transport as a network failure would, so the
+//               client reconnects (when reconnection is on). silent=false destroys the TCP
+//               connection (the server sees it close at once); silent=true abandons it
+//               without a byte or a FIN (the server learns only by its ping timeout) and
+//               keeps it open, paused, until the process exits.
 //   close       {}                                        -> {} then the process exits
 // The process exits by itself when stdin closes, and after a watchdog
 // (ROOMD_CLIENT_WATCHDOG_MS, default 120000 ms) whatever happens.
@@ -157,7 +169,7 @@ const handlers = {
     const namespace = cmd.namespace || "/";
     const opts = Object.assign({}, cmd.opts || {});
     for (const k of ["auth", "query", "extraHeaders"]) if (k in opts) opts[k] = decode(opts[k]);
-    opts.reconnection = false;
+    if (!("reconnection" in opts)) opts.reconnection = false;
     const base = String(cmd.url).replace(/\/+$/, "");
     const url = namespace === "/" ? base : base + (namespace.startsWith("/") ? "" : "/") + namespace;
     opts.autoConnect = false;
@@ -185,7 +197,7 @@ const handlers = {
       let first = true;
       socket.on("connect", () => {
         hookEngine();
-        out({ event: "connect", sock: handle, sid: socket.id });
+        out({ event: "connect", sock: handle, sid: socket.id, recovered: !!socket.recovered });
         if (first) {
           first = false;
           resolve({ sock: handle, sid: socket.id, transport: socket.io.engine.transport.name });
@@ -270,10 +282,52 @@ const handlers = {
     });
   },
 
+  async state(cmd) {
+    const { socket } = getEntry(cmd);
+    return {
+      connected: socket.connected,
+      sid: socket.id === undefined ? null : socket.id,
+      recovered: !!socket.recovered,
+      pid: socket._pid === undefined ? null : socket._pid,
+      offset: socket._lastOffset === undefined ? null : socket._lastOffset,
+    };
+  },
+
+  async reconnect(cmd) {
+    getEntry(cmd).socket.connect();
+    return {};
+  },
+
+  async cut(cmd) {
+    const { socket } = getEntry(cmd);
+    const engine = socket.io.engine;
+    const transport = engine && engine.transport;
+    if (!transport) throw new Error("no transport to cut");
+    let raw = null;
+    if (transport.ws && transport.ws._socket) raw = transport.ws._socket; // ws in node
+    if (cmd.silent) {
+      if (!raw) throw new Error("silent cut needs the websocket transport");
+      raw.pause(); // read nothing more: the server's pings go unanswered
+      abandoned.push(raw);
+      transport.doClose = () => {}; // closing the transport must not reach the wire
+      if (transport.ws) transport.ws.onclose = transport.ws.onmessage = transport.ws.onerror = null;
+    } else if (raw) {
+      raw.destroy();
+      return {};
+    } else {
+      // long-polling: abort the requests in flight as a dead network would
+      transport.doClose = () => {};
+    }
+    transport.onError("cut by the test", new Error("cut"));
+    return {};
+  },
+
   async close() {
     return {};
   },
 };
+
+const abandoned = []; // TCP connections left open by silent cuts, destroyed at exit
 
 async function handleLine(line) {
   if (!line.trim()) return;
@@ -300,6 +354,9 @@ async function handleLine(line) {
 }
 
 function shutdown(code) {
+  for (const raw of abandoned) {
+    try { raw.destroy(); } catch (e) { /* exiting anyway */ }
+  }
   for (const { socket } of sockets.values()) {
     try { socket.close(); } catch (e) { /* exiting anyway */ }
   }
