@@ -1,5 +1,6 @@
 """The HTTP API for backends, called with a real HTTP client (urllib) while stock clients
-are connected: every call, a wrong key, malformed and oversized bodies."""
+are connected: every call, a wrong key, malformed and oversized bodies, and the real daemon
+with all three observation features on."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import functools
 import json
 import secrets
 
+import harness
 import pytest
 import trio
+from daemon_proc import running_daemon, short_dir
 from http_client import request
+from prometheus_client.parser import text_string_to_metric_families
 
 import roomd
 from roomd.apps.relay import RelayApp
@@ -179,3 +183,80 @@ async def test_openapi_document(served):
                      ("emit", "rooms", "sockets", "join", "leave", "disconnect")}
     for item in document["paths"].values():
         assert set(item) == {"post"} and item["post"]["security"] == [{"bearer": []}]
+
+
+@pytest.mark.deadline(90)
+async def test_daemon_serves_metrics_admin_ui_and_api(node):
+    """The real `roomd serve` with [metrics], [admin_ui] and [http_api] on."""
+    import bcrypt
+
+    with short_dir() as d:
+        (d / "api.key").write_text(KEY)
+        (d / "api.key").chmod(0o600)
+        password_hash = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+        config = f"""
+[server]
+cors_origins = ["http://app.example"]
+[metrics]
+enabled = true
+listen = "127.0.0.1:0"
+[admin_ui]
+enabled = true
+password_hash = "{password_hash}"
+mode = "production"
+[http_api]
+enabled = true
+listen = "127.0.0.1:0"
+key_file = "{d / 'api.key'}"
+"""
+        async with running_daemon(d, config) as daemon:
+            from daemon_proc import wait_for_log
+            metrics = await wait_for_log(daemon.log_path, r"metrics listening on (\S+)",
+                                         daemon.proc)
+            api = await wait_for_log(daemon.log_path, r"HTTP API listening on (\S+)",
+                                     daemon.proc)
+            c = await node.connect(daemon.url, "/", transports=["websocket"])
+            assert await c.emit_with_ack("join", "lobby")
+            reply = await request("POST", f"http://{api.group(1)}/api/emit", headers=AUTH,
+                                  json_body={"to": "lobby", "event": "news", "args": ["hi"]})
+            assert reply.status == 200, str(reply)
+            assert (await c.next_event("news")).args == ["hi"]
+            text = (await request("GET", f"http://{metrics.group(1)}/metrics")).body.decode()
+            values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                      for f in text_string_to_metric_families(text) for s in f.samples}
+            assert values[("roomd_sockets", (("namespace", "/"),))] == 1
+            assert values[("roomd_rooms", (("namespace", "/"),))] == 1
+            assert values[("roomd_broadcasts_total", ())] >= 1
+            # the Admin UI namespace takes a login
+            with pytest.raises(harness.ConnectError, match="invalid credentials"):
+                await node.connect(daemon.url, "/admin", auth={"username": "admin",
+                                                               "password": "nope"})
+            admin = await node.connect(daemon.url, "/admin", force_new=True,
+                                       auth={"username": "admin", "password": "pw"})
+            config_event = await admin.next_event("config")
+            assert "EMIT" in config_event.args[0]["supportedFeatures"]
+            assert "ALL_EVENTS" not in config_event.args[0]["supportedFeatures"]
+            # CORS: the configured origin and the Admin UI's are both allowed
+            for origin in ("http://app.example", "https://admin.socket.io"):
+                reply = await request("GET", f"{daemon.url}/socket.io/?EIO=4&transport=polling",
+                                      headers={"Origin": origin})
+                assert reply.status == 200, str(reply)
+                assert reply.headers["access-control-allow-origin"] == origin
+
+
+@pytest.mark.parametrize("key_text, message", [
+    (None, "http_api.key_file: cannot read"),
+    ("short", "must hold a key of at least 16 characters"),
+])
+async def test_daemon_refuses_an_unusable_key_file(key_text, message):
+    from daemon_proc import roomd
+
+    with short_dir() as d:
+        if key_text is not None:
+            (d / "api.key").write_text(key_text)
+        (d / "roomd.toml").write_text(
+            f'[http_api]\nenabled = true\nkey_file = "{d / "api.key"}"\n')
+        result = await roomd("serve", "--config", str(d / "roomd.toml"), "--port", "0",
+                             "--socket", str(d / "admin.sock"))
+        assert result.returncode == 78, str(result)
+        assert message in result.stderr, str(result)
