@@ -218,3 +218,28 @@ async def test_no_cluster_figures_in_memory(served):
     _, url = served
     s = await scrape(url)
     assert not [name for name in s.families if name.startswith("roomd_cluster")]
+
+
+async def test_recovery_figures(nursery, start_server):
+    """With connection state recovery on, a session whose connection dropped is kept: the
+    gauges show it."""
+    io = roomd.Server(connection_state_recovery=True)
+    RelayApp(io, [NamespaceConfig(name="/")])
+    srv = await start_server(io)
+    host, port = await nursery.start(functools.partial(serve_metrics, io, "127.0.0.1:0"))
+    url = f"http://{host}:{port}/metrics"
+    assert (await scrape(url)).value("roomd_recovery_sessions") == 0
+    # a raw WebSocket client connects "/", then its TCP connection just ends (no close frame)
+    stream, status, _ = await harness.raw_ws_upgrade(srv.port)
+    assert status == 101
+    async with stream:
+        await stream.send_all(harness.ws_frame("40"))
+        with trio.fail_after(5):
+            while not io.sockets.sockets:
+                await trio.sleep(0.02)
+        await io.emit("news", 1)
+        await until(url, lambda s: s.value("roomd_deliveries_total") >= 2)
+    s = await until(url, lambda s: s.value("roomd_recovery_sessions") == 1)
+    assert s.value("roomd_recovery_packets") >= 1 and s.value("roomd_recovery_bytes") > 0
+    documented = set(re.findall(r"^\| `(roomd_\w+)`", DOCS.read_text(), re.MULTILINE))
+    assert {n for n in s.families if n.startswith("roomd_recovery")} <= documented

@@ -456,6 +456,7 @@ class Server:
             "handler_errors": counters.handler_errors,
             "connect_errors": counters.connect_errors,
             "cluster": self.adapter_factory.status(),
+            "recovery": self._recovery_stats(),
         }
 
     def namespace_names(self) -> list[str]:

@@ -132,6 +132,12 @@ class RoomdCollector(Collector):
              "Event handlers that raised (each is logged)"),
         ):
             yield _counter(name, doc, m[key])
+        recovery = m.get("recovery")
+        if recovery is not None:  # connection state recovery is on
+            for key, doc in (("sessions", "Disconnected sessions kept for recovery"),
+                             ("packets", "Packets kept for replay to recovering sessions"),
+                             ("bytes", "Bytes of the packets kept for replay")):
+                yield _gauge(f"roomd_recovery_{key}", doc, recovery[key])
         yield from self._cluster(m["cluster"])
 
     def _cluster(self, c: dict[str, Any]) -> Iterator[Metric]:
