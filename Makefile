@@ -1,7 +1,8 @@
 # roomd — build and test plumbing (GNU make).
 #   make serve     runtime install (.venv, roomd editable; python3 only), then
 #                  `roomd serve $(ARGS)`, e.g. make serve ARGS='--port 3001'
-#   make test      runtime + test install (test extras, npm ci in tests/node), then the
+#   make test      runtime + test install (test extras, npm ci in tests/node, and Debian's
+#                  chromium for the Admin UI browser test: apt-get, as root only), then the
 #                  import contracts (lint-imports), mypy and pytest
 #                  (pytest fails when no test is collected: it exits 5)
 #   make install   the runtime install only; then `. .venv/bin/activate` puts roomd on PATH
@@ -37,7 +38,9 @@ CONFDIR    ?= /etc/roomd
 UNITDIR    ?= /etc/systemd/system
 UNITS      := roomd.service roomd@.service roomd.socket
 
-.PHONY: all install install-test test serve bench clean install-system uninstall-system
+CHROMIUM   ?= /usr/bin/chromium
+
+.PHONY: all install install-test test serve bench clean install-system uninstall-system browser
 .DEFAULT_GOAL := test
 
 all: test
@@ -46,7 +49,20 @@ install: $(PY_STAMP)
 	@echo "roomd is installed in $(VENV): run '. $(BIN)/activate' to put roomd on PATH" \
 	      "(or run $(BIN)/roomd)"
 
-install-test: $(PY_STAMP) $(TEST_STAMP) $(NODE_STAMP)
+install-test: $(PY_STAMP) $(TEST_STAMP) $(NODE_STAMP) browser
+
+# tests/test_admin_ui_browser.py drives Debian's chromium (through npm's playwright-core);
+# without it, and not root to install it, that one test is skipped with this reason.
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "make: $(CHROMIUM) is missing and this is not root: the Admin UI browser test will be skipped (apt-get install chromium as root to run it)"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "make: $(CHROMIUM) is missing and there is no apt-get: the Admin UI browser test will be skipped"; \
+	else \
+	  echo "make: installing Debian's chromium for the Admin UI browser test: apt-get update, then apt-get install -y chromium"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

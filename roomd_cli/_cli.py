@@ -150,6 +150,28 @@ def unit_file(unit: str, exec_path: str | None) -> None:
     click.echo(text, nl=False)
 
 
+@cli.command("hash-password", short_help="Print a bcrypt hash for admin_ui.password_hash.")
+@click.option("--rounds", type=click.IntRange(4, 31), default=12, show_default=True,
+              help="bcrypt cost factor.")
+def hash_password(rounds: int) -> None:
+    """Read a password (prompted twice on a terminal, else the first line of standard
+    input) and print its bcrypt hash, for admin_ui.password_hash."""
+    import sys
+
+    import bcrypt
+
+    stdin = sys.stdin
+    if stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    if len(password.encode()) > 72:
+        raise click.ClickException("bcrypt uses at most 72 bytes of a password; use a shorter one")
+    click.echo(bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode())
+
+
 for _command in COMMANDS:
     cli.add_command(_command)
 cli.add_command(client_command)

@@ -17,8 +17,8 @@ from roomd_cli import cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, env: dict | None = None):
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+def run(*args: str, env: dict | None = None, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
 
 
 def test_config_check_good(tmp_path):
@@ -271,3 +271,15 @@ async def test_tail_ctrl_c_exits_quietly(tmp_path):
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_hash_password():
+    import bcrypt
+
+    result = run("hash-password", "--rounds", "4", input="s3cret\n")
+    assert result.exit_code == 0, result.output
+    hashed = result.output.strip()
+    assert bcrypt.checkpw(b"s3cret", hashed.encode())
+    assert run("hash-password", input="\n").exit_code != 0
+    too_long = run("hash-password", input="x" * 73 + "\n")
+    assert too_long.exit_code != 0 and "72 bytes" in too_long.output

@@ -263,3 +263,70 @@ recovery = false
     # and the printed configuration reads back the same
     assert load_config(write(tmp_path, config_to_toml(config)), {}) == \
         dataclasses.replace(config, source=str(tmp_path / "roomd.toml"))
+
+
+HASH = "$2b$04$WQTsmimxMThpBONBnY.sjuB0DV62apsDPXnfbeme8mAvXwy/1whMK"
+
+
+def test_observation_tables_default_off(monkeypatch):
+    monkeypatch.delenv("ROOMD_CONFIG", raising=False)
+    config = load_config(None, {})
+    assert not config.metrics.enabled and config.metrics.listen == "127.0.0.1:9464"
+    assert not config.admin_ui.enabled and config.admin_ui.namespace == "/admin"
+    assert config.admin_ui.origins == ("https://admin.socket.io",)
+    assert not config.http_api.enabled and config.http_api.prefix == "/api"
+
+
+def test_observation_tables(tmp_path):
+    (tmp_path / "key").write_text("k" * 32)
+    path = write(tmp_path, f"""
+[metrics]
+enabled = true
+listen = "[::1]:9100"
+[admin_ui]
+enabled = true
+password_hash = "{HASH}"
+readonly = true
+mode = "production"
+server_id = "eu-1"
+origins = ["https://admin.socket.io", "http://localhost:8080"]
+[http_api]
+enabled = true
+listen = "0.0.0.0:3001"
+prefix = "/v1"
+key_file = "{tmp_path / 'key'}"
+max_body = 2048
+""")
+    config = load_config(path, {})
+    assert config.metrics.listen == "[::1]:9100"
+    assert config.admin_ui.readonly and config.admin_ui.server_id == "eu-1"
+    assert config.http_api.max_body == 2048 and config.http_api.prefix == "/v1"
+    again = load_config(write(tmp_path, config_to_toml(config)), {})
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[metrics]\nlisten = \"9464\"\n", "metrics.listen must look like HOST:PORT"),
+        ("[metrics]\nlisten = \"h:99999\"\n", "metrics.listen must look like HOST:PORT"),
+        ("[metrics]\nport = 1\n", "unknown key 'metrics.port'"),
+        ("[admin_ui]\nenabled = true\n", "admin_ui.password_hash is required"),
+        ("[admin_ui]\npassword_hash = \"secret\"\n", "admin_ui.password_hash must be a bcrypt hash"),
+        ("[admin_ui]\nmode = \"debug\"\n", "admin_ui.mode must be one of development, production"),
+        ("[admin_ui]\nnamespace = \"admin\"\n", "admin_ui.namespace must start with '/'"),
+        ("[admin_ui]\norigins = [\"admin.socket.io\"]\n", "admin_ui.origins[0] must be an origin"),
+        ("[admin_ui]\norigins = [\"https://a.io/ui\"]\n", "admin_ui.origins[0] must be an origin"),
+        (f"[admin_ui]\nenabled = true\npassword_hash = \"{HASH}\"\n[[namespaces]]\nname = \"/admin\"\n",
+         "admin_ui.namespace '/admin' is also a relay namespace"),
+        ("[http_api]\nenabled = true\n", "http_api.key_file is required"),
+        ("[http_api]\nprefix = \"api\"\n", "http_api.prefix must start with '/'"),
+        ("[http_api]\nprefix = \"/api/\"\n", "http_api.prefix must start with '/' and not end"),
+        ("[http_api]\nmax_body = 0\n", "http_api.max_body must be at least 1"),
+    ],
+)
+def test_observation_errors_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert message in str(info.value)

@@ -147,6 +147,7 @@ class BroadcastOperator:
                 stop()
             replies.extend(collector.replies.values())
             if not collector.complete.is_set():
+                adapter.context.acks.timeouts += 1
                 raise AckTimeout(f"{collector.missing()} socket(s) did not acknowledge "
                                  f"{event!r} within {timeout} s", replies)
         return replies

@@ -47,6 +47,17 @@ CLEANUP_TIMEOUT = 10.0
 QUEUE_LIMIT = 64
 
 
+class ConnectionCounters:
+    """Counts kept by every connection of a server, read at scrape time."""
+
+    __slots__ = ("events_received", "handler_errors", "connect_errors")
+
+    def __init__(self) -> None:
+        self.events_received = 0  # client EVENTs
+        self.handler_errors = 0  # handlers that raised (each is logged)
+        self.connect_errors = 0  # CONNECT_ERROR replies (unknown namespace, middleware)
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionContext:
     """What every connection of a server is handed.
@@ -63,6 +74,7 @@ class ConnectionContext:
     connect_timeout: float
     max_concurrent_handlers: int = 16
     disconnect_on_handler_error: bool = False
+    counters: ConnectionCounters = dataclasses.field(default_factory=ConnectionCounters)
 
 
 async def restore_session(adapter: InMemoryAdapter, auth: Any) -> RestoredSession | None:
@@ -105,6 +117,7 @@ class Connection:
                 socket.on_ack(packet.id, packet.data)
             return
         if kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT:
+            self.context.counters.events_received += 1
             name = packet.data[0]
             if name in RESERVED_EVENTS:
                 raise ProtocolError(f"{name!r} is a reserved event name")
@@ -168,6 +181,7 @@ class Connection:
             self._workers -= 1
 
     def _handler_failed(self, packet: sio.Packet) -> None:
+        self.context.counters.handler_errors += 1
         event = packet.data[0] if packet.data and isinstance(packet.data, list) else None
         logger.exception("session %s: %s handler of %s failed", self.session.sid,
                          repr(event) if event is not None else packet.type.name,
@@ -196,6 +210,7 @@ class Connection:
 
     async def _send(self, packet: sio.Packet) -> None:
         # CONNECT_ERROR: there is no socket, so nothing to keep in order with.
+        self.context.counters.connect_errors += 1
         message = OutgoingMessage(sio.encode(packet))
         self.session.send(message)
 

@@ -420,6 +420,45 @@ class Server:
                     total[key] += value
         return total
 
+    def metrics(self) -> dict[str, Any]:
+        """Every counter and gauge, read at once (cheap: no actor round trip).
+
+        What ``roomd.ops.metrics`` exports and the Admin UI's ``server_stats``
+        are built from; docs/metrics.md says what each means. ``cluster`` is
+        the adapter factory's ``status()``.
+        """
+        engine, delivery, acks = self.engine, self._delivery, self._acks
+        counters = self._connection_context.counters
+        transports = {"polling": 0, "websocket": 0}
+        for session in engine.sessions.values():
+            transports[session.transport] = transports.get(session.transport, 0) + 1
+        namespaces = {}
+        for name, namespace in self._namespaces.items():
+            sockets, rooms = namespace.adapter.counts()
+            namespaces[name] = {"sockets": sockets, "rooms": rooms}
+        return {
+            "uptime": time.time() - self.started_at if self.started_at else 0.0,
+            "connections": transports,
+            "connections_opened": engine.sessions_opened,
+            "disconnects": dict(engine.closes),
+            "http_refusals": dict(engine.refusals),
+            "namespaces": namespaces,
+            "messages_received": engine.messages_in,
+            "bytes_received": engine.bytes_in,
+            "events_received": counters.events_received,
+            "events_sent": self._taps.events_total,
+            "broadcasts": delivery.broadcasts,
+            "deliveries": delivery.deliveries,
+            "bytes_sent": delivery.bytes_out,
+            "dropped": delivery.dropped,
+            "acks_received": acks.received,
+            "ack_timeouts": acks.timeouts,
+            "handler_errors": counters.handler_errors,
+            "connect_errors": counters.connect_errors,
+            "cluster": self.adapter_factory.status(),
+            "recovery": self._recovery_stats(),
+        }
+
     def namespace_names(self) -> list[str]:
         return sorted(self._namespaces)
 

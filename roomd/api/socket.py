@@ -125,6 +125,11 @@ class Socket:
         """"polling" or "websocket" (after an upgrade, "websocket")."""
         return self._connection.session.transport
 
+    @property
+    def client_id(self) -> str:
+        """Its connection's id, shortened (the sockets of one connection share it)."""
+        return self._connection.session.sid[:12]
+
     def details(self) -> dict[str, Any]:
         """What a cluster fetch reply says of this socket."""
         return {"id": self.id, "handshake": self.handshake.as_dict(),
@@ -224,6 +229,7 @@ class Socket:
             with trio.move_on_after(timeout):
                 await pending.done.wait()
             if not pending.done.is_set():
+                self.namespace.acks.timeouts += 1
                 raise AckTimeout(f"no acknowledgement of {event!r} within {timeout} s")
             if pending.disconnected:
                 raise AckTimeout(f"socket disconnected before acknowledging {event!r}")
@@ -233,6 +239,7 @@ class Socket:
 
     def on_ack(self, ack_id: int, args: list) -> None:
         """An ACK from the client: for this socket's own wait, or a broadcast's."""
+        self.namespace.acks.received += 1
         pending = self._acks.get(ack_id) if self._acks else None
         if pending is not None:
             pending.resolve(args)

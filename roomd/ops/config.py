@@ -35,7 +35,10 @@ from .._errors import ConfigError
 
 __all__ = [
     "AdminConfig",
+    "AdminUIConfig",
     "AppConfig",
+    "HttpApiConfig",
+    "MetricsConfig",
     "Config",
     "LimitsConfig",
     "LogConfig",
@@ -49,6 +52,10 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ADMIN_UI_MODES = ("development", "production")
+# A bcrypt hash as bcrypt and bcryptjs write it: $2a$/$2b$/$2y$, cost, 53 characters of salt+hash.
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+_LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):([0-9]{1,5})$")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop")
 _APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -110,6 +117,34 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False
+    listen: str = "127.0.0.1:9464"  # HOST:PORT of the Prometheus endpoint (GET /metrics)
+
+
+@dataclass(frozen=True)
+class AdminUIConfig:
+    enabled: bool = False
+    namespace: str = "/admin"
+    auth: bool = True  # false: anyone who reaches the port may use the Admin UI
+    username: str = "admin"
+    password_hash: str | None = None  # bcrypt; required when auth is true
+    readonly: bool = False
+    mode: str = "development"  # "production": no per-socket and per-event updates
+    server_id: str | None = None  # default "<hostname>#<pid>"
+    origins: tuple[str, ...] = ("https://admin.socket.io",)  # added to server.cors_origins
+
+
+@dataclass(frozen=True)
+class HttpApiConfig:
+    enabled: bool = False
+    listen: str = "127.0.0.1:3001"
+    prefix: str = "/api"
+    key_file: str | None = None  # required when enabled: the bearer token, one line
+    max_body: int = 1_048_576
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -151,6 +186,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     app: AppConfig = field(default_factory=AppConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin_ui: AdminUIConfig = field(default_factory=AdminUIConfig)
+    http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
     namespaces: tuple[NamespaceConfig, ...] = (NamespaceConfig(name="/"),)
     source: str | None = field(default=None, compare=False)  # the file read, if any
 
@@ -244,6 +282,25 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "max_bytes": "integer",
         "max_sessions": "integer",
     },
+    "metrics": {"enabled": "boolean", "listen": "string"},
+    "admin_ui": {
+        "enabled": "boolean",
+        "namespace": "string",
+        "auth": "boolean",
+        "username": "string",
+        "password_hash": "string",
+        "readonly": "boolean",
+        "mode": "string",
+        "server_id": "string",
+        "origins": "strings",
+    },
+    "http_api": {
+        "enabled": "boolean",
+        "listen": "string",
+        "prefix": "string",
+        "key_file": "string",
+        "max_body": "integer",
+    },
 }
 _NAMESPACE_SCHEMA = {
     "name": "string",
@@ -323,6 +380,14 @@ def _build(raw: dict, where: str) -> Config:
     for key in ("max_packets", "max_bytes", "max_sessions"):
         _at_least(f"recovery.{key}", getattr(recovery, key), 1)
 
+    metrics = MetricsConfig(**sections["metrics"])
+    _check_listen("metrics.listen", metrics.listen)
+    admin_ui = _build_admin_ui(sections["admin_ui"])
+    http_api = _build_http_api(sections["http_api"])
+    namespaces = _build_namespaces(raw.get("namespaces"), where)
+    if admin_ui.enabled and any(ns.name == admin_ui.namespace for ns in namespaces):
+        raise ConfigError(f"admin_ui.namespace {admin_ui.namespace!r} is also a relay namespace "
+                          "in [[namespaces]]; choose another name for one of them")
     return Config(
         server=server,
         limits=limits,
@@ -330,8 +395,53 @@ def _build(raw: dict, where: str) -> Config:
         log=log,
         app=app,
         recovery=recovery,
-        namespaces=_build_namespaces(raw.get("namespaces"), where),
+        metrics=metrics,
+        admin_ui=admin_ui,
+        http_api=http_api,
+        namespaces=namespaces,
     )
+
+
+def _check_listen(key: str, value: str) -> None:
+    match = _LISTEN_RE.match(value)
+    if match is None or int(match.group(2)) > 65535:
+        raise ConfigError(f"{key} must look like HOST:PORT (\"127.0.0.1:9464\", \"[::1]:9464\"), "
+                          f"got {value!r}")
+
+
+def _build_admin_ui(fields: dict) -> AdminUIConfig:
+    if "origins" in fields:
+        for i, origin in enumerate(fields["origins"]):
+            if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+                raise ConfigError(f"admin_ui.origins[{i}] must be an origin such as "
+                                  f"\"https://admin.socket.io\" (no path), got {origin!r}")
+    ui = AdminUIConfig(**fields)
+    if not ui.namespace.startswith("/"):
+        raise ConfigError(f"admin_ui.namespace must start with '/', got {ui.namespace!r}")
+    _one_of("admin_ui.mode", ui.mode, ADMIN_UI_MODES)
+    if ui.password_hash is not None and not _BCRYPT_RE.match(ui.password_hash):
+        raise ConfigError("admin_ui.password_hash must be a bcrypt hash ($2b$12$... , 60 "
+                          "characters); make one with `roomd hash-password`")
+    if ui.enabled and ui.auth and ui.password_hash is None:
+        raise ConfigError("admin_ui.password_hash is required when admin_ui.auth is true "
+                          "(or set admin_ui.auth = false to run the Admin UI without a password)")
+    if ui.server_id == "":
+        raise ConfigError("admin_ui.server_id must not be empty (leave it out for the default)")
+    return ui
+
+
+def _build_http_api(fields: dict) -> HttpApiConfig:
+    if fields.get("key_file"):
+        fields["key_file"] = os.path.abspath(os.path.expanduser(fields["key_file"]))
+    api = HttpApiConfig(**fields)
+    _check_listen("http_api.listen", api.listen)
+    if not api.prefix.startswith("/") or api.prefix.endswith("/") and api.prefix != "/":
+        raise ConfigError(f"http_api.prefix must start with '/' and not end with one, "
+                          f"got {api.prefix!r}")
+    _at_least("http_api.max_body", api.max_body, 1)
+    if api.enabled and not api.key_file:
+        raise ConfigError("http_api.key_file is required when http_api.enabled is true")
+    return api
 
 
 def _build_namespaces(value: Any, where: str) -> tuple[NamespaceConfig, ...]:
@@ -446,7 +556,8 @@ def config_to_toml(config: Config) -> str:
         out.append(f"# effective configuration (read from {config.source})")
     else:
         out.append("# effective configuration (defaults, no file)")
-    for section in ("server", "limits", "admin", "log", "app", "recovery"):
+    for section in ("server", "limits", "admin", "log", "app", "recovery", "metrics",
+                    "admin_ui", "http_api"):
         out.append("")
         out.append(f"[{section}]")
         out.extend(_toml_table(getattr(config, section)))

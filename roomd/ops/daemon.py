@@ -1,5 +1,10 @@
 """The daemon: a Server, the admin socket, systemd integration and signals.
 
+Beside the Socket.IO listener it runs, when the configuration turns them on,
+the Prometheus endpoint (``[metrics]``), the Socket.IO Admin UI's namespace
+(``[admin_ui]``) and the HTTP API for backends (``[http_api]``), each started
+before READY=1 so that a bad address or key file stops the start-up.
+
 ``roomd serve`` calls :func:`run_daemon`. SIGTERM and SIGINT stop it
 gracefully (stop accepting, a Socket.IO DISCONNECT to every client, queued
 messages drained within ``limits.shutdown_grace``); SIGHUP re-reads the
@@ -28,10 +33,13 @@ import trio
 
 from .._errors import ConfigError, RoomdError
 from ..api.server import Server
+from ..apps.admin_ui import AdminUI
 from ..apps.relay import RelayApp
 from . import systemd
 from .admin import serve_admin
 from .config import Config, default_admin_socket, load_config
+from .http_api import read_key, serve_http_api
+from .metrics import serve_metrics
 
 logger = logging.getLogger("roomd.daemon")
 
@@ -70,12 +78,20 @@ def load_app(spec: str, app_dir: str | None = None) -> Server:
     return app
 
 
+def cors_origins(config: Config) -> list[str]:
+    """server.cors_origins, plus the Admin UI's origins when it is enabled."""
+    origins = list(config.server.cors_origins)
+    if config.admin_ui.enabled and "*" not in origins:
+        origins += [o for o in config.admin_ui.origins if o not in origins]
+    return origins
+
+
 def server_options(config: Config) -> dict[str, Any]:
     """The Server keyword arguments the configuration sets."""
     s, limits = config.server, config.limits
     return dict(ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
                 max_payload=s.max_payload, connect_timeout=s.connect_timeout,
-                cors_origins=list(s.cors_origins), path=s.path,
+                cors_origins=cors_origins(config), path=s.path,
                 outbox_limit=limits.outbox_messages, slow_consumer=limits.slow_consumer,
                 max_connections=limits.max_connections,
                 connection_state_recovery=recovery_options(config))
@@ -108,6 +124,28 @@ class Daemon:
         else:
             self.server = Server(**server_options(config))
             self.relay = RelayApp(self.server, config.namespaces)
+        self.admin_ui: AdminUI | None = None
+        ui = config.admin_ui
+        if ui.enabled:
+            self._check_ui_origins()
+            self.admin_ui = AdminUI(
+                self.server, namespace=ui.namespace, auth=ui.auth, username=ui.username,
+                password_hash=ui.password_hash, readonly=ui.readonly, mode=ui.mode,
+                server_id=ui.server_id)
+        if config.http_api.enabled:
+            assert config.http_api.key_file is not None
+            read_key(config.http_api.key_file)  # an unusable key file stops the start-up now
+
+    def _check_ui_origins(self) -> None:
+        allowed = self.server.options.cors_origins
+        if not self.config.server.cors_origins and self.config.app.module is None:
+            logger.warning("admin_ui: CORS now allows only %s; list other browser origins "
+                           "in server.cors_origins", ", ".join(cors_origins(self.config)))
+        missing = [o for o in self.config.admin_ui.origins
+                   if "*" not in allowed and o not in allowed]
+        if missing:
+            logger.warning("admin_ui: the app's cors_origins lack %s: the Admin UI page "
+                           "there cannot connect", ", ".join(missing))
 
     async def _listeners(self) -> list[trio.SocketListener]:
         """The sockets systemd passed (socket activation), else server.host:port bound here.
@@ -150,6 +188,7 @@ class Daemon:
                         serve_admin, AdminBackend(self.server, self.relay),
                         config.admin.socket or default_admin_socket(instance),
                         group=config.admin.group, instance=instance))
+                await self._start_extras(nursery)
                 await nursery.start(systemd.run_watchdog)
                 where = ", ".join(self.server.listen_addresses)
                 systemd.notify_ready(f"serving on {where}")
@@ -163,6 +202,18 @@ class Daemon:
                     await self.server.shutdown(config.limits.shutdown_grace)
                     nursery.cancel_scope.cancel()
                     break
+
+    async def _start_extras(self, nursery: trio.Nursery) -> None:
+        config = self.config  # the Admin UI runs as a background task of the server
+        if config.metrics.enabled:
+            await nursery.start(functools.partial(serve_metrics, self.server,
+                                                  config.metrics.listen))
+        api = config.http_api
+        if api.enabled:
+            assert api.key_file is not None
+            await nursery.start(functools.partial(
+                serve_http_api, self.server, api.listen, api.key_file, prefix=api.prefix,
+                max_body=api.max_body))
 
     async def reload(self) -> None:
         """Re-read the configuration file; keep the old one when it is invalid.
@@ -183,7 +234,8 @@ class Daemon:
                 for verb, names in (("added", added), ("removed", removed)):
                     if names:
                         logger.info("SIGHUP: namespaces %s: %s", verb, ", ".join(names))
-            restart = [key for key in ("server", "admin", "app")
+            restart = [key for key in ("server", "admin", "app", "metrics", "admin_ui",
+                                       "http_api")
                        if getattr(new, key) != getattr(self.config, key)]
             if recovery_options(new) != recovery_options(self.config):
                 restart.append("recovery")

@@ -17,11 +17,15 @@ AckCallback = Callable[[str, list], None]
 class AckRegistry:
     """Ack ids, and the callbacks of the broadcasts waiting for acks."""
 
-    __slots__ = ("_ids", "_open")
+    __slots__ = ("_ids", "_open", "received", "timeouts")
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._open: dict[int, AckCallback] = {}
+        # Read at scrape time (roomd.ops.metrics): client ACKs of the server's
+        # emit_with_ack (a socket's own or a broadcast's), and waits that timed out.
+        self.received = 0
+        self.timeouts = 0
 
     def next_id(self) -> int:
         """A fresh ack id (for a socket's own ``emit_with_ack`` too)."""

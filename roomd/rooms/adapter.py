@@ -410,6 +410,7 @@ class InMemoryAdapter:
         recipients = self._targets(opts)
         slow = self._delivery.send_many(recipients, message, opts.volatile)
         delivered = len(recipients) - (len(slow) if slow else 0)  # type: ignore[arg-type]
+        self._delivery.count_broadcast(delivered, message)
         taps = self._taps
         taps.count()
         if taps.watched:

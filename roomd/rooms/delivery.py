@@ -47,18 +47,27 @@ class Delivery:
     ValueError for anything else.
     """
 
-    __slots__ = ("_drop_slow", "slow_consumers")
+    __slots__ = ("_drop_slow", "slow_consumers", "broadcasts", "deliveries", "bytes_out",
+                 "dropped")
 
     def __init__(self, slow_consumer: str = "disconnect") -> None:
         if slow_consumer not in SLOW_CONSUMER_POLICIES:
             raise ValueError(f"slow_consumer must be one of {SLOW_CONSUMER_POLICIES}")
         self._drop_slow = slow_consumer == "drop"
         self.slow_consumers = 0  # sessions closed as slow consumers since start
+        # Read at scrape time (roomd.ops.metrics); added once per send_one / broadcast,
+        # never per recipient.
+        self.broadcasts = 0
+        self.deliveries = 0  # messages accepted by outboxes
+        self.bytes_out = 0  # their bytes, counted as WebSocket frames
+        self.dropped = 0  # messages a full outbox refused and that were dropped
 
     def send_one(self, recipient: Recipient, message: OutgoingMessage,
                  volatile: bool = False) -> bool:
         """Deliver to one socket; False when it was a slow consumer."""
         if recipient.session.send(message, volatile):
+            self.deliveries += 1
+            self.bytes_out += len(message.ws_frames)
             return True
         self._slow((recipient,), volatile)
         return False
@@ -81,8 +90,16 @@ class Delivery:
             self._slow(slow, volatile)
         return slow
 
+    def count_broadcast(self, delivered: int, message: OutgoingMessage) -> None:
+        """Count one broadcast that ``send_many`` queued for ``delivered`` sockets."""
+        self.broadcasts += 1
+        if delivered:
+            self.deliveries += delivered
+            self.bytes_out += delivered * len(message.ws_frames)
+
     def _slow(self, recipients: Iterable[Recipient], volatile: bool) -> None:
         if volatile or self._drop_slow:
+            self.dropped += sum(1 for _ in recipients)
             return
         for recipient in recipients:
             session = recipient.session

@@ -162,6 +162,7 @@ class EngineSession:
         """
         kind = packet.type
         if kind is eio.PacketType.MESSAGE:
+            self.engine.messages_in += 1
             if not self.closed and self.handler is not None:
                 await self.handler.on_message(packet.data)
         elif kind is eio.PacketType.PONG:
@@ -254,6 +255,11 @@ class Engine:
         self.allow_request: AllowRequest | None = None
         self.error_listeners: list[Callable[[ConnectionRefusal], Any]] = []
         self.closes: dict[str, int] = {}  # close reason -> sessions closed for it
+        # Counters read at scrape time (roomd.ops.metrics); none is touched per delivery.
+        self.sessions_opened = 0
+        self.refusals: dict[tuple[int, str], int] = {}  # (HTTP status, Engine.IO message)
+        self.messages_in = 0  # Engine.IO MESSAGE packets received
+        self.bytes_in = 0  # bytes read from WebSockets and polling POST bodies
 
     async def refusal_of(self, request: RequestInfo) -> str | None:
         """Why ``allow_request`` refuses a handshake, or None when it accepts."""
@@ -295,6 +301,7 @@ class Engine:
         if outbox is not None:
             session.outbox = outbox
         self.sessions[sid] = session
+        self.sessions_opened += 1
         session.handler = self.on_session(session)
         session.start_heartbeat()
         return session
@@ -440,6 +447,7 @@ class _WebSocketSession:
             if not data:
                 protocol.receive(None)
                 return "transport close"
+            self.engine.bytes_in += len(data)
 
     def _upgrade_step(self, packet: eio.Packet) -> None:
         """One packet of the polling-to-WebSocket upgrade."""

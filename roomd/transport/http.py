@@ -34,6 +34,10 @@ BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
 BAD_REQUEST = (3, "Bad request")
 FORBIDDEN = (4, "Forbidden")
 UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
+# Each code's own message: what the refusal counters are keyed by (an allow_request
+# verdict may carry any message; the counters' keys stay this bounded set).
+CODE_NAMES = dict((TRANSPORT_UNKNOWN, SESSION_UNKNOWN, BAD_HANDSHAKE_METHOD, BAD_REQUEST,
+                   FORBIDDEN, UNSUPPORTED_VERSION))
 
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT = 30.0
@@ -83,6 +87,8 @@ class _HttpConnection:
                          h11.EndOfMessage())
 
     async def refuse(self, refusal: _Refusal, extra: list[tuple[str, str]]) -> None:
+        key = (refusal.status, CODE_NAMES.get(refusal.code, "Bad request"))
+        self.engine.refusals[key] = self.engine.refusals.get(key, 0) + 1
         body = json.dumps({"code": refusal.code, "message": refusal.message}).encode()
         await self.respond(refusal.status, body, "application/json", extra, close=True)
 
@@ -277,6 +283,7 @@ class _HttpConnection:
             if body is None:
                 session.close("transport error")
                 raise _Refusal(413, BAD_REQUEST, "payload over maxPayload")
+            self.engine.bytes_in += len(body)
             try:
                 for packet in eio.decode_payload(body.decode("utf-8")):
                     await session.receive(packet)
