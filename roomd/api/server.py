@@ -475,6 +475,10 @@ class Server:
             "connections_opened": engine.sessions_opened,
             "disconnects": dict(engine.closes),
             "http_refusals": dict(engine.refusals),
+            # docs/limits.md: the process budget and the half-open connections now
+            "memory_budget": {"used": engine.budget.used, "peak": engine.budget.peak,
+                              "limit": engine.budget.limit},
+            "half_open": engine.admission.half_open,
             "namespaces": namespaces,
             "messages_received": engine.messages_in,
             "bytes_received": engine.bytes_in,
