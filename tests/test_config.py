@@ -171,6 +171,15 @@ def test_overrides_win_and_none_is_skipped(tmp_path):
         ("[recovery]\nmax_bytes = \"1M\"\n", "recovery.max_bytes must be an integer, got string"),
         ("[[namespaces]]\nname = \"/a\"\nrecovery = 1\n",
          "namespaces[0].recovery must be a boolean, got integer"),
+        ("[limits]\nhead_timeout = 0\n", "limits.head_timeout must be greater than 0"),
+        ("[limits]\nmemory_budget = -1\n", "limits.memory_budget must be at least 0"),
+        ("[limits]\nrooms_per_socket = 0\n", "limits.rooms_per_socket must be at least 1"),
+        ("[limits]\nexempt_addresses = [\"localhost\"]\n",
+         "limits.exempt_addresses[0] must be an IP address, got 'localhost'"),
+        ("[server]\ntrusted_proxies = [\"10.0.0.1\", \"proxy\"]\n",
+         "server.trusted_proxies[1] must be an IP address, got 'proxy'"),
+        ("[limits]\nsessions_per_ip_burst = 0\n",
+         "limits.sessions_per_ip_burst must be at least 1 when limits.sessions_per_ip_rate"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, message):
@@ -330,3 +339,59 @@ def test_observation_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     assert message in str(info.value)
+
+
+def test_limits_reach_the_server(tmp_path):
+    """Every [limits] key (and server.trusted_proxies) becomes the Server's option."""
+    from roomd.ops.daemon import Daemon
+
+    path = write(tmp_path, """
+[server]
+trusted_proxies = ["10.0.0.1"]
+[limits]
+outbox_bytes = 1000
+memory_budget = 2000
+connections_per_ip = 3
+sessions_per_ip_rate = 0.5
+sessions_per_ip_burst = 4
+exempt_addresses = []
+max_half_open = 17
+head_timeout = 1.5
+body_timeout = 2.5
+keepalive_timeout = 3.5
+send_timeout = 4.5
+upgrade_timeout = 5.5
+rooms_per_socket = 7
+""")
+    daemon = Daemon(load_config(path, {"admin.enabled": False}))
+    options = daemon.server.options
+    assert (options.outbox_bytes, options.memory_budget, options.connections_per_ip) == (
+        1000, 2000, 3)
+    assert (options.sessions_per_ip_rate, options.sessions_per_ip_burst) == (0.5, 4)
+    assert options.exempt_addresses == () and options.trusted_proxies == ("10.0.0.1",)
+    assert options.max_half_open == 17
+    assert (options.head_timeout, options.body_timeout, options.keepalive_timeout,
+            options.send_timeout, options.upgrade_timeout) == (1.5, 2.5, 3.5, 4.5, 5.5)
+    assert daemon.relay is not None and daemon.relay.rooms_per_socket == 7
+
+
+def test_limit_defaults_are_the_transports():
+    from roomd.transport.options import EngineOptions
+
+    limits, defaults = load_config(None, {}).limits, EngineOptions()
+    for key in ("outbox_bytes", "memory_budget", "connections_per_ip", "sessions_per_ip_rate",
+                "sessions_per_ip_burst", "exempt_addresses", "max_half_open", "head_timeout",
+                "body_timeout", "keepalive_timeout", "send_timeout", "upgrade_timeout"):
+        assert getattr(limits, key) == getattr(defaults, key), key
+
+
+def test_server_checks_its_limit_arguments():
+    import roomd
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'head_timout'"):
+        roomd.Server(head_timout=1)
+    with pytest.raises(ConfigError, match="head_timeout must be greater than 0"):
+        roomd.Server(head_timeout=0)
+    with pytest.raises(ConfigError, match="memory_budget must be a number of at least 0"):
+        roomd.Server(memory_budget=-5)
+    assert roomd.Server(exempt_addresses=["10.0.0.9"]).options.exempt_addresses == ("10.0.0.9",)

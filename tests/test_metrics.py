@@ -91,6 +91,9 @@ async def test_values_move_with_real_clients(served, node, py_client):
     assert s.value("roomd_sockets", namespace="/chat") == 1
     assert s.value("roomd_connections_opened_total") - before.value(
         "roomd_connections_opened_total") == 3
+    assert s.value("roomd_memory_budget_limit_bytes") == 512 * 1024 * 1024
+    assert s.value("roomd_memory_budget_peak_bytes") >= s.value("roomd_memory_budget_used_bytes")
+    assert s.value("roomd_half_open_connections") >= 0
 
     assert (await a.emit_with_ack("join", "lobby"))[0]["rooms"]
     assert (await p.call("join", "lobby"))

@@ -45,6 +45,8 @@ logger = logging.getLogger("roomd.api")
 
 CLEANUP_TIMEOUT = 10.0
 QUEUE_LIMIT = 64
+# The queue also holds at most maxPayload bytes of wire data (any one packet
+# is let in when the queue is empty): docs/limits.md counts on it.
 
 
 class ConnectionCounters:
@@ -95,9 +97,14 @@ class Connection:
         self.context = context
         self.session = session
         self.sockets: dict[str, Socket] = {}
-        self.decoder = sio.Decoder()
+        self.decoder = sio.Decoder(max_bytes=session.engine.options.max_payload)
         self.ever_connected = False
-        self._queue: collections.deque[sio.Packet] = collections.deque()
+        self._queue: collections.deque[tuple[sio.Packet, int]] = collections.deque()
+        # Wire bytes of the client's input held here (counted in the engine's budget).
+        self._queued_bytes = 0
+        self._handling_bytes = 0
+        self._incoming = 0  # of the binary packet being decoded (its attachments)
+        self._queue_bytes = session.engine.options.max_payload
         self._workers = 0
         self._starting = 0  # workers started that have not taken a packet yet
         self._room: trio.Event | None = None
@@ -109,7 +116,9 @@ class Connection:
         """Decode one message; raises ProtocolError when it is malformed."""
         packet = self.decoder.feed(data)
         if packet is None:
+            self._incoming += len(data)
             return
+        size, self._incoming = self._incoming + len(data), 0
         kind = packet.type
         if kind is sio.PacketType.ACK or kind is sio.PacketType.BINARY_ACK:
             socket = self.sockets.get(packet.namespace)
@@ -128,26 +137,36 @@ class Connection:
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
                 socket.abandon_acks()
-        while len(self._queue) >= QUEUE_LIMIT and not self.session.closed:
+        while (len(self._queue) >= QUEUE_LIMIT or self._queue and
+               self._queued_bytes + size > self._queue_bytes) and not self.session.closed:
             # Backpressure: the reader waits, so the client's TCP window fills.
             self._room = self._room or trio.Event()
             await self._room.wait()
         if self.session.closed:
             return
-        self._queue.append(packet)
+        self._queue.append((packet, size))
+        self._queued_bytes += size
         if (not self._starting and self._workers < self.context.max_concurrent_handlers
                 and (not self._workers or kind is sio.PacketType.EVENT
                      or kind is sio.PacketType.BINARY_EVENT)):
             # Every worker is inside a handler (or there is none): one more.
             self._start_worker()
 
+    def held_bytes(self) -> int:
+        """Wire bytes of this client's input held here: a partial binary packet, the
+        queue, the packets being handled."""
+        return self._incoming + self._queued_bytes + self._handling_bytes
+
     def on_close(self, reason: str) -> None:
+        self.decoder.reset()  # a pending binary packet's attachments go at once
+        self._incoming = 0
         for socket in self.sockets.values():
             socket.abandon_acks()
         # Events not started are dropped; a namespace disconnect the client
         # sent before it went still counts as one (its reason says so).
-        left = [p.namespace for p in self._queue if p.type is sio.PacketType.DISCONNECT]
+        left = [p.namespace for p, _ in self._queue if p.type is sio.PacketType.DISCONNECT]
         self._queue.clear()
+        self._queued_bytes = 0
         if self._room is not None:
             self._room.set()
         if not self._cleaned:
@@ -165,18 +184,23 @@ class Connection:
         self._starting -= 1
         try:
             while queue and not session.closed:
-                packet = queue.popleft()
-                if self._room is not None and len(queue) < QUEUE_LIMIT // 2:
+                packet, size = queue.popleft()
+                self._queued_bytes -= size
+                self._handling_bytes += size  # still held (and counted) until handled
+                if self._room is not None and (len(queue) < QUEUE_LIMIT // 2 or not queue):
                     self._room.set()
                     self._room = None
                 try:
                     await self.handle(packet)
                 except ProtocolError as exc:
-                    logger.warning("session %s: closing on malformed packet: %s",
-                                   session.sid, exc)
+                    session.engine.ratelog.note("malformed packet", session.request.address,
+                                                f"session {session.sid}: {exc}")
                     session.close("parse error")
                 except Exception:
                     self._handler_failed(packet)
+                finally:
+                    self._handling_bytes -= size
+            session.account_input()  # what was handled leaves the budget
         finally:
             self._workers -= 1
 
@@ -234,7 +258,9 @@ class Connection:
 
     async def _connect(self, name: str, auth: Any) -> None:
         if name in self.sockets:
-            logger.info("session %s: duplicate CONNECT to %s ignored", self.session.sid, name)
+            session = self.session
+            session.engine.ratelog.note("duplicate CONNECT", session.request.address,
+                                        f"session {session.sid}: to {name}, ignored")
             return
         namespace = await self.context.resolve_namespace(name, auth)
         if namespace is None:
@@ -291,6 +317,8 @@ class Connection:
 
     def check_connected(self) -> None:
         """Timer callback: close a session that never connected a namespace."""
-        if not self.ever_connected and not self.session.closed:
-            logger.info("session %s: no CONNECT within connect_timeout", self.session.sid)
-            self.session.close("connect timeout")
+        session = self.session
+        if not self.ever_connected and not session.closed:
+            session.engine.ratelog.note("no CONNECT within connect_timeout",
+                                        session.request.address, f"session {session.sid}")
+            session.close("connect timeout")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -40,6 +41,32 @@ logger = logging.getLogger("roomd.server")
 Lifespan = Callable[["Server"], contextlib.AbstractAsyncContextManager[Any]]
 
 
+def _engine_limits(limits: dict[str, Any]) -> dict[str, Any]:
+    """Check the keyword arguments that are EngineOptions limits (docs/limits.md)."""
+    fields = {f.name: f.default for f in dataclasses.fields(EngineOptions)}
+    out: dict[str, Any] = {}
+    for key, value in limits.items():
+        default = fields.get(key)
+        if key not in _LIMIT_KEYS or default is None:
+            raise TypeError(f"Server() got an unexpected keyword argument {key!r}")
+        if isinstance(default, tuple):
+            out[key] = tuple(str(v) for v in value)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{key} must be a number of at least 0, got {value!r}")
+        if key.endswith("_timeout") and not value:
+            raise ConfigError(f"{key} must be greater than 0")
+        kind: Any = type(default)
+        out[key] = kind(value)
+    return out
+
+
+_LIMIT_KEYS = frozenset({
+    "outbox_bytes", "memory_budget", "connections_per_ip", "sessions_per_ip_rate",
+    "sessions_per_ip_burst", "exempt_addresses", "trusted_proxies", "max_half_open",
+    "head_timeout", "body_timeout", "keepalive_timeout", "send_timeout", "upgrade_timeout"})
+
+
 class Server:
     """A Socket.IO v5 server.
 
@@ -65,6 +92,11 @@ class Server:
     defaults (see docs/recovery.md). It is off by default, as in Node:
     clients without recovery support see each event's offset as an extra
     last argument.
+    The limits on what clients may make the server hold (``outbox_bytes``,
+    ``memory_budget``, the per-address caps, the half-open cap and the
+    timeouts of every wait on a client) are described, with their defaults,
+    in docs/limits.md; each is an :class:`~roomd.transport.options.EngineOptions`
+    field of the same name.
     Raises ConfigError for an invalid setting.
     """
 
@@ -79,8 +111,8 @@ class Server:
                  disconnect_on_handler_error: bool = False,
                  json_default: Callable[[Any], Any] | None = None,
                  allow_request: AllowRequest | None = None,
-                 connection_state_recovery: RecoveryOptions | Mapping[str, Any] | bool | None = None
-                 ) -> None:
+                 connection_state_recovery: RecoveryOptions | Mapping[str, Any] | bool | None = None,
+                 **limits: Any) -> None:
         if ping_interval <= 0 or ping_timeout <= 0 or connect_timeout <= 0:
             raise ConfigError("ping_interval, ping_timeout and connect_timeout must be positive")
         if max_concurrent_handlers < 1:
@@ -98,7 +130,8 @@ class Server:
             ping_interval=float(ping_interval), ping_timeout=float(ping_timeout),
             max_payload=int(max_payload), path=path.rstrip("/") + "/",
             cors_origins=tuple(cors_origins or ()), outbox_limit=int(outbox_limit),
-            max_connections=int(max_connections), transports=tuple(transports))
+            max_connections=int(max_connections), transports=tuple(transports),
+            **_engine_limits(limits))
         self.connect_timeout = float(connect_timeout)
         self._timers = Timers()
         self.engine = Engine(self.options, self._timers, self._on_session)
@@ -442,6 +475,10 @@ class Server:
             "connections_opened": engine.sessions_opened,
             "disconnects": dict(engine.closes),
             "http_refusals": dict(engine.refusals),
+            # docs/limits.md: the process budget and the half-open connections now
+            "memory_budget": {"used": engine.budget.used, "peak": engine.budget.peak,
+                              "limit": engine.budget.limit},
+            "half_open": engine.admission.half_open,
             "namespaces": namespaces,
             "messages_received": engine.messages_in,
             "bytes_received": engine.bytes_in,

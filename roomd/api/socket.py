@@ -317,7 +317,13 @@ class Socket:
             await self._adapter.delete_all(self._member, persist)
             self.namespace.forget(self)
             self.abandon_acks()
-        await self.emit_reserved("disconnect", reason)
+        try:
+            await self.emit_reserved("disconnect", reason)
+        finally:
+            # Break the socket <-> member cycle (and handlers closing over the socket)
+            # now, so the connection's memory does not wait for the cycle collector.
+            self._member.owner = None  # type: ignore[assignment]
+            self._handlers = self._any = None
 
     def abandon_acks(self) -> None:
         """Fail the acks this socket waits for: the connection is gone."""

@@ -21,6 +21,11 @@ other (including "/" when the configuration leaves it out) with the CONNECT_ERRO
 "Invalid namespace", as Socket.IO does for a namespace that does not exist.
 :meth:`RelayApp.update` applies a new configuration (SIGHUP): a namespace that
 is gone refuses new connections and disconnects its sockets.
+
+A socket is in at most ``rooms_per_socket`` rooms besides its own (config
+``limits.rooms_per_socket``, default 100), whatever the number of requests:
+a join that would exceed it is refused whole. This bounds the work and the
+ack size one socket can cause (the join ack lists the socket's rooms).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ logger = logging.getLogger("roomd.relay")
 
 MAX_ROOM_NAME = 256
 MAX_ROOMS_PER_REQUEST = 100
+ROOMS_PER_SOCKET = 100
 
 
 class RelayPolicy(Protocol):
@@ -78,9 +84,11 @@ def _room_list(value: Any) -> list[str]:
 
 
 class _RelayNamespace:
-    def __init__(self, server: Server, policy: RelayPolicy) -> None:
+    def __init__(self, server: Server, policy: RelayPolicy,
+                 rooms_per_socket: int = ROOMS_PER_SOCKET) -> None:
         self.server = server
         self.closed = False
+        self.rooms_per_socket = rooms_per_socket
         self.set_policy(policy)
         namespace = server.of(policy.name)
         assert not isinstance(namespace, NamespaceFamily)
@@ -147,7 +155,12 @@ class _RelayNamespace:
     async def join(self, socket: Socket, rooms: Any = None, *_: Any) -> dict:
         if not self.policy.client_join:
             raise _Refused(f"joining rooms is not allowed in {self.policy.name}")
-        await socket.join(self._check_rooms(socket, rooms, joining=True))
+        names = self._check_rooms(socket, rooms, joining=True)
+        current = socket.rooms
+        after = len(current | set(names)) - (socket.id in current)
+        if after > self.rooms_per_socket:
+            raise _Refused(f"a socket may be in at most {self.rooms_per_socket} rooms")
+        await socket.join(names)
         return {"rooms": sorted(socket.rooms)}
 
     async def leave(self, socket: Socket, rooms: Any = None, *_: Any) -> dict:
@@ -173,13 +186,15 @@ class _RelayNamespace:
 class RelayApp:
     """The relay's handlers on a Server, one policy per namespace."""
 
-    def __init__(self, server: Server, policies: Iterable[RelayPolicy]) -> None:
+    def __init__(self, server: Server, policies: Iterable[RelayPolicy], *,
+                 rooms_per_socket: int = ROOMS_PER_SOCKET) -> None:
         self.server = server
+        self.rooms_per_socket = rooms_per_socket
         self.namespaces: dict[str, _RelayNamespace] = {}
         for policy in policies:
-            self.namespaces[policy.name] = _RelayNamespace(server, policy)
+            self.namespaces[policy.name] = _RelayNamespace(server, policy, rooms_per_socket)
         if "/" not in self.namespaces:  # the Server always has "/": refuse it
-            main = self.namespaces["/"] = _RelayNamespace(server, _Closed("/"))
+            main = self.namespaces["/"] = _RelayNamespace(server, _Closed("/"), rooms_per_socket)
             main.closed = True
 
     def serves(self, name: str) -> bool:
@@ -201,7 +216,8 @@ class RelayApp:
             seen.add(policy.name)
             relay = self.namespaces.get(policy.name)
             if relay is None:
-                self.namespaces[policy.name] = _RelayNamespace(self.server, policy)
+                self.namespaces[policy.name] = _RelayNamespace(self.server, policy,
+                                                               self.rooms_per_socket)
                 added.append(policy.name)
             else:
                 if relay.closed:

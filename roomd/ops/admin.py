@@ -200,6 +200,26 @@ class _LineReader:
             self.buffer += chunk
 
 
+# Emitted arguments nested deeper than this are refused: JSON encoders (the
+# server's, the clients') recurse, and no real payload comes near it.
+MAX_ARGS_DEPTH = 100
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in ``value`` (iteratively: no recursion limit)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            if level <= MAX_ARGS_DEPTH:
+                stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
 def _opt_str(request: dict, key: str) -> str | None:
     value = request.get(key)
     if value is not None and not isinstance(value, str):
@@ -374,9 +394,11 @@ class _Connection:
             args = request.get("args", [])
             if not isinstance(args, list):
                 raise AdminError("'args' must be a list")
+            if _depth(args) > MAX_ARGS_DEPTH:
+                raise AdminError(f"'args' nested deeper than {MAX_ARGS_DEPTH} levels")
             recipients = await _call(
-                b.admin_emit, namespace, event, args, _str_list(request, "rooms"), _str_list(request, "except")
-            )
+                b.admin_emit, namespace, event, args, _str_list(request, "rooms"),
+                _str_list(request, "except"))
             return {"ok": True, "recipients": recipients}
         if cmd == "disconnect":
             sid = _req_str(request, "sid")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import socket
 import stat
@@ -103,12 +104,32 @@ def encode_line(obj: dict) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode() + b"\n"
 
 
+def _no_constant(name: str) -> Any:
+    raise AdminError(f"malformed admin message: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise AdminError(f"malformed admin message: {text} is out of range for a number")
+    return value
+
+
+_loads = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
+
+
 def decode_line(line: bytes) -> dict:
-    """Parse one line; raises AdminError when it is not a JSON object."""
+    """Parse one line; raises AdminError when it is not a JSON object.
+
+    NaN, Infinity and numbers out of a double's range are refused (no client
+    could receive them as JSON), and so is nesting too deep to parse.
+    """
     try:
-        obj = json.loads(line)
+        obj = _loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdminError(f"malformed admin message: {e}") from None
+    except RecursionError:
+        raise AdminError("malformed admin message: nested too deeply") from None
     if not isinstance(obj, dict):
         raise AdminError("malformed admin message: not a JSON object")
     return obj

@@ -22,6 +22,7 @@ with HTTP 403.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -32,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
+from ..transport.options import EngineOptions
+
+_ENGINE = EngineOptions()  # the transport's defaults: one place for each
 
 __all__ = [
     "AdminConfig",
@@ -98,14 +102,30 @@ class ServerConfig:
     max_payload: int = 1_000_000
     connect_timeout: float = 45.0
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = _ENGINE.trusted_proxies
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
+    """docs/limits.md describes each limit and the worst case the defaults allow."""
+
     outbox_messages: int = 1024
     slow_consumer: str = "disconnect"
     max_connections: int = 0  # 0 = unlimited
     shutdown_grace: float = 10.0
+    outbox_bytes: int = _ENGINE.outbox_bytes
+    memory_budget: int = _ENGINE.memory_budget
+    connections_per_ip: int = _ENGINE.connections_per_ip
+    sessions_per_ip_rate: float = _ENGINE.sessions_per_ip_rate
+    sessions_per_ip_burst: int = _ENGINE.sessions_per_ip_burst
+    exempt_addresses: tuple[str, ...] = _ENGINE.exempt_addresses
+    max_half_open: int = _ENGINE.max_half_open
+    head_timeout: float = _ENGINE.head_timeout
+    body_timeout: float = _ENGINE.body_timeout
+    keepalive_timeout: float = _ENGINE.keepalive_timeout
+    send_timeout: float = _ENGINE.send_timeout
+    upgrade_timeout: float = _ENGINE.upgrade_timeout
+    rooms_per_socket: int = 100  # the relay app's cap on the rooms one socket is in
 
 
 @dataclass(frozen=True)
@@ -248,6 +268,14 @@ def _at_least(key: str, value: float, low: float, *, strict: bool = False) -> No
         raise ConfigError(f"{key} must be {word} {low:g}, got {value:g}")
 
 
+def _addresses(key: str, values: tuple[str, ...]) -> None:
+    for i, value in enumerate(values):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"{key}[{i}] must be an IP address, got {value!r}") from None
+
+
 def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
@@ -264,12 +292,26 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "max_payload": "integer",
         "connect_timeout": "number",
         "cors_origins": "strings",
+        "trusted_proxies": "strings",
     },
     "limits": {
         "outbox_messages": "integer",
         "slow_consumer": "string",
         "max_connections": "integer",
         "shutdown_grace": "number",
+        "outbox_bytes": "integer",
+        "memory_budget": "integer",
+        "connections_per_ip": "integer",
+        "sessions_per_ip_rate": "number",
+        "sessions_per_ip_burst": "integer",
+        "exempt_addresses": "strings",
+        "max_half_open": "integer",
+        "head_timeout": "number",
+        "body_timeout": "number",
+        "keepalive_timeout": "number",
+        "send_timeout": "number",
+        "upgrade_timeout": "number",
+        "rooms_per_socket": "integer",
     },
     "admin": {"socket": "string", "group": "string", "enabled": "boolean", "instance": "string"},
     "log": {"level": "string"},
@@ -352,6 +394,19 @@ def _build(raw: dict, where: str) -> Config:
     _one_of("limits.slow_consumer", limits.slow_consumer, SLOW_CONSUMER_POLICIES)
     _at_least("limits.max_connections", limits.max_connections, 0)
     _at_least("limits.shutdown_grace", limits.shutdown_grace, 0)
+    for key in ("outbox_bytes", "memory_budget", "connections_per_ip", "sessions_per_ip_rate",
+                "sessions_per_ip_burst", "max_half_open"):
+        _at_least(f"limits.{key}", getattr(limits, key), 0)  # 0: unlimited
+    if limits.sessions_per_ip_rate and limits.sessions_per_ip_burst < 1:
+        raise ConfigError("limits.sessions_per_ip_burst must be at least 1 when "
+                          "limits.sessions_per_ip_rate is set")
+    for key in ("head_timeout", "body_timeout", "keepalive_timeout", "send_timeout",
+                "upgrade_timeout"):
+        _at_least(f"limits.{key}", getattr(limits, key), 0, strict=True)
+    _at_least("limits.rooms_per_socket", limits.rooms_per_socket, 1)
+    for key in ("exempt_addresses",):
+        _addresses(f"limits.{key}", getattr(limits, key))
+    _addresses("server.trusted_proxies", server.trusted_proxies)
 
     admin_raw = sections["admin"]
     if "socket" in admin_raw:

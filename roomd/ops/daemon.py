@@ -24,6 +24,7 @@ import gc
 import importlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -93,7 +94,15 @@ def server_options(config: Config) -> dict[str, Any]:
                 max_payload=s.max_payload, connect_timeout=s.connect_timeout,
                 cors_origins=cors_origins(config), path=s.path,
                 outbox_limit=limits.outbox_messages, slow_consumer=limits.slow_consumer,
-                max_connections=limits.max_connections,
+                max_connections=limits.max_connections, trusted_proxies=s.trusted_proxies,
+                outbox_bytes=limits.outbox_bytes, memory_budget=limits.memory_budget,
+                connections_per_ip=limits.connections_per_ip,
+                sessions_per_ip_rate=limits.sessions_per_ip_rate,
+                sessions_per_ip_burst=limits.sessions_per_ip_burst,
+                exempt_addresses=limits.exempt_addresses, max_half_open=limits.max_half_open,
+                head_timeout=limits.head_timeout, body_timeout=limits.body_timeout,
+                keepalive_timeout=limits.keepalive_timeout, send_timeout=limits.send_timeout,
+                upgrade_timeout=limits.upgrade_timeout,
                 connection_state_recovery=recovery_options(config))
 
 
@@ -123,7 +132,8 @@ class Daemon:
             self.server = load_app(config.app.module, config.app.dir)
         else:
             self.server = Server(**server_options(config))
-            self.relay = RelayApp(self.server, config.namespaces)
+            self.relay = RelayApp(self.server, config.namespaces,
+                                  rooms_per_socket=config.limits.rooms_per_socket)
         self.admin_ui: AdminUI | None = None
         ui = config.admin_ui
         if ui.enabled:
@@ -290,6 +300,22 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one: every connection needs one.
+
+    Shells often start with a soft limit of 1024 under a far larger hard
+    limit; the systemd unit sets LimitNOFILE itself.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            logger.info("file descriptor limit raised from %d to %s", soft,
+                        "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    except (OSError, ValueError) as exc:
+        logger.info("file descriptor limit left as it is: %s", exc)
+
+
 def run_daemon(config: Config, overrides: dict[str, Any] | None = None) -> int:
     """Run ``roomd serve`` in the foreground; returns the exit status.
 
@@ -299,6 +325,7 @@ def run_daemon(config: Config, overrides: dict[str, Any] | None = None) -> int:
     """
     systemd.setup_logging(config.log.level)
     status = 0
+    raise_fd_limit()
     daemon = Daemon(config, overrides)
     tune_gc()
     try:

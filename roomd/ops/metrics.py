@@ -97,6 +97,16 @@ class RoomdCollector(Collector):
         for (status, reason), count in sorted(m["http_refusals"].items()):
             refusals.add_metric([str(status), reason], count)
         yield refusals
+        budget = m["memory_budget"]
+        yield _gauge("roomd_memory_budget_used_bytes",
+                     "Bytes counted in the memory budget now (docs/limits.md)", budget["used"])
+        yield _gauge("roomd_memory_budget_peak_bytes",
+                     "The most bytes ever counted in the memory budget", budget["peak"])
+        yield _gauge("roomd_memory_budget_limit_bytes",
+                     "The memory budget (limits.memory_budget; 0: unlimited)", budget["limit"])
+        yield _gauge("roomd_half_open_connections",
+                     "TCP connections accepted and not yet past their request",
+                     m["half_open"])
         yield _counter("roomd_connect_errors",
                        "CONNECT_ERROR replies (unknown namespace, refused by a middleware)",
                        m["connect_errors"])

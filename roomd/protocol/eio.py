@@ -41,6 +41,7 @@ __all__ = [
     "decode_open",
     "OpenInfo",
     "RECORD_SEPARATOR",
+    "ErrorCode",
 ]
 
 RECORD_SEPARATOR = "\x1e"
@@ -54,6 +55,31 @@ class PacketType(enum.IntEnum):
     MESSAGE = 4
     UPGRADE = 5
     NOOP = 6
+
+
+class ErrorCode(enum.IntEnum):
+    """The ``code`` of an HTTP refusal's JSON body, as the JS engine.io server sends it."""
+
+    UNKNOWN_TRANSPORT = 0
+    UNKNOWN_SID = 1
+    BAD_HANDSHAKE_METHOD = 2
+    BAD_REQUEST = 3
+    FORBIDDEN = 4
+    UNSUPPORTED_PROTOCOL_VERSION = 5
+
+    @property
+    def message(self) -> str:
+        return _ERROR_MESSAGES[self]
+
+
+_ERROR_MESSAGES = {
+    ErrorCode.UNKNOWN_TRANSPORT: "Transport unknown",
+    ErrorCode.UNKNOWN_SID: "Session ID unknown",
+    ErrorCode.BAD_HANDSHAKE_METHOD: "Bad handshake method",
+    ErrorCode.BAD_REQUEST: "Bad request",
+    ErrorCode.FORBIDDEN: "Forbidden",
+    ErrorCode.UNSUPPORTED_PROTOCOL_VERSION: "Unsupported protocol version",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -376,18 +376,23 @@ class Decoder:
     :meth:`feed` raises ProtocolError (the only exception type it raises) for
     a malformed packet, bytes with no binary packet pending, a str while
     attachments are pending, more than ``max_attachments`` attachments, a
-    placeholder whose num is out of range, or an attachment no placeholder
-    uses. After an error the decoder is reset, though the connection should be
-    closed anyway.
+    placeholder whose num is out of range, an attachment no placeholder
+    uses, or attachments of more than ``max_bytes`` bytes in total (0: no
+    bound; the server passes maxPayload, so a binary packet holds at most
+    that much however many attachments it announces). After an error the
+    decoder is reset, though the connection should be closed anyway.
     """
 
-    __slots__ = ("max_attachments", "_pending", "_expected", "_attachments")
+    __slots__ = ("max_attachments", "max_bytes", "_pending", "_expected", "_attachments",
+                 "_size")
 
-    def __init__(self, max_attachments: int = 1000) -> None:
+    def __init__(self, max_attachments: int = 1000, max_bytes: int = 0) -> None:
         self.max_attachments = max_attachments
+        self.max_bytes = max_bytes
         self._pending: Packet | None = None
         self._expected = 0
         self._attachments: list[bytes] = []
+        self._size = 0
 
     @property
     def awaiting_attachments(self) -> int:
@@ -417,6 +422,10 @@ class Decoder:
         if isinstance(message, _BINARY):
             if self._pending is None:
                 raise ProtocolError("unexpected binary attachment: no binary packet is pending")
+            self._size += len(message)
+            if self.max_bytes and self._size > self.max_bytes:
+                self._reset()
+                raise ProtocolError(f"binary attachments over {self.max_bytes} bytes in total")
             self._attachments.append(message if type(message) is bytes else bytes(message))
             if len(self._attachments) == self._expected:
                 return self._finish()
@@ -427,6 +436,11 @@ class Decoder:
         self._pending = None
         self._expected = 0
         self._attachments = []
+        self._size = 0
+
+    def reset(self) -> None:
+        """Drop a pending packet and its attachments (the connection is gone)."""
+        self._reset()
 
     def _finish(self) -> Packet:
         packet = self._pending

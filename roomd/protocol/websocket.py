@@ -12,25 +12,52 @@ rather than through trio-websocket or wsproto: per message, it is the
 difference between about 2 and 18 microseconds.
 
 No extension is ever negotiated, so any RSV bit is a protocol error.
+
+What a peer can make it hold is bounded (docs/limits.md): one incomplete
+message of at most ``max_message`` bytes in at most :data:`MAX_FRAGMENTS`
+frames, and at most one pong owed (a ping flood is answered by the newest
+ping only, as RFC 6455 5.5.3 allows).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 
 from .wsframe import frame_header
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-# Close codes (RFC 6455, 7.4.1).
-NORMAL = 1000
-PROTOCOL_ERROR = 1002
-INVALID_DATA = 1007
-MESSAGE_TOO_BIG = 1009
-NO_STATUS = 1005
-ABNORMAL = 1006
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (RFC 6455, 7.4.1) that roomd sends or reports."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    NO_STATUS = 1005  # reported, never sent: the peer's close frame had no code
+    ABNORMAL = 1006  # reported, never sent: the connection ended without a close frame
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # the server's memory budget is spent
+
+
+NORMAL = CloseCode.NORMAL
+PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+INVALID_DATA = CloseCode.INVALID_DATA
+MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
+NO_STATUS = CloseCode.NO_STATUS
+ABNORMAL = CloseCode.ABNORMAL
+
+# Frames one fragmented message may take: empty continuation frames cost the
+# sender 6 bytes each and would otherwise pile up for free. Browsers and the
+# stock clients never fragment a message into more than a few frames.
+MAX_FRAGMENTS = 4096
 
 _CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -60,7 +87,8 @@ def accept_token(key: str) -> str:
 
 def close_frame(code: int = NORMAL, reason: str = "") -> bytes:
     """An unmasked close frame (the reason cut to 123 bytes, never mid-character)."""
-    payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    reason_bytes = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    payload = code.to_bytes(2, "big") + reason_bytes
     return frame_header(0x80 | _CLOSE, len(payload)) + payload
 
 
@@ -69,7 +97,8 @@ def _unmask(payload: bytes | bytearray, key: bytes | bytearray) -> bytes:
     if not n:
         return b""
     mask = (key * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+    unmasked = int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")
+    return unmasked.to_bytes(n, "little")
 
 
 def _valid_close_code(code: int) -> bool:
@@ -86,8 +115,8 @@ class WebSocketProtocol:
     Pongs owed to the peer accumulate in :meth:`take_output` too.
     """
 
-    __slots__ = ("_buffer", "_parts", "_opcode", "_size", "_max", "_output", "_sent_close",
-                 "close_code", "close_reason")
+    __slots__ = ("_buffer", "_parts", "_opcode", "_size", "_max", "_output", "_pong",
+                 "_sent_close", "close_code", "close_reason")
 
     def __init__(self, max_message: int) -> None:
         self._buffer: bytes | bytearray = b""
@@ -96,13 +125,28 @@ class WebSocketProtocol:
         self._size = 0
         self._max = max_message
         self._output = b""
+        self._pong = b""
         self._sent_close = False
         self.close_code: int | None = None
         self.close_reason = ""
 
     def take_output(self) -> bytes:
         output, self._output = self._output, b""
+        if self._pong:
+            output, self._pong = self._pong + output, b""
         return output
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame or message."""
+        return len(self._buffer) + self._size
+
+    def discard(self) -> None:
+        """Drop everything held (the connection is gone)."""
+        self._buffer = b""
+        self._parts = []
+        self._size = 0
+        self._output = self._pong = b""
 
     def close_frame(self, code: int = NORMAL, reason: str = "") -> bytes:
         """The frame that starts our closing handshake; b"" if one was sent."""
@@ -112,6 +156,8 @@ class WebSocketProtocol:
         return close_frame(code, reason)
 
     def _fail(self, code: int, reason: str) -> None:
+        self._parts = []
+        self._size = 0
         self._output += self.close_frame(code, reason)
         self.close_code = code
         self.close_reason = reason
@@ -187,6 +233,9 @@ class WebSocketProtocol:
                 self._fail(PROTOCOL_ERROR, f"unknown opcode {opcode}")
                 break
             if not b0 & 0x80:
+                if len(self._parts) >= MAX_FRAGMENTS:
+                    self._fail(MESSAGE_TOO_BIG, f"message in over {MAX_FRAGMENTS} frames")
+                    break
                 self._parts.append(payload)
                 self._size += length
                 continue
@@ -217,7 +266,8 @@ class WebSocketProtocol:
     def _control(self, opcode: int, payload: bytes) -> bool:
         """Handle a control frame; False once the connection is closing."""
         if opcode == _PING:
-            self._output += frame_header(0x80 | _PONG, len(payload)) + payload
+            # Only the newest ping is answered: a flood owes one pong, not thousands.
+            self._pong = frame_header(0x80 | _PONG, len(payload)) + payload
             return True
         if opcode == _PONG:
             return True
@@ -225,7 +275,8 @@ class WebSocketProtocol:
             self._fail(PROTOCOL_ERROR, f"unknown opcode {opcode}")
             return False
         if not payload:
-            code, reason = NO_STATUS, ""
+            code: int = NO_STATUS
+            reason = ""
         elif len(payload) < 2:
             self._fail(PROTOCOL_ERROR, "close frame with a 1-byte payload")
             return False

@@ -4,16 +4,38 @@ An :class:`EngineSession` is one Engine.IO connection, whatever carries it
 (long-polling requests, a WebSocket, or polling upgraded to WebSocket). The
 task reading its transport hands each incoming message to the session's
 :class:`SessionHandler` (the Socket.IO layer); outgoing messages go into the
-transport's outbox (see ``_outbox``). The HTTP front door that creates and
-feeds sessions is ``_http``.
+transport's outbox (see ``outbox``). The HTTP front door that creates and
+feeds sessions is ``http``.
+
+A session's life is one :class:`SessionState`, changed only by
+:meth:`EngineSession._enter` (the table ``_TRANSITIONS`` lists every legal
+step)::
+
+    POLLING --WebSocket opened--> UPGRADING --upgrade--> WEBSOCKET
+                                  |    ^
+         probe answered, long-poll    |    the noop sent
+         pending (timer)  --> PAUSED --/
+    (UPGRADING and PAUSED fall back to POLLING when the upgrade fails, and
+     PAUSED may also complete the upgrade; a session opened on a WebSocket
+     starts in WEBSOCKET)
+    (any) --close()--> CLOSED
+
+What a client can make a session hold is bounded (docs/limits.md): its
+outbox in messages and bytes, the pongs it is owed (one), the incomplete
+message its WebSocket is sending (maxPayload, in at most MAX_FRAGMENTS
+frames), and all of these together by the process-wide budget. A closed
+session lets go of its buffers and of the objects that point back to it at
+once, so its memory does not wait for the cycle collector.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,36 +44,25 @@ import trio
 
 from .._errors import ProtocolError
 from ..protocol import eio, sio
-from ..protocol.websocket import WebSocketProtocol
+from ..protocol.websocket import CloseCode, WebSocketProtocol
 from ..protocol.wsframe import encode_frames
+from .limits import Admission, Budget, RateLog
+from .options import EngineOptions
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
 from .timers import Timers
 
 logger = logging.getLogger("roomd.transport")
 
-# How long a WebSocket may take to finish the polling-to-WebSocket upgrade,
-# and how long a closing session may take to flush before its socket is shut.
-UPGRADE_TIMEOUT = 10.0
+# How long a closing session may take to flush before its socket is shut, and
+# how long (and how many bytes) a closed WebSocket is read and discarded so
+# that the close frame is not lost to a TCP reset (RFC 6455 7.1.1).
 CLOSE_FLUSH_TIMEOUT = 2.0
+CLOSE_LINGER_BYTES = 1 << 20
 # After the probe, a pending long-poll is released with a noop only if the
 # upgrade has not completed by then; checked this often, as engine.io does
 # (released at once, the noop can overtake the client's CONNECT reply).
 UPGRADE_NOOP_CHECK = 0.1
 RECEIVE_SIZE = 65536
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineOptions:
-    """The transport's settings (seconds and bytes)."""
-
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    max_payload: int = 1_000_000
-    path: str = "/socket.io/"
-    cors_origins: tuple[str, ...] = ()
-    outbox_limit: int = 1024
-    max_connections: int = 0
-    transports: tuple[str, ...] = ("polling", "websocket")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +74,27 @@ class RequestInfo:
     address: str
     time: float
     url: str
+
+
+class SessionState(enum.Enum):
+    """Where an Engine.IO session is in its life (see the module docstring)."""
+
+    POLLING = "polling"      # long-polling, no upgrade under way
+    UPGRADING = "upgrading"  # a WebSocket opened for this sid, doing the probe exchange
+    PAUSED = "paused"        # the pending long-poll is answered with a noop (then UPGRADING)
+    WEBSOCKET = "websocket"  # the WebSocket carries the session
+    CLOSED = "closed"
+
+
+_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.POLLING: frozenset({SessionState.UPGRADING, SessionState.CLOSED}),
+    SessionState.UPGRADING: frozenset({SessionState.PAUSED, SessionState.WEBSOCKET,
+                                       SessionState.POLLING, SessionState.CLOSED}),
+    SessionState.PAUSED: frozenset({SessionState.UPGRADING, SessionState.WEBSOCKET,
+                                    SessionState.POLLING, SessionState.CLOSED}),
+    SessionState.WEBSOCKET: frozenset({SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
 
 
 async def receive_some(fd: int) -> bytes:
@@ -116,40 +148,64 @@ class SessionHandler(Protocol):
     def on_close(self, reason: str) -> None:
         """The session closed (called once, never blocks)."""
 
+    def held_bytes(self) -> int:
+        """Wire bytes of the client's input the handler holds (partial and queued packets)."""
+
 
 class EngineSession:
-    """One Engine.IO connection; ``close_reason`` says why it ended."""
+    """One Engine.IO connection; ``close_reason`` says why it ended.
 
-    def __init__(self, engine: Engine, sid: str, transport: str, request: RequestInfo) -> None:
+    ``poll_pending`` / ``post_pending`` guard against overlapping long-poll
+    requests of one sid (a protocol error); they are request bookkeeping of
+    the HTTP front door, not session state.
+    """
+
+    def __init__(self, engine: Engine, sid: str, state: SessionState,
+                 request: RequestInfo) -> None:
         self.engine = engine
         self.sid = sid
-        self.transport = transport
+        self.state = state
+        self.closed = False  # state is CLOSED (kept by _enter, read on the hot path)
         self.request = request
         self.connected_at = time.time()
-        self.outbox: PollingOutbox | WebSocketOutbox = PollingOutbox(engine.options.outbox_limit)
+        options = engine.options
+        self.outbox: PollingOutbox | WebSocketOutbox = PollingOutbox(
+            options.outbox_limit, options.outbox_bytes, engine.budget)
         self.handler: SessionHandler | None = None
-        self.closed = False
         self.close_reason = ""
         self._awaiting_pong = False
         self._ping_generation = 0
         self.reader_scope: trio.CancelScope | None = None
         self.poll_pending = False
         self.post_pending = False
-        self.upgrading = False
-        self.noop_pending = False
+        self._input_budgeted = 0  # the handler's held_bytes, counted in engine.budget
+
+    def _enter(self, state: SessionState) -> None:
+        """The one place a session's state changes."""
+        if state not in _TRANSITIONS[self.state]:
+            raise AssertionError(f"session {self.sid}: {self.state.name} -> {state.name}")
+        self.state = state
+        self.closed = state is SessionState.CLOSED
+
+    @property
+    def transport(self) -> str:
+        """"websocket" once upgraded (or opened so), else "polling"."""
+        return "websocket" if isinstance(self.outbox, WebSocketOutbox) else "polling"
 
     # -- outgoing -------------------------------------------------------
     def send(self, message: OutgoingMessage, volatile: bool = False) -> bool:
         """Queue a message; False when the outbox is full (a slow consumer)."""
-        if self.closed:
+        if self.state is SessionState.CLOSED:
             return True
         return self.outbox.put(message, volatile)
 
     def send_packet(self, packet: eio.Packet) -> None:
-        """Queue an Engine.IO control packet; never refused."""
+        """Queue an Engine.IO control packet; never refused (a pong may be coalesced)."""
         outbox = self.outbox
         if isinstance(outbox, PollingOutbox):
             outbox.put_packet(packet)
+        elif packet.type is eio.PacketType.PONG:
+            outbox.put_control(encode_frames([eio.encode_packet(packet)]))
         else:
             outbox.put_bytes(encode_frames([eio.encode_packet(packet)]))
 
@@ -163,7 +219,7 @@ class EngineSession:
         kind = packet.type
         if kind is eio.PacketType.MESSAGE:
             self.engine.messages_in += 1
-            if not self.closed and self.handler is not None:
+            if self.state is not SessionState.CLOSED and self.handler is not None:
                 await self.handler.on_message(packet.data)
         elif kind is eio.PacketType.PONG:
             if self._awaiting_pong:
@@ -171,8 +227,8 @@ class EngineSession:
                 self.engine.timers.call_later_weak(self.engine.options.ping_interval,
                                                    self._ping, self._ping_generation)
         elif kind is eio.PacketType.CLOSE:
-            # A long-poll still pending is answered with a noop, as engine.io does.
-            self.noop_pending = isinstance(self.outbox, PollingOutbox)
+            # A long-poll still pending is answered with a noop, as engine.io does
+            # (http's _answer_poll: a session closed by "transport close").
             self.close("transport close")
         elif kind is eio.PacketType.NOOP:
             pass
@@ -181,13 +237,71 @@ class EngineSession:
         else:
             raise ProtocolError(f"unexpected {kind.name} packet from a client")
 
+    def account_input(self) -> bool:
+        """Count what the handler holds of this client's input in the budget.
+
+        Called by the task reading the transport after each read; False when
+        the process budget is spent (the caller closes the session).
+        """
+        handler = self.handler
+        held = handler.held_bytes() if handler is not None else 0
+        delta = held - self._input_budgeted
+        if delta > 0 and not self.engine.budget.take(delta):
+            return False
+        if delta < 0:
+            self.engine.budget.give(-delta)
+        self._input_budgeted = held
+        return True
+
+    # -- the upgrade (driven by the WebSocket that asks for it) ------------
+    def begin_upgrade(self) -> bool:
+        """A WebSocket opened for this sid; False when it may not upgrade now."""
+        if self.state is not SessionState.POLLING:
+            return False
+        self._enter(SessionState.UPGRADING)
+        return True
+
+    def release_poll_for_upgrade(self) -> None:
+        """Timer after the probe: while the upgrade is under way, end the pending long-poll.
+
+        The client pauses polling once probed; its pending GET gets a noop
+        (PAUSED), unless the upgrade completed first.
+        """
+        if self.state is not SessionState.UPGRADING:
+            return
+        if self.poll_pending:
+            self._enter(SessionState.PAUSED)
+            self.outbox.wake()  # type: ignore[union-attr]
+        else:
+            self.engine.timers.call_later_weak(UPGRADE_NOOP_CHECK, self.release_poll_for_upgrade)
+
+    def noop_sent(self) -> None:
+        """The paused long-poll got its noop: the upgrade goes on."""
+        if self.state is SessionState.PAUSED:
+            self._enter(SessionState.UPGRADING)
+
+    def finish_upgrade(self, outbox: WebSocketOutbox) -> None:
+        """The client sent UPGRADE: the WebSocket carries the session from now on."""
+        polling = self.outbox
+        assert isinstance(polling, PollingOutbox)
+        self._enter(SessionState.WEBSOCKET)
+        self.outbox = outbox
+        leftover = polling.take_all_raw()
+        if leftover:
+            outbox.put_bytes(encode_frames(leftover))
+        polling.wake()
+
+    def abandon_upgrade(self) -> None:
+        if self.state is SessionState.UPGRADING or self.state is SessionState.PAUSED:
+            self._enter(SessionState.POLLING)
+
     # -- heartbeat ------------------------------------------------------
     def start_heartbeat(self) -> None:
         self.engine.timers.call_later_weak(self.engine.options.ping_interval,
                                            self._ping, self._ping_generation)
 
     def _ping(self, generation: int) -> None:
-        if self.closed or generation != self._ping_generation:
+        if self.state is SessionState.CLOSED or generation != self._ping_generation:
             return
         self._ping_generation += 1
         self._awaiting_pong = True
@@ -195,18 +309,9 @@ class EngineSession:
         self.engine.timers.call_later_weak(self.engine.options.ping_timeout,
                                            self._check_pong, self._ping_generation)
 
-    def release_poll_for_upgrade(self) -> None:
-        """Timer: while an upgrade is under way, answer a pending long-poll with a noop."""
-        if self.closed or not self.upgrading or self.transport != "polling":
-            return
-        if self.poll_pending:
-            self.noop_pending = True
-            self.outbox.wake()  # type: ignore[union-attr]
-        else:
-            self.engine.timers.call_later_weak(UPGRADE_NOOP_CHECK, self.release_poll_for_upgrade)
-
     def _check_pong(self, generation: int) -> None:
-        if not self.closed and self._awaiting_pong and generation == self._ping_generation:
+        if (self.state is not SessionState.CLOSED and self._awaiting_pong
+                and generation == self._ping_generation):
             self.close("ping timeout")
 
     # -- closing --------------------------------------------------------
@@ -214,11 +319,12 @@ class EngineSession:
         """Close the session (idempotent, never blocks).
 
         Queued messages are still flushed for a short while; then the
-        transport is shut. The handler's ``on_close`` runs once.
+        transport is shut. The handler's ``on_close`` runs once, and the
+        session lets go of it (the handler may keep the session).
         """
-        if self.closed:
+        if self.state is SessionState.CLOSED:
             return
-        self.closed = True
+        self._enter(SessionState.CLOSED)
         self.close_reason = reason
         self.engine.forget(self)
         # Clients come and go all day: counted (roomd status), logged only at DEBUG.
@@ -229,15 +335,39 @@ class EngineSession:
             outbox.put_packet(eio.Packet(eio.PacketType.CLOSE))
         if self.reader_scope is not None:
             self.reader_scope.cancel()
-        if self.handler is not None:
-            self.handler.on_close(reason)
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.on_close(reason)
+        self.engine.budget.give(self._input_budgeted)
+        self._input_budgeted = 0
+
+
+def half_open_cap(configured: int) -> int:
+    """``max_half_open``, lowered to a quarter of the descriptor limit if that is less.
+
+    Half-open connections must never be what exhausts the descriptors: the
+    sessions being served need them too.
+    """
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return configured
+    if soft == resource.RLIM_INFINITY or not configured:
+        return configured
+    cap = max(16, soft // 4)
+    if configured > cap:
+        logger.warning("max_half_open lowered from %d to %d: the descriptor limit is %d",
+                       configured, cap, soft)
+        return cap
+    return configured
 
 
 class Engine:
     """The registry of sessions and the behaviour shared by both transports.
 
     ``on_session(session)`` is called for each new session and returns its
-    handler.
+    handler. ``budget``, ``admission`` and ``ratelog`` are the process-wide
+    limits (see ``limits``).
     """
 
     def __init__(self, options: EngineOptions, timers: Timers,
@@ -252,6 +382,15 @@ class Engine:
         self.live_websockets = 0
         self.nursery: trio.Nursery | None = None
         self.write_batch = WriteBatch()
+        self.budget = Budget(options.memory_budget)
+        self.admission = Admission(
+            connections_per_ip=options.connections_per_ip,
+            sessions_per_ip_rate=options.sessions_per_ip_rate,
+            sessions_per_ip_burst=options.sessions_per_ip_burst,
+            max_half_open=half_open_cap(options.max_half_open),
+            exempt=options.exempt_addresses)
+        self.trusted_proxies = frozenset(options.trusted_proxies)
+        self.ratelog = RateLog(timers.call_later)
         self.allow_request: AllowRequest | None = None
         self.error_listeners: list[Callable[[ConnectionRefusal], Any]] = []
         self.closes: dict[str, int] = {}  # close reason -> sessions closed for it
@@ -297,7 +436,8 @@ class Engine:
     def new_session(self, transport: str, request: RequestInfo,
                     outbox: WebSocketOutbox | None = None) -> EngineSession:
         sid = sio.new_id()
-        session = EngineSession(self, sid, transport, request)
+        state = SessionState.POLLING if outbox is None else SessionState.WEBSOCKET
+        session = EngineSession(self, sid, state, request)
         if outbox is not None:
             session.outbox = outbox
         self.sessions[sid] = session
@@ -311,17 +451,27 @@ class Engine:
 
         A long-polling client between two requests has not read the packets
         that closed its session (a DISCONNECT, say): its next GET still gets
-        them, within CLOSE_FLUSH_TIMEOUT. Called before the close packet is
-        queued.
+        them, within CLOSE_FLUSH_TIMEOUT; then they are dropped. Called before
+        the close packet is queued.
         """
-        if self.sessions.get(session.sid) is session:
-            del self.sessions[session.sid]
-            outbox = session.outbox
-            if (isinstance(outbox, PollingOutbox) and outbox.pending and not session.poll_pending
-                    and session.close_reason != "transport close"):  # the client left itself
-                self.closing_polls[session.sid] = session
-                self.timers.call_later(CLOSE_FLUSH_TIMEOUT, self.closing_polls.pop,
-                                       session.sid, None)
+        if self.sessions.get(session.sid) is not session:
+            return
+        del self.sessions[session.sid]
+        outbox = session.outbox
+        if not isinstance(outbox, PollingOutbox):
+            return
+        if session.poll_pending:
+            return  # the pending long-poll takes what is queued (then http clears the rest)
+        if outbox.pending and session.close_reason != "transport close":  # the client left
+            self.closing_polls[session.sid] = session
+            self.timers.call_later(CLOSE_FLUSH_TIMEOUT, self._drop_closing, session.sid)
+        else:
+            outbox.clear()  # nobody will read it: its bytes go at once
+
+    def _drop_closing(self, sid: str) -> None:
+        session = self.closing_polls.pop(sid, None)
+        if session is not None:
+            session.outbox.clear()  # type: ignore[union-attr]
 
     def polling_session(self, sid: str) -> EngineSession | None:
         """The session a long-polling request names, a closing one included."""
@@ -335,16 +485,20 @@ class Engine:
         Errors caused by the peer close this connection only.
         """
         assert self.nursery is not None
+        options = self.options
         # Flush tasks run in the server's nursery: an idle WebSocket owns no nursery.
-        outbox = WebSocketOutbox(stream, self.nursery, self.options.outbox_limit,
-                                 self.write_batch)
-        protocol = WebSocketProtocol(self.options.max_payload)
+        outbox = WebSocketOutbox(stream, self.nursery, options.outbox_limit,
+                                 self.write_batch, options.outbox_bytes, self.budget,
+                                 options.send_timeout)
+        protocol = WebSocketProtocol(options.max_payload)
         self.live_websockets += 1
+        reader = _WebSocketSession(self, stream, outbox, protocol)
         try:
-            await _WebSocketSession(self, stream, outbox, protocol).run(received, request, sid)
+            await reader.run(received, request, sid)
         finally:
             # The descriptor is about to close (and may be reused): never write to it again.
-            outbox.broken = True
+            outbox.close()
+            reader.release()
             self.live_websockets -= 1
 
 
@@ -361,6 +515,7 @@ class _WebSocketSession:
         self.session: EngineSession | None = None
         self.upgraded = False
         self.scope = trio.CancelScope()
+        self.budgeted = 0  # bytes of an incomplete message, counted in the budget
 
     async def run(self, received: bytes, request: RequestInfo, sid: str | None) -> None:
         engine = self.engine
@@ -370,80 +525,141 @@ class _WebSocketSession:
             session.send_packet(engine.open_packet(session.sid, websocket=True))
         else:
             found = engine.sessions.get(sid)
-            if found is None or found.transport != "polling" or found.upgrading:
+            if found is None or not found.begin_upgrade():
                 # Already upgraded (or upgrading): the handshake was answered, now close
                 # this WebSocket at once, as engine.io does.
-                await self._close(1008)
+                await self._close(CloseCode.POLICY_VIOLATION)
                 return
             session = found
-            session.upgrading = True
         self.session = session
         reason: str | None = None
+        code = CloseCode.NORMAL
         with trio.CancelScope() as self.scope:
             if self.upgraded:
                 session.reader_scope = self.scope
             else:
-                self.scope.deadline = trio.current_time() + UPGRADE_TIMEOUT
+                self.scope.deadline = trio.current_time() + engine.options.upgrade_timeout
             try:
                 reason = await self._read(received)
             except ProtocolError as exc:
-                logger.warning("session %s: closing on malformed packet: %s", session.sid, exc)
+                engine.ratelog.note("malformed packet", request.address,
+                                    f"session {session.sid}: {exc}")
                 reason = "parse error"
+                code = CloseCode.PROTOCOL_ERROR
+            except _SlowMessage:
+                engine.ratelog.note("slow WebSocket message", request.address,
+                                    f"session {session.sid}: not finished within "
+                                    f"{engine.options.body_timeout} s")
+                reason = "transport error"
+                code = CloseCode.POLICY_VIOLATION
+            except _OverBudget:
+                engine.ratelog.note("memory budget spent", request.address,
+                                    f"session {session.sid}: incoming message refused",
+                                    logging.WARNING)
+                reason = "transport error"
+                code = CloseCode.TRY_AGAIN_LATER
         if not self.upgraded:
-            session.upgrading = False
+            session.abandon_upgrade()
             # a client that goes away mid-upgrade: ordinary, not worth an INFO line
             logger.debug("session %s: upgrade failed: %s", session.sid, reason or "timed out")
-            await self._close(1002)
+            await self._close(CloseCode.PROTOCOL_ERROR)
             return
         session.reader_scope = None
         if reason is None:
             # Closed by the server: let queued frames (a DISCONNECT, say) leave first,
-            # then wait for the client's close frame (RFC 6455 7.1.1): closing the TCP
-            # socket while the client's answer is unread would reset the connection,
-            # and a reset can discard what the client had not read yet.
-            await self._close(1000)
-            await self._await_peer_close()
+            # then wait for the client's close frame (see _close).
+            await self._close(CloseCode.NORMAL)
             return
         session.close(reason)
-        with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-            self.outbox.put_bytes(self.protocol.take_output())
-            await self.outbox.drain()
+        await self._close(code)
 
-    async def _close(self, code: int) -> None:
-        with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-            self.outbox.put_bytes(self.protocol.close_frame(code))
-            await self.outbox.drain()
+    async def _close(self, code: CloseCode) -> None:
+        """Send our close frame (if the peer's close was not answered yet) and linger.
 
-    async def _await_peer_close(self) -> None:
-        """Read (and drop) until the client's close frame or EOF, for a short while."""
-        protocol = self.protocol
+        Closing a TCP socket with unread data makes the kernel send a reset,
+        which may destroy the close frame in flight: so the write side is
+        shut first and what the peer still sends is read and dropped, for a
+        bounded time and number of bytes.
+        """
+        outbox = self.outbox
         with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-            while protocol.close_code is None:
+            output = self.protocol.take_output()
+            outbox.put_bytes(output + self.protocol.close_frame(code))
+            await outbox.drain()
+            if outbox.broken or outbox.flushing:
+                return
+            outbox.close()
+            try:
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            dropped = 0
+            while dropped < CLOSE_LINGER_BYTES:
                 data = await receive_some(self.fd)
                 if not data:
                     return
-                protocol.receive(data)
+                dropped += len(data)
+
+    def release(self) -> None:
+        """The connection is gone: give back the incomplete message and its budget."""
+        self.protocol.discard()
+        self._account(0)
+        self.session = None
+
+    def _account(self, held: int) -> None:
+        delta = held - self.budgeted
+        if delta > 0 and not self.engine.budget.take(delta):
+            raise _OverBudget
+        if delta < 0:
+            self.engine.budget.give(-delta)
+        self.budgeted = held
 
     async def _read(self, data: bytes) -> str:
         """Read until the peer goes away; returns the close reason."""
         protocol = self.protocol
         session = self.session
         assert session is not None
+        held = 0  # bytes of an incomplete message
+        started: float | None = None  # when the incomplete message began
         while True:
             if data:
                 messages = protocol.receive(data)
                 output = protocol.take_output()
                 if output:
-                    self.outbox.put_bytes(output)
+                    if protocol.close_code is None:
+                        self.outbox.put_control(output)
+                    else:
+                        self.outbox.put_bytes(output)
+                # Counted: the incomplete message, and complete ones until they are handed on.
+                held = protocol.buffered
+                if messages:
+                    held += sum(map(len, messages))
+                if held != self.budgeted:
+                    self._account(held)
                 for message in messages:
                     packet = eio.decode_packet(message)
                     if self.upgraded:
                         await session.receive(packet)
                     else:
                         self._upgrade_step(packet)
+                if messages:
+                    started = None  # a message was finished: any incomplete one is new
+                    held = protocol.buffered
+                    self._account(held)
+                    if not session.account_input():
+                        raise _OverBudget
                 if protocol.close_code is not None:
                     return "transport close"
-            data = await receive_some(self.fd)
+            if not held:
+                data = await receive_some(self.fd)
+            else:
+                # An incomplete message must be finished within body_timeout of its start.
+                if started is None:
+                    started = trio.current_time()
+                with trio.move_on_at(started + self.engine.options.body_timeout) as scope:
+                    data = await receive_some(self.fd)
+                if scope.cancelled_caught:
+                    raise _SlowMessage
             if not data:
                 protocol.receive(None)
                 return "transport close"
@@ -456,23 +672,23 @@ class _WebSocketSession:
         if session.closed:
             raise ProtocolError("session closed during the upgrade")
         if packet.type is eio.PacketType.PING and packet.data == "probe":
-            self.outbox.put_bytes(encode_frames(["3probe"]))
+            self.outbox.put_control(encode_frames(["3probe"]))
             # The client pauses polling next: its pending long-poll must end.
             self.engine.timers.call_later_weak(UPGRADE_NOOP_CHECK,
                                                session.release_poll_for_upgrade)
             return
         if packet.type is not eio.PacketType.UPGRADE:
             raise ProtocolError(f"unexpected {packet.type.name} during upgrade")
-        polling = session.outbox
-        assert isinstance(polling, PollingOutbox)
-        session.transport = "websocket"
-        session.upgrading = False
-        session.outbox = self.outbox
-        leftover = polling.take_all_raw()
-        if leftover:
-            self.outbox.put_bytes(encode_frames(leftover))
-        polling.wake()
+        session.finish_upgrade(self.outbox)
         # From now on this task reads the session: a close must interrupt it.
         self.upgraded = True
         self.scope.deadline = float("inf")
         session.reader_scope = self.scope
+
+
+class _SlowMessage(Exception):
+    """An incomplete incoming message took longer than body_timeout."""
+
+
+class _OverBudget(Exception):
+    """An incoming message would exceed the process's memory budget."""

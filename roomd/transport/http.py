@@ -1,10 +1,19 @@
 """The HTTP front door: one h11 parser per TCP connection.
 
-Long-polling requests are answered here. A WebSocket upgrade is handed to
-trio-websocket with the bytes h11 already read put back in front of the
-stream. Every refusal is an HTTP status with a JSON body in Engine.IO's
-format, ``{"code": N, "message": "..."}``; nothing a client sends raises out
-of :func:`handle_connection`.
+Long-polling requests are answered here. A WebSocket upgrade is checked and
+answered with a 101 from the request h11 already parsed; the bytes h11 read
+after it are the first WebSocket bytes (``engine.run_websocket``). Every
+refusal is an HTTP status with a JSON body in Engine.IO's format,
+``{"code": N, "message": "..."}``; nothing a client sends raises out of
+:func:`handle_connection`, and nothing a client sends is logged once per
+event (``limits.RateLog`` counts them).
+
+Every wait on the client is bounded (docs/limits.md): the request head
+(``head_timeout``, then ``keepalive_timeout`` between requests), the body
+(``body_timeout``), every response write (``send_timeout``). Before any
+parsing, a new connection must fit the per-address connection cap (else 429)
+and the global cap on half-open connections (else 503); a new session must
+fit its address's rate (else 429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -12,101 +21,139 @@ from __future__ import annotations
 import http
 import json
 import logging
+import math
 import time
 import urllib.parse
-from collections.abc import Sequence
 
 import h11
 import trio
 
 from .._errors import ProtocolError
 from ..protocol import eio
+from ..protocol.eio import ErrorCode
 from ..protocol.websocket import accept_token, handshake_error
-from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo
+from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo, SessionState
+from .limits import client_address
 from .outbox import PollingOutbox
 
 logger = logging.getLogger("roomd.transport")
-
-# Engine.IO's error codes, as the JS server sends them.
-TRANSPORT_UNKNOWN = (0, "Transport unknown")
-SESSION_UNKNOWN = (1, "Session ID unknown")
-BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
-BAD_REQUEST = (3, "Bad request")
-FORBIDDEN = (4, "Forbidden")
-UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
 # Each code's own message: what the refusal counters are keyed by (an allow_request
 # verdict may carry any message; the counters' keys stay this bounded set).
-CODE_NAMES = dict((TRANSPORT_UNKNOWN, SESSION_UNKNOWN, BAD_HANDSHAKE_METHOD, BAD_REQUEST,
-                   FORBIDDEN, UNSUPPORTED_VERSION))
+CODE_NAMES = {int(code): code.message for code in ErrorCode}
 
+# A request head (line and headers) larger than this is refused (431): the
+# stock clients send well under 2 KiB, browsers with cookies a few KiB.
 MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT = 30.0
-KEEPALIVE_TIMEOUT = 60.0
 RECEIVE_SIZE = 64 * 1024
+# A refused connection is given this long for its request to arrive, so that
+# the refusal is read rather than lost to a TCP reset.
+REFUSAL_LINGER = 1.0
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, code_message: tuple[int, str], detail: str = "") -> None:
-        super().__init__(detail or code_message[1])
+    def __init__(self, status: int, code: ErrorCode, detail: str = "",
+                 headers: list[tuple[str, str]] | None = None,
+                 message: str | None = None) -> None:
+        super().__init__(detail or message or code.message)
         self.status = status
-        self.code, self.message = code_message
+        self.code = code
+        self.message = message or code.message
         self.detail = detail
+        self.headers = headers or []
+
+
+def _canned(status: int, code: ErrorCode, extra: str = "") -> bytes:
+    """A complete HTTP response closing the connection, written without h11."""
+    body = json.dumps({"code": int(code), "message": code.message}).encode()
+    return (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n").encode() + body
 
 
 class _HttpConnection:
-    def __init__(self, engine: Engine, stream: trio.SocketStream) -> None:
+    def __init__(self, engine: Engine, stream: trio.SocketStream, address: str) -> None:
         self.engine = engine
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.websocket: tuple[bytes, RequestInfo, str | None] | None = None
-        try:
-            peer = stream.socket.getpeername()
-            self.address = peer[0] if isinstance(peer, tuple) else str(peer)
-        except OSError:
-            self.address = ""
+        self.address = address
+        self.half_open = True  # counted in engine.admission from accept
 
-    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+    def _set_half_open(self, half_open: bool) -> bool:
+        """Count this connection as half-open (reading a request) or not; False when full."""
+        if half_open == self.half_open:
+            return True
+        admission = self.engine.admission
+        if half_open:
+            if not admission.open_half():
+                return False
+        else:
+            admission.close_half()
+        self.half_open = half_open
+        return True
+
+    async def _next_event(self) -> object:
+        """The next h11 event (an h11.Event, or h11.PAUSED); reads as needed."""
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.conn.receive_data(data)
                 continue
-            return event  # type: ignore[return-value]  # NEED_DATA looped above
+            return event
 
     async def _send(self, *events: h11.Event) -> None:
-        await self.stream.send_all(b"".join(self.conn.send(e) or b"" for e in events))
+        data = b"".join(self.conn.send(e) or b"" for e in events)
+        with trio.fail_after(self.engine.options.send_timeout):
+            await self.stream.send_all(data)
 
     async def respond(self, status: int, body: bytes, content_type: str,
-                      extra: Sequence[tuple[str, str]] = (), close: bool = False) -> None:
+                      extra: list[tuple[str, str]] | None = None, close: bool = False) -> None:
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                   ("Cache-Control", "no-store"), *extra]
+                   ("Cache-Control", "no-store"), *(extra or ())]
         if close:
             headers.append(("Connection", "close"))
         await self._send(h11.Response(status_code=status, headers=headers), h11.Data(data=body),
                          h11.EndOfMessage())
 
     async def refuse(self, refusal: _Refusal, extra: list[tuple[str, str]]) -> None:
-        key = (refusal.status, CODE_NAMES.get(refusal.code, "Bad request"))
+        key = (refusal.status, CODE_NAMES.get(int(refusal.code), "Bad request"))
         self.engine.refusals[key] = self.engine.refusals.get(key, 0) + 1
-        body = json.dumps({"code": refusal.code, "message": refusal.message}).encode()
-        await self.respond(refusal.status, body, "application/json", extra, close=True)
+        body = json.dumps({"code": int(refusal.code), "message": refusal.message}).encode()
+        extra = [*extra, *refusal.headers]
+        if self.conn.our_state is h11.SEND_RESPONSE:
+            await self.respond(refusal.status, body, "application/json", extra, close=True)
+            return
+        # h11 will not send once the peer broke the protocol: write the answer by hand.
+        lines = "".join(f"{k}: {v}\r\n" for k, v in extra)
+        await self._send_raw(_canned(refusal.status, refusal.code, lines))
+
+    async def _send_raw(self, data: bytes) -> None:
+        try:
+            with trio.move_on_after(self.engine.options.send_timeout):
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async def serve(self) -> None:
+        options = self.engine.options
+        timeout = options.head_timeout
         while True:
-            timeout = HEAD_TIMEOUT if self.conn.their_state is h11.SEND_BODY else KEEPALIVE_TIMEOUT
+            if not self._set_half_open(True):
+                return  # the half-open cap is reached: an idle keep-alive connection ends
             with trio.move_on_after(timeout) as scope:
                 try:
                     event = await self._next_event()
                 except h11.RemoteProtocolError as exc:
                     await self._bad_http(exc)
                     return
-            if scope.cancelled_caught or event is None:
-                return
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            if scope.cancelled_caught:
+                if self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:
+                    self.engine.ratelog.note("request head timeout", self.address,
+                                             f"no complete request head within {timeout} s")
                 return
             if not isinstance(event, h11.Request):
-                return
+                return  # ConnectionClosed, or PAUSED
             keep_going = await self.handle_request(event)
             if not keep_going or self.conn.our_state is h11.MUST_CLOSE:
                 return
@@ -114,19 +161,12 @@ class _HttpConnection:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+            timeout = options.keepalive_timeout
 
     async def _bad_http(self, exc: h11.RemoteProtocolError) -> None:
-        logger.info("%s: malformed HTTP: %s", self.address, exc)
+        self.engine.ratelog.note("malformed HTTP", self.address, str(exc))
         status = exc.error_status_hint or 400
-        body = json.dumps({"code": BAD_REQUEST[0], "message": BAD_REQUEST[1]}).encode()
-        # h11 refuses to send once the peer's side is broken; write by hand.
-        head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-                f"Content-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        try:
-            await self.stream.send_all(head + body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await self._send_raw(_canned(status, ErrorCode.BAD_REQUEST))
 
     def _cors_headers(self, headers: dict[str, str]) -> list[tuple[str, str]]:
         allowed = self.engine.options.cors_origins
@@ -134,7 +174,7 @@ class _HttpConnection:
         if not allowed or origin is None:
             return []
         if "*" not in allowed and origin not in allowed:
-            raise _Refusal(403, FORBIDDEN, f"origin {origin!r} not allowed")
+            raise _Refusal(403, ErrorCode.FORBIDDEN, f"origin {origin!r} not allowed")
         return [("Access-Control-Allow-Origin", origin),
                 ("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
 
@@ -147,87 +187,122 @@ class _HttpConnection:
         method = request.method.decode("latin-1")
         cors: list[tuple[str, str]] = []
         try:
-            # h11 bounds only a head that arrives in pieces; one read may hold a bigger one.
-            if len(request.target) + sum(len(k) + len(v) + 4 for k, v in
-                                         request.headers.raw_items()) > MAX_HEAD_BYTES:
-                raise _Refusal(431, BAD_REQUEST, "request head too large")
-            if path.rstrip("/") + "/" != self.engine.options.path:
-                raise _Refusal(404, BAD_REQUEST, "not found")
-            cors = self._cors_headers(headers)
-            if method == "OPTIONS":
-                await self._read_body(0)
-                await self.respond(204, b"", "text/plain", cors + [
-                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-                    ("Access-Control-Allow-Headers", headers.get(
-                        "access-control-request-headers", "content-type"))])
-                return True
-            if query.get("EIO") != "4":
-                raise _Refusal(400, UNSUPPORTED_VERSION)
-            transport = query.get("transport")
-            if transport not in self.engine.options.transports:
-                raise _Refusal(400, TRANSPORT_UNKNOWN)
-            info = RequestInfo(headers=headers, query=query, address=self.address,
-                               time=time.time(), url=target)
-            sid = query.get("sid")
-            if transport == "websocket":
-                return await self._websocket(request, headers, info, sid)
-            if headers.get("upgrade", "").lower() == "websocket":
-                raise _Refusal(400, BAD_REQUEST, "polling request asks for an upgrade")
-            if sid is None:
-                if method != "GET":
-                    raise _Refusal(400, BAD_HANDSHAKE_METHOD)
-                await self._read_body(0)
-                await self._open_polling(info, cors)
-                return True
-            session = self.engine.polling_session(sid)
-            if session is None:
-                raise _Refusal(400, SESSION_UNKNOWN)
-            if session.closed and method != "GET":
-                # The client is closing too: nobody will fetch the last packets.
-                self.engine.closing_polls.pop(sid, None)
-                raise _Refusal(400, SESSION_UNKNOWN)
-            if session.transport != "polling":
-                raise _Refusal(400, BAD_REQUEST, "session was upgraded")
-            if method == "GET":
-                await self._read_body(0)
-                await self._poll(session, cors)
-            elif method == "POST":
-                await self._post(session, headers, cors)
-            else:
-                raise _Refusal(400, BAD_HANDSHAKE_METHOD)
-            return True
+            try:
+                return await self._route(request, headers, target, path, query, method, cors)
+            except h11.RemoteProtocolError as exc:
+                # A body h11 cannot parse (bad chunk header, say), or the client left mid-body.
+                raise _Refusal(400, ErrorCode.BAD_REQUEST, f"malformed body: {exc}") from None
         except _Refusal as refusal:
-            # A late request of a session that has just closed is routine: DEBUG.
-            level = logging.DEBUG if refusal.code == SESSION_UNKNOWN[0] else logging.INFO
-            logger.log(level, "%s: %s %s refused: %s", self.address, method, target[:200],
-                       refusal)
+            if refusal.code is ErrorCode.UNKNOWN_SID:
+                # A late request of a session that has just closed is routine: DEBUG.
+                logger.debug("%s: %s %s refused: %s", self.address, method, target[:200],
+                             refusal)
+            else:
+                self.engine.ratelog.note(f"HTTP {refusal.status} refusal", self.address,
+                                         f"{method} {target[:200]}: {refusal}")
             if self.engine.error_listeners:
                 self.engine.report_error(ConnectionRefusal(
-                    refusal.code, refusal.message, refusal.detail or refusal.message,
+                    int(refusal.code), refusal.message, refusal.detail or refusal.message,
                     self.address, target))
             await self.refuse(refusal, cors if refusal.status != 403 else [])
             return False
+
+    async def _route(self, request: h11.Request, headers: dict[str, str], target: str,
+                     path: str, query: dict[str, str], method: str,
+                     cors: list[tuple[str, str]]) -> bool:
+        # h11 bounds only a head that arrives in pieces; one read may hold a bigger one.
+        if len(request.target) + sum(len(k) + len(v) + 4 for k, v in
+                                     request.headers.raw_items()) > MAX_HEAD_BYTES:
+            raise _Refusal(431, ErrorCode.BAD_REQUEST, "request head too large")
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 6.3: a message framed both ways is a smuggling attempt; never reuse.
+            raise _Refusal(400, ErrorCode.BAD_REQUEST,
+                           "both Content-Length and Transfer-Encoding")
+        if path.rstrip("/") + "/" != self.engine.options.path:
+            raise _Refusal(404, ErrorCode.BAD_REQUEST, "not found")
+        cors.extend(self._cors_headers(headers))
+        if method == "OPTIONS":
+            await self._read_body(0)
+            await self.respond(204, b"", "text/plain", cors + [
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                ("Access-Control-Allow-Headers", headers.get(
+                    "access-control-request-headers", "content-type"))])
+            return True
+        if query.get("EIO") != "4":
+            raise _Refusal(400, ErrorCode.UNSUPPORTED_PROTOCOL_VERSION)
+        transport = query.get("transport")
+        if transport not in self.engine.options.transports:
+            raise _Refusal(400, ErrorCode.UNKNOWN_TRANSPORT)
+        address = client_address(self.address, headers.get("x-forwarded-for"),
+                                 self.engine.trusted_proxies)
+        info = RequestInfo(headers=headers, query=query, address=address,
+                           time=time.time(), url=target)
+        sid = query.get("sid")
+        if transport == "websocket":
+            return await self._websocket(request, headers, info, sid)
+        if headers.get("upgrade", "").lower() == "websocket":
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "polling request asks for an upgrade")
+        if sid is None:
+            if method != "GET":
+                raise _Refusal(400, ErrorCode.BAD_HANDSHAKE_METHOD)
+            await self._read_body(0)
+            await self._open_polling(info, cors)
+            return True
+        session = self.engine.polling_session(sid)
+        if session is None:
+            raise _Refusal(400, ErrorCode.UNKNOWN_SID)
+        if session.closed and method != "GET":
+            # The client is closing too: nobody will fetch the last packets.
+            self.engine.closing_polls.pop(sid, None)
+            raise _Refusal(400, ErrorCode.UNKNOWN_SID)
+        if session.transport != "polling":
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "session was upgraded")
+        if method == "GET":
+            await self._read_body(0)
+            await self._poll(session, cors)
+        elif method == "POST":
+            await self._post(session, headers, cors)
+        else:
+            raise _Refusal(400, ErrorCode.BAD_HANDSHAKE_METHOD)
+        return True
 
     async def _read_body(self, limit: int) -> bytes | None:
         """Read the request body; None when it is over ``limit`` bytes."""
         chunks: list[bytes] = []
         size = 0
-        with trio.fail_after(HEAD_TIMEOUT):
+        with trio.move_on_after(self.engine.options.body_timeout):
             while True:
-                event = await self._next_event()
+                try:
+                    event = await self._next_event()
+                except h11.RemoteProtocolError as exc:
+                    # A bad chunk header, say, or the client left mid-body.
+                    raise _Refusal(400, ErrorCode.BAD_REQUEST, f"malformed body: {exc}") from None
                 if isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > limit:
                         return None
                     chunks.append(event.data)
                 elif isinstance(event, h11.EndOfMessage):
+                    self._set_half_open(False)
                     return b"".join(chunks)
                 else:
-                    raise _Refusal(400, BAD_REQUEST, "truncated body")
+                    raise _Refusal(400, ErrorCode.BAD_REQUEST, "truncated body")
+        raise _Refusal(408, ErrorCode.BAD_REQUEST,
+                       f"body not received within {self.engine.options.body_timeout} s")
+
+    def _admit_session(self, address: str) -> None:
+        """Refuse a new session when the server is full or the address over its rate."""
+        engine = self.engine
+        if not engine.accepting or engine.full():
+            raise _Refusal(503, ErrorCode.BAD_REQUEST, "server is not accepting connections",
+                           [("Retry-After", "5")])
+        wait = engine.admission.new_session(address)
+        if wait:
+            raise _Refusal(429, ErrorCode.BAD_REQUEST, "too many new sessions from this address",
+                           [("Retry-After", str(max(1, math.ceil(wait))))])
 
     async def _open_polling(self, info: RequestInfo, cors: list[tuple[str, str]]) -> None:
-        if not self.engine.accepting or self.engine.full():
-            raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+        self._admit_session(info.address)
         await self._check_allowed(info)
         session = self.engine.new_session("polling", info)
         payload = eio.encode_payload([self.engine.open_packet(session.sid, websocket=False)])
@@ -236,7 +311,8 @@ class _HttpConnection:
     async def _check_allowed(self, info: RequestInfo) -> None:
         refusal = await self.engine.refusal_of(info)
         if refusal is not None:
-            raise _Refusal(403, (FORBIDDEN[0], refusal), "refused by allow_request")
+            raise _Refusal(403, ErrorCode.FORBIDDEN, "refused by allow_request",
+                           message=refusal)
 
     async def _poll(self, session: EngineSession, cors: list[tuple[str, str]]) -> None:
         self.engine.polls_in_flight += 1
@@ -247,25 +323,45 @@ class _HttpConnection:
 
     async def _answer_poll(self, session: EngineSession, cors: list[tuple[str, str]]) -> None:
         outbox = session.outbox
+        assert isinstance(outbox, PollingOutbox)
         if session.poll_pending:
             session.close("transport error")
-            raise _Refusal(400, BAD_REQUEST, "overlapping long-poll")
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "overlapping long-poll")
         session.poll_pending = True
         try:
-            assert isinstance(outbox, PollingOutbox)
-            if not session.noop_pending:
+            if session.state is SessionState.POLLING or session.state is SessionState.UPGRADING:
                 await outbox.wait()
-            if session.noop_pending or session.transport != "polling":
-                session.noop_pending = False
-                packets = [eio.Packet(eio.PacketType.NOOP)]
-            else:
+            state = session.state
+            packets = []
+            if state is SessionState.PAUSED:
+                session.noop_sent()
+            elif state is not SessionState.WEBSOCKET and not (
+                    state is SessionState.CLOSED and session.close_reason == "transport close"):
                 packets = outbox.take(self.engine.options.max_payload)
+            if not packets:
+                # Paused for the upgrade, upgraded, or closed by the client itself (as
+                # engine.io does): the client's long-poll ends with a noop.
+                packets = [eio.Packet(eio.PacketType.NOOP)]
         finally:
             session.poll_pending = False
         if session.closed:
+            # The last answer of a closed session: what it could not carry is dropped.
             self.engine.closing_polls.pop(session.sid, None)
+            outbox.clear()
         body = eio.encode_payload(packets).encode()
-        await self.respond(200, body, "text/plain; charset=UTF-8", cors)
+        del packets
+        budget = self.engine.budget
+        budget.hold(len(body))  # taken out of the outbox: still held until written
+        try:
+            await self.respond(200, body, "text/plain; charset=UTF-8", cors)
+        except trio.TooSlowError:
+            self.engine.ratelog.note("long-poll answer not read", self.address,
+                                     f"session {session.sid}: closed after "
+                                     f"{self.engine.options.send_timeout} s")
+            session.close("transport error")
+            raise
+        finally:
+            budget.give(len(body))
 
     async def _post(self, session: EngineSession, headers: dict[str, str],
                     cors: list[tuple[str, str]]) -> None:
@@ -273,24 +369,40 @@ class _HttpConnection:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             session.close("transport error")
-            raise _Refusal(413, BAD_REQUEST, f"payload of {length} bytes over maxPayload")
+            raise _Refusal(413, ErrorCode.BAD_REQUEST, f"payload of {length} bytes over maxPayload")
         if session.post_pending:
             session.close("transport error")
-            raise _Refusal(400, BAD_REQUEST, "overlapping POST")
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "overlapping POST")
         session.post_pending = True
         try:
-            body = await self._read_body(limit)
+            try:
+                body = await self._read_body(limit)
+            except _Refusal:
+                session.close("transport error")
+                raise
             if body is None:
                 session.close("transport error")
-                raise _Refusal(413, BAD_REQUEST, "payload over maxPayload")
+                raise _Refusal(413, ErrorCode.BAD_REQUEST, "payload over maxPayload")
+            budget = self.engine.budget
+            if not budget.take(len(body)):
+                session.close("transport error")
+                raise _Refusal(503, ErrorCode.BAD_REQUEST, "memory budget spent",
+                               [("Retry-After", "5")])
             self.engine.bytes_in += len(body)
             try:
                 for packet in eio.decode_payload(body.decode("utf-8")):
                     await session.receive(packet)
             except (ProtocolError, UnicodeDecodeError) as exc:
-                logger.warning("session %s: closing on malformed payload: %s", session.sid, exc)
+                self.engine.ratelog.note("malformed payload", self.address,
+                                         f"session {session.sid}: {exc}")
                 session.close("parse error")
-                raise _Refusal(400, BAD_REQUEST, str(exc)) from None
+                raise _Refusal(400, ErrorCode.BAD_REQUEST, str(exc)) from None
+            finally:
+                budget.give(len(body))
+            if not session.account_input():
+                session.close("transport error")
+                raise _Refusal(503, ErrorCode.BAD_REQUEST, "memory budget spent",
+                               [("Retry-After", "5")])
         finally:
             session.post_pending = False
         await self.respond(200, b"ok", "text/html", cors)
@@ -298,30 +410,79 @@ class _HttpConnection:
     async def _websocket(self, request: h11.Request, headers: dict[str, str],
                          info: RequestInfo, sid: str | None) -> bool:
         if request.method != b"GET" or headers.get("upgrade", "").lower() != "websocket":
-            raise _Refusal(400, BAD_REQUEST, "websocket transport without an upgrade")
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "websocket transport without an upgrade")
+        if request.http_version != b"1.1":
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "a WebSocket upgrade needs HTTP/1.1")
+        if "content-length" in headers and headers["content-length"] != "0" or (
+                "transfer-encoding" in headers):
+            # Refused at once: waiting for a body nobody needs is a way to hold a connection.
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "websocket upgrade with a body")
+        if headers.get("sec-websocket-version") != "13":
+            raise _Refusal(426, ErrorCode.BAD_REQUEST, "Sec-WebSocket-Version must be 13",
+                           [("Sec-WebSocket-Version", "13")])
         if sid is not None:
             # A known session that is already upgraded (or upgrading) gets the
             # handshake, then an immediate close (run_websocket), as in engine.io.
             if sid not in self.engine.sessions:
-                raise _Refusal(400, SESSION_UNKNOWN)
-        elif not self.engine.accepting or self.engine.full():
-            raise _Refusal(503, BAD_REQUEST, "server is not accepting connections")
+                raise _Refusal(400, ErrorCode.UNKNOWN_SID)
         else:
+            self._admit_session(info.address)
             await self._check_allowed(info)
         problem = handshake_error(headers)
         if problem is not None:
-            raise _Refusal(400, BAD_REQUEST, problem)
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, problem)
         event = await self._next_event()
         if not isinstance(event, h11.EndOfMessage):
-            raise _Refusal(400, BAD_REQUEST, "websocket upgrade with a body")
+            raise _Refusal(400, ErrorCode.BAD_REQUEST, "websocket upgrade with a body")
+        self._set_half_open(False)
         response = h11.InformationalResponse(status_code=101, headers=[
             ("Upgrade", "websocket"), ("Connection", "Upgrade"),
             ("Sec-WebSocket-Accept", accept_token(headers["sec-websocket-key"]))])
-        await self.stream.send_all(self.conn.send(response) or b"")
+        with trio.fail_after(self.engine.options.send_timeout):
+            await self.stream.send_all(self.conn.send(response) or b"")
         received, _ = self.conn.trailing_data
         # Served by handle_connection once this request's frames are gone.
         self.websocket = (received, info, sid)
         return False
+
+
+async def _serve_http(engine: Engine, stream: trio.SocketStream, address: str
+                      ) -> tuple[bytes, RequestInfo, str | None] | None:
+    """Serve HTTP requests; what a WebSocket needs when the last one was an upgrade.
+
+    The HTTP parser's frames are gone when this returns: a WebSocket holds none of them.
+    """
+    http = _HttpConnection(engine, stream, address)
+    try:
+        await http.serve()
+    finally:
+        http._set_half_open(False)
+    return http.websocket
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return ""
+    return peer[0] if isinstance(peer, tuple) else str(peer)
+
+
+async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
+                        status: int, what: str) -> None:
+    """Answer a connection refused before parsing anything: no parser, no session."""
+    engine.ratelog.note(what, address, f"connection refused with {status}")
+    key = (status, ErrorCode.BAD_REQUEST.message)
+    engine.refusals[key] = engine.refusals.get(key, 0) + 1
+    with trio.move_on_after(REFUSAL_LINGER):
+        try:
+            # Read what has arrived, so that closing does not reset the answer away.
+            await stream.receive_some(RECEIVE_SIZE)
+            await stream.send_all(_canned(status, ErrorCode.BAD_REQUEST, "Retry-After: 5\r\n"))
+            await stream.send_eof()
+            await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
@@ -330,11 +491,16 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
     Errors caused by the peer end that connection only; cancellation
     propagates.
     """
+    address = _peer_address(stream)
+    admission = engine.admission
+    if not admission.connect(address):
+        await _refuse_early(engine, stream, address, 429, "too many connections per address")
+        return
     try:
-        http = _HttpConnection(engine, stream)
-        await http.serve()
-        websocket = http.websocket
-        del http  # the HTTP side's objects go before the WebSocket's life starts
+        if not admission.open_half():
+            await _refuse_early(engine, stream, address, 503, "half-open connection cap reached")
+            return
+        websocket = await _serve_http(engine, stream, address)
         if websocket is not None:
             await engine.run_websocket(stream, *websocket)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -343,4 +509,6 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
         pass
     except Exception:
         logger.exception("connection handler failed")
+    finally:
+        admission.disconnect(address)
     # trio.serve_listeners closes the stream when this returns.

@@ -8,21 +8,38 @@ or re-encoding per recipient.
 Outboxes never block and never await: :meth:`put` either accepts the message
 or returns False when the outbox is full (a slow consumer), and the caller
 applies the slow-consumer policy.
+
+Full means any of: ``limit`` messages queued, ``max_bytes`` bytes queued, or
+the process-wide :class:`~roomd.transport.limits.Budget` spent. The first
+message of an empty outbox is never refused for its size alone (a message
+may be as large as maxPayload), but always counts against the budget.
+Bytes are counted per outbox, so a broadcast's shared frames count once per
+recipient that has not taken them yet: the count is an upper bound of the
+memory held. Control answers (pongs, probes) are never queued behind data:
+when data is waiting, they are dropped (the peer's next ping is answered).
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import socket
 from typing import TYPE_CHECKING
 
 import trio
 
 from ..protocol import eio
 from ..protocol.wsframe import encode_frames
+from .limits import Budget
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+# A client must take this much of what is queued for it within ``send_timeout``
+# (8.5 KiB/s at the defaults), or its connection is shut: a reader that never
+# reads holds its outbox for a bounded time, not only in bounded bytes.
+STALL_CHUNK = 256 * 1024
 
 
 class OutgoingMessage:
@@ -83,24 +100,59 @@ class WebSocketOutbox:
     frames in order.
     """
 
-    __slots__ = ("_stream", "_fd", "_nursery", "_limit", "_queue", "_flushing",
-                 "_drained", "_batch", "_held", "broken")
+    __slots__ = ("_stream", "_fd", "_nursery", "_limit", "_max_bytes", "_budget", "_queue",
+                 "_queued", "_inflight", "_flushing", "_drained", "_batch", "_held",
+                 "_stall_timeout", "broken")
 
     def __init__(self, stream: trio.SocketStream, nursery: trio.Nursery, limit: int,
-                 batch: WriteBatch | None = None) -> None:
+                 batch: WriteBatch | None = None, max_bytes: int = 0,
+                 budget: Budget | None = None, stall_timeout: float = 0) -> None:
         self._stream = stream
         self._batch = batch or WriteBatch()
         self._held: list[bytes] | None = None
         self._fd = stream.socket.fileno()
         self._nursery = nursery
         self._limit = limit
+        self._max_bytes = max_bytes  # 0: unlimited
+        self._budget = budget or Budget(0)
         self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0  # bytes held, queued or being sent; counted in the budget
+        self._inflight = 0
         self._flushing = False
         self._drained: trio.Event | None = None
+        self._stall_timeout = stall_timeout or float("inf")
         self.broken = False
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    @property
+    def flushing(self) -> bool:
+        """A flush task is sending what the kernel did not take at once."""
+        return self._flushing
+
+    def _admit(self, n: int) -> bool:
+        """Count ``n`` more bytes held; False when over the outbox's or the process's bound."""
+        queued = self._queued
+        if queued and self._max_bytes and queued + n > self._max_bytes:
+            return False
+        if not self._budget.take(n):
+            return False
+        self._queued = queued + n
+        return True
+
+    def _forget(self, n: int) -> None:
+        self._queued -= n
+        self._budget.give(n)
 
     def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
         return self.put_bytes(message.ws_frames, volatile)
+
+    def put_control(self, data: bytes) -> None:
+        """Send a control answer (pong, probe) now, or drop it when data is waiting."""
+        if not self._flushing and self._held is None:
+            self.put_bytes(data)
 
     def put_bytes(self, data: bytes, volatile: bool = False) -> bool:
         """Write or queue ``data``; False when the outbox is full."""
@@ -108,19 +160,19 @@ class WebSocketOutbox:
             return True
         if self._batch.open and not self._flushing:
             held = self._held
+            if held is not None and len(held) >= self._limit or not self._admit(len(data)):
+                return volatile
             if held is None:
                 self._held = [data]
                 self._batch._held.append(self)
-            elif len(held) < self._limit:
-                held.append(data)
             else:
-                return volatile
+                held.append(data)
             return True
         if self._flushing:
             # Queued data is waiting: a volatile message is simply dropped.
             if volatile:
                 return True
-            if len(self._queue) >= self._limit:
+            if len(self._queue) >= self._limit or not self._admit(len(data)):
                 return False
             self._queue.append(data)
             return True
@@ -133,7 +185,10 @@ class WebSocketOutbox:
             self.broken = True
             return True
         if sent < len(data):
-            self._queue.append(data[sent:])
+            rest = data[sent:]
+            if not self._admit(len(rest)):
+                return False
+            self._queue.append(rest)
             self._flushing = True
             self._nursery.start_soon(self._flush)
         return True
@@ -141,23 +196,56 @@ class WebSocketOutbox:
     def _release(self) -> None:
         held, self._held = self._held, None
         if held:
+            self._forget(sum(len(d) for d in held))
             self.put_bytes(b"".join(held) if len(held) > 1 else held[0])
 
     async def _flush(self) -> None:
         queue = self._queue
         try:
-            while queue:
+            while queue and not self.broken:
                 data = b"".join(queue) if len(queue) > 1 else queue[0]
                 queue.clear()
-                await self._stream.send_all(data)
+                self._inflight = len(data)
+                try:
+                    await self._send(data)
+                finally:
+                    self._forget(self._inflight)
+                    self._inflight = 0
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.broken = True
-            queue.clear()
+            self.close()
+        except trio.TooSlowError:
+            # The client stopped reading: shut the socket, so that its reader sees the end.
+            self.close()
+            try:
+                self._stream.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         finally:
             self._flushing = False
             if self._drained is not None:
                 self._drained.set()
                 self._drained = None
+
+    async def _send(self, data: bytes) -> None:
+        """Send, giving the client ``stall_timeout`` for each STALL_CHUNK it must take."""
+        timeout = self._stall_timeout
+        if len(data) <= STALL_CHUNK:
+            with trio.fail_after(timeout):
+                await self._stream.send_all(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), STALL_CHUNK):
+            with trio.fail_after(timeout):
+                await self._stream.send_all(view[start:start + STALL_CHUNK])
+
+    def close(self) -> None:
+        """Never write again (the descriptor may be reused): drop what is queued or held."""
+        self.broken = True
+        dropped = self._queued - self._inflight
+        self._queue.clear()
+        self._held = None
+        if dropped:
+            self._forget(dropped)
 
     async def drain(self) -> None:
         """Wait until everything queued has been handed to the kernel."""
@@ -173,31 +261,62 @@ _CLOSE = eio.encode_packet(eio.Packet(eio.PacketType.CLOSE))
 class PollingOutbox:
     """Outbox of a long-polling session: Engine.IO packets for the next GET."""
 
-    __slots__ = ("_limit", "_queue", "_wakeup")
+    __slots__ = ("_limit", "_max_bytes", "_budget", "_queue", "_queued", "_pongs", "_wakeup")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int = 0, budget: Budget | None = None) -> None:
         self._limit = limit
+        self._max_bytes = max_bytes
+        self._budget = budget or Budget(0)
         self._queue: collections.deque[str | bytes] = collections.deque()
+        self._queued = 0
+        self._pongs = 0
         self._wakeup = trio.Event()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    @property
+    def pending(self) -> int:
+        """Packets queued and not yet taken."""
+        return len(self._queue)
 
     def put(self, message: OutgoingMessage, volatile: bool = False) -> bool:
         if volatile and self._queue:
             return True
         if len(self._queue) >= self._limit:
             return False
-        self._queue.extend(message.eio_parts)
+        parts = message.eio_parts
+        n = sum(len(p) for p in parts)
+        queued = self._queued
+        if queued and self._max_bytes and queued + n > self._max_bytes:
+            return False
+        if not self._budget.take(n):
+            return False
+        self._queued = queued + n
+        self._queue.extend(parts)
         self._wakeup.set()
         return True
 
     def put_packet(self, packet: eio.Packet) -> None:
-        """Queue a control packet (ping, noop, close); never refused."""
+        """Queue a control packet (ping, noop, close); never refused.
+
+        A pong is queued only when none is waiting: however many pings a
+        client sends between two long-polls, it is owed one pong.
+        """
+        if packet.type is eio.PacketType.PONG:
+            if self._pongs:
+                return
+            self._pongs += 1
         self._queue.append(eio.encode_packet(packet))
         self._wakeup.set()
 
-    @property
-    def pending(self) -> int:
-        """Packets queued and not yet taken."""
-        return len(self._queue)
+    def _popped(self, item: str | bytes) -> None:
+        if isinstance(item, str) and item[:1] == "3":
+            self._pongs -= 1
+        elif isinstance(item, bytes) or item[:1] == "4":
+            self._queued -= len(item)
+            self._budget.give(len(item))
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -222,6 +341,7 @@ class PollingOutbox:
                 # DISCONNECT would lose its reason.
                 break
             queue.popleft()
+            self._popped(item)
             out.append(eio.decode_packet(item) if isinstance(item, str)
                        else eio.Packet(eio.PacketType.MESSAGE, item))
         return out
@@ -229,5 +349,12 @@ class PollingOutbox:
     def take_all_raw(self) -> list[str | bytes]:
         """Remove everything queued, in wire form (for the move to WebSocket)."""
         items = list(self._queue)
-        self._queue.clear()
+        self.clear()
         return items
+
+    def clear(self) -> None:
+        """Drop everything queued (the session is gone) and give its bytes back."""
+        self._queue.clear()
+        self._budget.give(self._queued)
+        self._queued = 0
+        self._pongs = 0
