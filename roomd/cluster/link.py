@@ -201,7 +201,12 @@ class RedisLink:
             connects = self.connects
             try:
                 await self._session()
-            except Exception as exc:  # every failure of a session is an outage
+            except BaseException as exc:
+                # Being cancelled: leave with a plain Cancelled (coredis may add its own
+                # errors while it is torn down). Otherwise every failure is an outage.
+                await trio.lowlevel.checkpoint()
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
                 self._set_down(_describe(exc))
             else:
                 self._set_down("connection closed")

@@ -182,8 +182,20 @@ def _has_date(value: Any) -> bool:
     return False
 
 
+def _node_json(value: Any) -> Any:
+    # What JSON.stringify makes of a Node.js Buffer: the JSON requests of the
+    # classic protocol carry binary this way (and it stays an object there).
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"type": "Buffer", "data": list(bytes(value))}
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def dump_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """JSON as JSON.stringify writes it (bytes as Buffer.toJSON)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      default=_node_json).encode()
 
 
 def load(data: bytes) -> Any:
