@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import trio
-
 from harness import NODE_DIR, HarnessError, Received, _Inbox, from_wire, to_wire
 
 CLUSTER_NODE_JS = NODE_DIR / "cluster_node.js"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from cluster_harness import NodePeer, node_peer, redis_server  # noqa: F401 (fixtures)
+from cluster_harness import NodePeer
 
 import roomd
 from roomd._errors import ClusterTimeout

@@ -1,0 +1,95 @@
+"""Issue 14: Redis down at start or during the run never stops a roomd node.
+
+Local clients keep being served (connect, join, emit, acks, fetch) while Redis is away; the
+outage is logged once per state change; publishing drops (and counts) instead of waiting;
+once Redis is back every node resubscribes and the cluster works again. A node killed in
+the middle of a request is the silent-node case of test_cluster_classic.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from cluster_harness import RedisServer, free_port
+from test_cluster_classic import WS, cluster_of, join, make_roomd, until
+
+from roomd.cluster.link import LinkState
+
+
+async def _state_is(io, state: LinkState) -> bool:
+    return io.adapter_factory.link.state is state
+
+
+async def test_redis_stopped_and_restarted_mid_run(start_server, node, redis_server, caplog):
+    caplog.set_level(logging.INFO, logger="roomd.cluster")
+    a = make_roomd(redis_server.url)
+    b = make_roomd(redis_server.url)
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    await cluster_of([a, b], None, 2)
+    sa = await node.connect(srv_a.url, transports=WS, force_new=True)
+    sb = await node.connect(srv_b.url, transports=WS, force_new=True)
+    await join(sa, "r")
+    await join(sb, "r")
+    await a.to("r").emit("before")
+    await sa.next_event("before")
+    await sb.next_event("before")
+
+    await redis_server.stop()
+    await until(lambda: _state_is(a, LinkState.DOWN), what="node A sees Redis down")
+    await until(lambda: _state_is(b, LinkState.DOWN), what="node B sees Redis down")
+
+    # local clients keep being served, nothing waits for Redis
+    with trio.fail_after(3):
+        late = await node.connect(srv_a.url, transports=WS, force_new=True)
+        await join(late, "r")
+        await a.to("r").emit("during", 1)
+        assert (await sa.next_event("during")).args == [1]
+        await late.next_event("during")
+        assert await a.sockets.adapter.server_count() == 1
+        assert {s.id for s in await a.in_("r").fetch_sockets()} == {sa.sid, late.sid}
+        assert len(await a.to("r").emit_with_ack("q", timeout=2)) == 2
+        await a.server_side_emit("nobody-listens")
+    assert a.adapter_factory.link.dropped >= 2
+    assert a.adapter_factory.status()["redis"] == "down"
+
+    # several reconnection attempts, one log line
+    await trio.sleep(0.5)
+    await redis_server.start()
+    await until(lambda: _state_is(a, LinkState.UP), what="node A reconnected")
+    await until(lambda: _state_is(b, LinkState.UP), what="node B reconnected")
+    await cluster_of([a, b], None, 2)
+    await b.to("r").emit("after", "x")
+    for sock in (sa, late, sb):
+        assert (await sock.next_event("after")).args == ["x"]
+    await a.to("r").emit("after-a")
+    await sb.next_event("after-a")
+    await sb.no_event("during", wait=0)  # lost: pub/sub keeps nothing during an outage
+
+    downs = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    ups = [r for r in caplog.records if "connected" in r.getMessage()]
+    assert len(downs) == 2  # one per node
+    assert len(ups) == 4    # start and recovery, per node
+
+
+async def test_redis_down_at_start(start_server, node):
+    redis = RedisServer(port=free_port())
+    a = make_roomd(redis.url)
+    srv = await start_server(a)  # nothing listens on that port yet
+    sock = await node.connect(srv.url, transports=WS, force_new=True)
+    await join(sock, "r")
+    await a.to("r").emit("local")
+    await sock.next_event("local")
+    assert a.adapter_factory.status()["redis"] in ("connecting", "down")
+    try:
+        await redis.start()
+        b = make_roomd(redis.url)
+        srv_b = await start_server(b)
+        await cluster_of([a, b], None, 2)
+        await b.emit("hello-cluster")
+        assert (await sock.next_event("hello-cluster")).args == []
+        other = await node.connect(srv_b.url, transports=WS, force_new=True)
+        await a.emit("back")
+        await other.next_event("back")
+    finally:
+        await redis.stop()
