@@ -31,10 +31,20 @@ CLUSTER_NODE_JS = NODE_DIR / "cluster_node.js"
 HOST = "127.0.0.1"
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all held open while picking, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _need(program: str) -> str:
@@ -44,11 +54,15 @@ def _need(program: str) -> str:
     return path
 
 
-async def _ping(port: int, timeout: float = 10) -> None:
-    """Wait until a Redis answers PING on ``port``."""
+async def _ping(port: int, proc: trio.Process | None = None, log: str = "",
+                timeout: float = 10) -> None:
+    """Wait until a Redis answers PING on ``port`` (fail at once if ``proc`` exited)."""
     cli = _need("redis-cli")
     with trio.fail_after(timeout):
         while True:
+            if proc is not None and proc.poll() is not None:
+                tail = open(log, errors="replace").read()[-2000:] if log else ""
+                raise RuntimeError(f"redis-server on port {port} exited: {tail}")
             result = await trio.run_process([cli, "-h", HOST, "-p", str(port), "ping"],
                                             capture_stdout=True, capture_stderr=True, check=False)
             if result.stdout.strip() == b"PONG":
@@ -72,11 +86,12 @@ class RedisServer:
 
     async def start(self) -> None:
         server = _need("redis-server")
+        log = os.path.join(self.workdir, f"redis-{self.port}.log")
         self.proc = await trio.lowlevel.open_process(
             [server, "--port", str(self.port), "--bind", HOST, "--save", "",
-             "--appendonly", "no", "--dir", self.workdir, *self.extra],
+             "--appendonly", "no", "--dir", self.workdir, "--logfile", log, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await _ping(self.port)
+        await _ping(self.port, self.proc, log)
 
     async def stop(self) -> None:
         """Kill it (by PID) and wait until it is gone."""
@@ -97,9 +112,13 @@ class RedisClusterServers:
 
     def __init__(self) -> None:
         self.workdir = tempfile.mkdtemp(prefix="roomd-rcluster-")
-        self.nodes = [RedisServer(extra=["--cluster-enabled", "yes", "--cluster-config-file",
-                                         f"nodes-{i}.conf", "--cluster-node-timeout", "2000"],
-                                  workdir=self.workdir) for i in range(3)]
+        ports = free_ports(6)  # client ports, then cluster bus ports (port+10000 may not exist)
+        self.nodes = [RedisServer(ports[i], extra=["--cluster-enabled", "yes",
+                                                   "--cluster-port", str(ports[3 + i]),
+                                                   "--cluster-config-file", f"nodes-{i}.conf",
+                                                   "--cluster-node-timeout", "2000"],
+                                  workdir=self.workdir)
+                      for i in range(3)]
 
     @property
     def url(self) -> str:

@@ -218,12 +218,17 @@ class RedisLink:
     async def _session(self) -> None:
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(await self._connect())
+            publisher = client
+            if self.cluster and not self.sharded:
+                # PUBLISH on any node of a Redis Cluster reaches every node; coredis'
+                # cluster pipeline cannot route keyless commands, a node's client can.
+                publisher = await stack.enter_async_context(self._node_client())
             pubsub = await stack.enter_async_context(self._pubsub(client))
             await self._subscribe_all(pubsub)
             self._client = client
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._publisher, client)
+                    nursery.start_soon(self._publisher, publisher)
                     nursery.start_soon(self._apply_changes, pubsub)
                     self._set_up()
                     while True:
@@ -233,18 +238,23 @@ class RedisLink:
             finally:
                 self._client = None
 
+    def _node_client(self) -> Any:
+        return coredis.Redis.from_url(self.url, retry_policy=NoRetryPolicy(),
+                                      connect_timeout=CONNECT_TIMEOUT,
+                                      stream_timeout=COMMAND_TIMEOUT)
+
     async def _connect(self) -> Any:
         options: dict[str, Any] = dict(retry_policy=NoRetryPolicy(),
                                        connect_timeout=CONNECT_TIMEOUT,
                                        stream_timeout=COMMAND_TIMEOUT)
-        probe = coredis.Redis.from_url(self.url, **options)
+        probe = self._node_client()
         with trio.fail_after(CONNECT_TIMEOUT + COMMAND_TIMEOUT):
             async with probe:
                 info = await probe.info("cluster")
         self.cluster = bool(info.get("cluster_enabled"))
         if self.cluster:
             return coredis.RedisCluster.from_url(self.url, **options)
-        return coredis.Redis.from_url(self.url, **options)
+        return self._node_client()
 
     def _pubsub(self, client: Any) -> Any:
         options: dict[str, Any] = dict(retry_policy=NoRetryPolicy(),
