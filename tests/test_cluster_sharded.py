@@ -137,7 +137,7 @@ async def test_classic_on_a_redis_cluster(start_server, node, node_peer, redis_c
     """Classic pub/sub on a Redis Cluster: NUMSUB added up over the nodes."""
     a = make_roomd(redis_cluster.url)
     b = make_roomd(redis_cluster.url)
-    srv_a, srv_b = await start_server(a), await start_server(b)
+    srv_a, _ = await start_server(a), await start_server(b)
     peer = await node_peer(redis_cluster.url, cluster=True)
     await cluster_of([a, b], peer, 3)
     sa = await node.connect(srv_a.url, transports=WS, force_new=True)

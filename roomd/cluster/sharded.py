@@ -92,7 +92,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
             if not wire.looks_like_socket_id(room):
                 channel = self.channels.room(room)
         self._publish(MessageType.BROADCAST, {
-            "packet": wire.encode_packet(self.namespace, emission.data),
+            "packet": wire.encode_packet(None, emission.data),
             "opts": self._opts(opts)}, channel)
 
     # -- the operations ----------------------------------------------------------------
@@ -116,7 +116,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
             flags = {"timeout": int(self.request_timeout * 1000)}
             self._publish(MessageType.BROADCAST, {
-                "packet": wire.encode_packet(self.namespace, emission.data),
+                "packet": wire.encode_packet(None, emission.data),
                 "requestId": request_id,
                 "opts": wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile, flags)})
         try:

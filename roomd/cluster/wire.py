@@ -295,7 +295,10 @@ def decode_packet(packet: Any) -> tuple[str, list]:
     return nsp, data
 
 
-def encode_packet(namespace: str, data: list) -> dict[str, Any]:
+def encode_packet(namespace: str | None, data: list) -> dict[str, Any]:
+    """A broadcast's packet; the cluster protocol leaves ``nsp`` out (None)."""
+    if namespace is None:
+        return {"type": EVENT, "data": list(data)}
     return {"type": EVENT, "data": list(data), "nsp": namespace}
 
 
@@ -354,9 +357,12 @@ def decode_request(payload: bytes) -> dict[str, Any]:
 # -- the cluster (sharded) protocol -------------------------------------------------------
 def encode_cluster_message(uid: str, namespace: str, kind: MessageType,
                            data: dict[str, Any] | None = None) -> bytes:
-    message: dict[str, Any] = {"uid": uid, "nsp": namespace, "type": int(kind)}
+    # The key order of the Node.js adapter, so that the bytes are the same.
+    message: dict[str, Any] = {"type": int(kind)}
     if data is not None:
         message["data"] = data
+    message["uid"] = uid
+    message["nsp"] = namespace
     if kind in MAY_HOLD_BINARY and has_binary(data):
         return pack(message)
     return dump_json(message)
