@@ -31,6 +31,8 @@ MODES = ("classic", "sharded")
 DEFAULT_KEY = "socket.io"
 # The Node.js adapters' requestsTimeout default.
 DEFAULT_REQUEST_TIMEOUT = 5.0
+# How often `roomd status`'s server count is refreshed (one NUMSUB per interval).
+COUNT_INTERVAL = 5.0
 
 
 class RedisAdapterFactory(AdapterFactory):
@@ -56,6 +58,7 @@ class RedisAdapterFactory(AdapterFactory):
         self.request_timeout = float(request_timeout)
         self.link = RedisLink(url, sharded=mode == "sharded")
         self.adapters: dict[str, RedisAdapterBase] = {}
+        self.servers: int | None = None  # last server count of "/" (None: not known yet)
         self._nursery: trio.Nursery | None = None
 
     def create(self, namespace: str, context: AdapterContext) -> RedisAdapterBase:
@@ -67,7 +70,13 @@ class RedisAdapterFactory(AdapterFactory):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.link.run)
+            nursery.start_soon(self._count_servers)
             task_status.started()
+
+    async def _count_servers(self) -> None:
+        while True:
+            await self.server_count()
+            await trio.sleep(COUNT_INTERVAL)
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run a background job; dropped (with a log line) when the factory is not running."""
@@ -85,9 +94,12 @@ class RedisAdapterFactory(AdapterFactory):
 
     def status(self) -> dict[str, Any]:
         return {"adapter": "redis", "mode": self.mode, "url": self.url, "key": self.key,
-                "request_timeout": self.request_timeout, **self.link.status()}
+                "request_timeout": self.request_timeout, "servers": self.servers,
+                **self.link.status()}
 
     async def server_count(self) -> int:
         """Nodes serving the main namespace (this one included); 1 while Redis is down."""
         adapter = self.adapters.get("/")
-        return await adapter.server_count() if adapter is not None else 1
+        count = await adapter.server_count() if adapter is not None else 1
+        self.servers = count
+        return count
