@@ -128,6 +128,11 @@ async def test_broadcast_both_directions_with_binary_except_and_volatile(
     for sock in (sa, sb):
         assert (await sock.next_event("union")).args == ["u"]
 
+    # volatile from roomd
+    await m.b.volatile.to("room1").emit("vol-roomd", BYTES)
+    for sock in (sa, sb, sn):
+        assert (await sock.next_event("vol-roomd")).args == [BYTES]
+
     # everyone (no rooms) from the Node node
     await m.peer.command("emit", target=NodePeer.target(), event="all")
     for sock in (sa, sb, sn, outsider):
