@@ -386,3 +386,42 @@ async def test_node_hung_then_killed_mid_request(start_server, node, node_peer, 
     await cluster_of([a, b], None, 2)
     with trio.fail_after(2):
         assert {s.id for s in await a.fetch_sockets()} == {sa.sid, sb.sid}
+
+
+async def test_namespaces_are_separate_across_nodes(start_server, node, node_peer, redis_server):
+    a = make_roomd(redis_server.url)
+    orders = a.of("/orders")
+
+    @orders.on("join")
+    async def join_orders(socket: Any, rooms: Any) -> list[str]:
+        await socket.join(rooms)
+        return sorted(socket.rooms)
+
+    srv = await start_server(a)
+    peer = await node_peer(redis_server.url, namespaces=("/orders",))
+    await cluster_of([a], peer, 2)
+
+    async def two_in_orders() -> bool:
+        return await orders.adapter.server_count() == 2
+    await until(two_in_orders, what="both nodes in /orders")
+    in_orders = await node.connect(srv.url, "/orders", transports=WS, force_new=True)
+    in_main = await node.connect(srv.url, "/", transports=WS, force_new=True)
+    node_orders = await node.connect(peer.url, "/orders", transports=WS, force_new=True)
+    await in_orders.emit_with_ack("join", ["r"])
+    await in_main.emit_with_ack("join", ["r"])
+    await node_orders.emit_with_ack("join", ["r"])
+
+    await peer.command("emit", target=NodePeer.target(nsp="/orders", rooms=["r"]), event="o",
+                       args=[BYTES])
+    assert (await in_orders.next_event("o")).args == [BYTES]
+    await orders.to("r").emit("from-roomd")
+    await node_orders.next_event("from-roomd")
+    ids = {s.id for s in await orders.fetch_sockets()}
+    assert ids == {in_orders.sid, node_orders.sid}
+    await marker_to(peer, "/", in_main)
+    await in_main.no_event("o", wait=0)
+
+
+async def marker_to(peer: NodePeer, nsp: str, sock: Any) -> None:
+    await peer.command("emit", target=NodePeer.target(nsp=nsp, rooms=[sock.sid]), event="marker")
+    await sock.next_event("marker")

@@ -138,6 +138,18 @@ def test_odd_values():
     assert wire.unpack(bytes.fromhex("92d40000a161")) == [None, "a"]
     when = datetime.datetime(2026, 11, 26, 15, 0, 1, 234000, tzinfo=datetime.UTC)
     assert wire.unpack(wire.pack([when])) == ["2026-11-26T15:00:01.234Z"]
+    # what the JSON encoder of the sio layer encodes, the cluster encodings send too
+    import decimal
+    import uuid
+    other = [uuid.UUID(int=1), decimal.Decimal("1.5"), datetime.date(2026, 1, 2),
+             datetime.datetime(2026, 1, 2, 3, 4, 5)]
+    expected = ["00000000-0000-0000-0000-000000000001", "1.5", "2026-01-02",
+                "2026-01-02T03:04:05.000"]
+    assert wire.unpack(wire.pack(other)) == expected
+    assert wire.load(wire.dump_json({"a": other + [when]})) == {
+        "a": expected + ["2026-11-26T15:00:01.234Z"]}
+    with pytest.raises(TypeError):
+        wire.pack([object()])
 
 
 @pytest.mark.parametrize("payload", [

@@ -23,9 +23,11 @@ shape; receivers log and drop such messages. No I/O here.
 from __future__ import annotations
 
 import datetime
+import decimal
 import enum
 import json
 import secrets
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,9 +157,27 @@ def _dates_to_strings(value: Any) -> Any:
     return value
 
 
+def _msgpack_default(value: Any) -> Any:
+    """What msgpack lacks, as the JSON encoder of roomd.protocol.sio writes it.
+
+    An aware datetime is a msgpack timestamp, as notepack.io writes a Date.
+    """
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            return value.isoformat(timespec="milliseconds")
+        return msgpack.Timestamp.from_datetime(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    raise TypeError(f"cannot send an argument of type {type(value).__name__} to the cluster")
+
+
 def pack(value: Any) -> bytes:
-    """msgpack as notepack.io writes it: str as str, bytes as bin."""
-    return msgpack.packb(value, use_bin_type=True, datetime=True)
+    """msgpack as notepack.io writes it: str as str, bytes as bin, Dates as timestamps."""
+    return msgpack.packb(value, use_bin_type=True, default=_msgpack_default)
 
 
 def unpack(data: bytes) -> Any:
@@ -187,9 +207,10 @@ def _node_json(value: Any) -> Any:
     # classic protocol carry binary this way (and it stays an object there).
     if isinstance(value, bytes | bytearray | memoryview):
         return {"type": "Buffer", "data": list(bytes(value))}
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return _iso(value)
+    plain = _msgpack_default(value)
+    return list(plain) if isinstance(plain, tuple) else plain
 
 
 def dump_json(value: Any) -> bytes:
