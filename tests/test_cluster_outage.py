@@ -93,3 +93,33 @@ async def test_redis_down_at_start(start_server, node):
         await other.next_event("back")
     finally:
         await redis.stop()
+
+
+async def test_redis_hung_never_hangs_a_node(start_server, node, redis_server):
+    """Redis stops answering (SIGSTOP) without closing connections: local work goes on."""
+    import signal
+
+    a = make_roomd(redis_server.url, request_timeout=1.0)
+    b = make_roomd(redis_server.url, request_timeout=1.0)
+    srv_a, _ = await start_server(a), await start_server(b)
+    await cluster_of([a, b], None, 2)
+    sa = await node.connect(srv_a.url, transports=WS, force_new=True)
+    await join(sa, "r")
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        with trio.fail_after(15):  # only a hang trips this: each step ends by a timeout
+            for i in range(50):    # none of these waits for Redis
+                await a.to("r").emit("hung", i)
+            for i in range(50):
+                assert (await sa.next_event("hung")).args == [i]
+            ids = {s.id for s in await a.in_("r").fetch_sockets()}
+            assert ids == {sa.sid}
+            assert await a.to("r").emit_with_ack("q", timeout=3) == [{"echo": []}]
+            await until(lambda: _state_is(a, LinkState.DOWN), what="Redis seen as down")
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await until(lambda: _state_is(a, LinkState.UP), what="node A back")
+    await cluster_of([a, b], None, 2)
+    await b.to("r").emit("back")
+    await sa.next_event("back")
