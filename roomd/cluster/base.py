@@ -103,7 +103,8 @@ def remote_record(value: Any) -> RemoteSocketRecord | None:
 class RedisAdapterBase(InMemoryAdapter):
     """The request bookkeeping and the local application of remote operations."""
 
-    mode = ""
+    mode = ""  # "classic" / "sharded"
+    uid = ""   # this node's id in the protocol, set by the subclass
 
     def __init__(self, namespace: str, context: AdapterContext,
                  factory: RedisAdapterFactory) -> None:
@@ -118,8 +119,6 @@ class RedisAdapterBase(InMemoryAdapter):
     def status(self) -> dict[str, Any]:
         return {"adapter": "redis", "mode": self.mode, "uid": self.uid,
                 "requests_waiting": len(self.requests) + len(self.ack_requests)}
-
-    uid = ""
 
     # -- to be provided by the protocol ----------------------------------------------
     async def count_channel_subscribers(self) -> int | None:
@@ -156,8 +155,7 @@ class RedisAdapterBase(InMemoryAdapter):
             f"{request.expected} other node(s) did not answer within {self.request_timeout} s",
             partial)
 
-    async def gather_sockets(self, opts: BroadcastOptions, request_id: str,
-                             request: PendingRequest,
+    async def gather_sockets(self, request_id: str, request: PendingRequest,
                              local: list[Member | RemoteSocketRecord]
                              ) -> list[Member | RemoteSocketRecord]:
         complete = await self.wait_answers(request_id, request)

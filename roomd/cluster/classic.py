@@ -131,7 +131,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
         request = self.requests[request_id] = PendingRequest(servers - 1)
         self._request({"requestId": request_id, "type": int(RequestType.REMOTE_FETCH),
                        "opts": self._opts(opts)})
-        return await self.gather_sockets(opts, request_id, request, local)
+        return await self.gather_sockets(request_id, request, local)
 
     async def all_rooms(self) -> set[str]:
         rooms = await super().all_rooms()

@@ -143,7 +143,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
         request = self.requests[request_id] = PendingRequest(others)
         self._publish(MessageType.FETCH_SOCKETS, {"opts": self._opts(opts),
                                                   "requestId": request_id})
-        return await self.gather_sockets(opts, request_id, request, local)
+        return await self.gather_sockets(request_id, request, local)
 
     async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
