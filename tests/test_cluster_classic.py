@@ -425,3 +425,28 @@ async def test_namespaces_are_separate_across_nodes(start_server, node, node_pee
 async def marker_to(peer: NodePeer, nsp: str, sock: Any) -> None:
     await peer.command("emit", target=NodePeer.target(nsp=nsp, rooms=[sock.sid]), event="marker")
     await sock.next_event("marker")
+
+
+async def test_dynamic_namespaces_join_the_cluster_when_created(start_server, node,
+                                                               redis_server):
+    import re
+
+    nodes = []
+    for _ in range(2):
+        io = make_roomd(redis_server.url)
+        io.of(re.compile(r"^/dyn-\d+$"))
+        nodes.append(io)
+    a, b = nodes
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    on_a = await node.connect(srv_a.url, "/dyn-7", transports=WS, force_new=True)
+    on_b = await node.connect(srv_b.url, "/dyn-7", transports=WS, force_new=True)
+    dyn_a, dyn_b = a.get_namespace("/dyn-7"), b.get_namespace("/dyn-7")
+    assert dyn_a is not None and dyn_b is not None
+
+    async def both() -> bool:
+        return await dyn_a.adapter.server_count() == 2
+    await until(both, what="the dynamic namespace on both nodes")
+    await dyn_b.emit("hi-dyn", 1)
+    assert (await on_a.next_event("hi-dyn")).args == [1]
+    assert (await on_b.next_event("hi-dyn")).args == [1]
+    assert {s.id for s in await dyn_a.fetch_sockets()} == {on_a.sid, on_b.sid}

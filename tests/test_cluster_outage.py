@@ -123,3 +123,27 @@ async def test_redis_hung_never_hangs_a_node(start_server, node, redis_server):
     await cluster_of([a, b], None, 2)
     await b.to("r").emit("back")
     await sa.next_event("back")
+
+
+async def test_sharded_resubscribes_room_channels_after_an_outage(start_server, node,
+                                                                  redis_server):
+    a = make_roomd(redis_server.url, mode="sharded")
+    b = make_roomd(redis_server.url, mode="sharded")
+    srv_a, _ = await start_server(a), await start_server(b)
+    await cluster_of([a, b], None, 2)
+    sa = await node.connect(srv_a.url, transports=WS, force_new=True)
+    await join(sa, "room-x")
+    link = a.adapter_factory.link
+
+    async def room_subscribed() -> bool:
+        return await link.subscriber_count("socket.io#/#room-x#") == 1
+    await until(room_subscribed, what="room-x's channel subscribed")
+
+    await redis_server.stop()
+    await until(lambda: _state_is(a, LinkState.DOWN), what="node A sees Redis down")
+    await redis_server.start()
+    await until(lambda: _state_is(a, LinkState.UP), what="node A reconnected")
+    await until(room_subscribed, what="room-x's channel subscribed again")
+    await cluster_of([a, b], None, 2)
+    await b.to("room-x").emit("to-room")  # published on room-x's own channel
+    assert (await sa.next_event("to-room")).args == []
