@@ -102,10 +102,13 @@ async def marker(m: Mixed, *socks: Any) -> None:
 
 
 async def test_broadcast_both_directions_with_binary_except_and_volatile(
-        start_server, node, node_peer, redis_server):
+        start_server, node, node_peer, redis_server, py_client):
     m = await mixed(start_server, node, node_peer, redis_server.url)
     sa, sb, sn = m.sockets["a"], m.sockets["b"], m.sockets["n"]
     outsider = await node.connect(m.urls["b"], transports=WS, force_new=True)
+    py = await py_client()  # python-socketio on roomd B, polling
+    await py.connect(m.urls["b"], transports=["polling"])
+    await py.call("join", ["room1"])
     for sock in (sa, sb, sn):
         await join(sock, "room1")
     await join(sb, "quiet")
@@ -117,11 +120,13 @@ async def test_broadcast_both_directions_with_binary_except_and_volatile(
         assert ev.args == [1, {"bin": BYTES}, [BYTES]]
 
     # Node -> room1 except "quiet", volatile
+    assert (await py.next_event("hello")).args == [1, {"bin": BYTES}, [BYTES]]
     await m.peer.command("emit", target=NodePeer.target(rooms=["room1"], except_rooms=["quiet"],
                                                         volatile=True),
                          event="from-node", args=["x", BYTES])
     for sock in (sa, sn):
         assert (await sock.next_event("from-node")).args == ["x", BYTES]
+    assert (await py.next_event("from-node")).args == ["x", BYTES]
 
     # roomd: several rooms (union, once each) except one
     await m.b.to("room1").to("quiet").except_(sn.sid).emit("union", "u")
@@ -230,6 +235,10 @@ async def test_server_side_emit_all_rooms_and_server_count(
     assert ev.args == [1, as_json]
     await until(lambda: _true_when(bool(got)), what="roomd B's server event")
     assert got == [(1, as_json)]
+
+    await m.peer.command("serverSideEmit", event="note", args=["from-node"])
+    await until(lambda: _true_when(len(got) == 2), what="the Node node's server event")
+    assert got[1] == ("from-node",)
 
     replies = await m.a.server_side_emit_with_ack("ping", "hi", timeout=5)
     assert sorted(replies, key=lambda r: r["from"]) == [
