@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import trio
 from cluster_harness import RedisServer, free_port
 from test_cluster_classic import WS, cluster_of, join, make_roomd, until
 
+import roomd
 from roomd.cluster.link import LinkState
 
 
@@ -147,3 +149,45 @@ async def test_sharded_resubscribes_room_channels_after_an_outage(start_server, 
     await cluster_of([a, b], None, 2)
     await b.to("room-x").emit("to-room")  # published on room-x's own channel
     assert (await sa.next_event("to-room")).args == []
+
+
+@pytest.mark.parametrize("mode", ["classic", "sharded"])
+async def test_recovery_on_a_node_replays_what_other_nodes_broadcast(start_server, node,
+                                                                      redis_server, mode):
+    """Connection state recovery is per node: a client that comes back to its node gets
+    the events other nodes broadcast while it was away, from that node's log."""
+    from test_recovery import RECONNECT, server_cut
+
+    from roomd.cluster import RedisAdapterFactory
+
+    a = roomd.Server(ping_interval=0.5, ping_timeout=0.5,
+                     adapter=RedisAdapterFactory(redis_server.url, mode=mode),
+                     connection_state_recovery={"max_disconnection_duration": 30})
+
+    @a.on("connection")
+    async def connection(socket) -> None:
+        if not socket.recovered:
+            await socket.join("r")
+
+    b = make_roomd(redis_server.url, mode=mode)
+    srv_a, _ = await start_server(a), await start_server(b)
+    await cluster_of([a, b], None, 2)
+    sock = await node.connect(srv_a.url, force_new=True, transports=WS, **RECONNECT)
+    assert (await sock.next_event("connect")).args == [sock.sid, False]
+    if mode == "sharded":  # r's own channel, subscribed once the socket joined
+        link = a.adapter_factory.link
+
+        async def subscribed() -> bool:
+            return await link.subscriber_count("socket.io#/#r#") == 1
+        await until(subscribed, what="r's channel subscribed")
+    await b.to("r").emit("msg", 0)
+    first = await sock.next_event("msg")
+    assert first.args[0] == 0 and isinstance(first.args[-1], str)  # A's offset
+
+    server_cut(a, sock.sid)
+    assert (await sock.next_event("disconnect")).args == ["transport close"]
+    for n in (1, 2, 3):
+        await b.to("r").emit("msg", n)
+    assert (await sock.next_event("connect", timeout=10)).args == [sock.sid, True]
+    got = [(await sock.next_event("msg")).args[0] for _ in range(3)]
+    assert got == [1, 2, 3]

@@ -73,7 +73,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
         self.link.publish(channel, wire.encode_request(body))
 
     def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
-        emission.message()  # an argument that cannot be encoded fails before anything is sent
+        emission.parts()  # an argument that cannot be encoded fails before anything is sent
         channel, payload = wire.encode_classic_broadcast(
             self.uid, self.namespace, emission.data, opts.rooms, opts.except_rooms, opts.volatile,
             self.channels)
@@ -99,7 +99,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
                                  on_ack: Callable[[str, list], None]) -> Callable[[], None]:
         request_id = None
         if not opts.local:
-            emission.message()
+            emission.parts()
             request_id = wire.request_id()
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
             self._request({
@@ -186,8 +186,12 @@ class ClassicRedisAdapter(RedisAdapterBase):
     # -- what arrives -------------------------------------------------------------------
     async def _on_broadcast(self, channel: str, payload: bytes) -> None:
         room = self.channels.room_of(channel)
-        if room is None or (room and room not in self.rooms):
-            return  # a room this node has no socket in: not even decoded
+        if room is None:
+            return
+        if room and room not in self.rooms and self.recovery is None:
+            # A room this node has no socket in: not even decoded. With connection
+            # state recovery the log keeps it for sockets that may come back.
+            return
         try:
             message = wire.decode_classic_broadcast(payload)
         except wire.WireError as exc:

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import trio
+
 from ..rooms.adapter import BroadcastOptions, Emission, Member, RemoteSocketRecord
 from . import wire
 from .base import PendingAcks, PendingRequest, RedisAdapterBase, first
@@ -69,8 +71,26 @@ class ShardedRedisAdapter(RedisAdapterBase):
         for room in rooms:
             channel = self.channels.room(room)
             if room not in self.rooms and channel in self._room_channels:
-                self._room_channels.discard(channel)
-                self.link.unsubscribe(channel)
+                if self.recovery is not None:
+                    # A kept session may come back to this room: its broadcasts must
+                    # still reach this node's log until the session expired.
+                    self._unsubscribe_later(room, channel)
+                else:
+                    self._unsubscribe_room(channel)
+
+    def _unsubscribe_room(self, channel: str) -> None:
+        self._room_channels.discard(channel)
+        self.link.unsubscribe(channel)
+
+    def _unsubscribe_later(self, room: str, channel: str) -> None:
+        assert self.recovery is not None
+        delay = self.recovery.max_disconnection_duration
+
+        async def later() -> None:
+            await trio.sleep(delay)
+            if room not in self.rooms and channel in self._room_channels:
+                self._unsubscribe_room(channel)
+        self.spawn(later)
 
     # -- publishing ------------------------------------------------------------------
     def _publish(self, kind: MessageType, data: dict[str, Any], channel: str | None = None) -> None:
@@ -85,7 +105,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
         return wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile)
 
     def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
-        emission.message()  # an argument that cannot be encoded fails before anything is sent
+        emission.parts()  # an argument that cannot be encoded fails before anything is sent
         channel = None
         if len(opts.rooms) == 1:
             (room,) = opts.rooms
@@ -111,7 +131,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
                                  on_ack: Callable[[str, list], None]) -> Callable[[], None]:
         request_id = None
         if not opts.local:
-            emission.message()
+            emission.parts()
             request_id = wire.cluster_uid()
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
             flags = {"timeout": int(self.request_timeout * 1000)}
