@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -36,6 +37,7 @@ import anyio
 import coredis
 import trio
 from coredis.commands.constants import CommandName
+from coredis.connection import TCPLocation
 from coredis.patterns.pubsub import PubSub
 from coredis.retry import NoRetryPolicy
 
@@ -253,7 +255,10 @@ class RedisLink:
                 info = await probe.info("cluster")
         self.cluster = bool(info.get("cluster_enabled"))
         if self.cluster:
-            return coredis.RedisCluster.from_url(self.url, **options)
+            # Startup node as a TCPLocation: coredis deprecates the Node it makes itself.
+            parsed = urllib.parse.urlsplit(self.url)
+            seed = TCPLocation(parsed.hostname or "127.0.0.1", parsed.port or 6379)
+            return coredis.RedisCluster.from_url(self.url, startup_nodes=[seed], **options)
         return self._node_client()
 
     def _pubsub(self, client: Any) -> Any:
