@@ -383,7 +383,11 @@ async def test_node_hung_then_killed_mid_request(start_server, node, node_peer, 
         # each one ends by its 1.5 s timeout; the 10 s bound only catches a hang
         with trio.fail_after(10), pytest.raises(ClusterTimeout, match="1 of 2 other node") as info:
             await a.fetch_sockets()
-        assert {s.id for s in info.value.replies} == {sa.sid, sb.sid}
+        partial = {s.id: s for s in info.value.replies}  # as Socket and RemoteSocket
+        assert set(partial) == {sa.sid, sb.sid}
+        assert isinstance(partial[sa.sid], roomd.Socket)
+        assert isinstance(partial[sb.sid], roomd.RemoteSocket)
+        assert partial[sb.sid].data == {"node": False}
         with trio.fail_after(10), pytest.raises(roomd.AckTimeout) as acks:
             await a.to("r").emit_with_ack("q", timeout=1.5)
         assert acks.value.replies == [{"echo": []}] * 2
