@@ -24,14 +24,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import ClusterTimeout
-from ..rooms.adapter import (
-    AdapterContext,
-    BroadcastOptions,
-    Emission,
-    InMemoryAdapter,
-    Member,
-    RemoteSocketRecord,
-)
+from ..rooms.adapter import AdapterContext, InMemoryAdapter
+from ..rooms.records import BroadcastOptions, Emission, Member, RemoteSocketRecord
 from . import wire
 
 if TYPE_CHECKING:

@@ -21,13 +21,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..rooms.adapter import (
-    BroadcastOptions,
-    Emission,
-    InMemoryAdapter,
-    Member,
-    RemoteSocketRecord,
-)
+from ..rooms.adapter import InMemoryAdapter
+from ..rooms.records import BroadcastOptions, Emission, Member, RemoteSocketRecord
 from . import wire
 from .base import PendingAcks, PendingRequest, RedisAdapterBase, first
 from .wire import RequestType

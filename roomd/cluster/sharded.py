@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from ..rooms.adapter import BroadcastOptions, Emission, Member, RemoteSocketRecord
+from ..rooms.records import BroadcastOptions, Emission, Member, RemoteSocketRecord
 from . import wire
 from .base import PendingAcks, PendingRequest, RedisAdapterBase, first
 from .wire import MessageType
