@@ -463,3 +463,23 @@ async def test_dynamic_namespaces_join_the_cluster_when_created(start_server, no
     assert (await on_a.next_event("hi-dyn")).args == [1]
     assert (await on_b.next_event("hi-dyn")).args == [1]
     assert {s.id for s in await dyn_a.fetch_sockets()} == {on_a.sid, on_b.sid}
+
+
+@pytest.mark.parametrize("mode", ["classic", "sharded"])
+async def test_order_per_publisher(start_server, node, node_peer, redis_server, mode):
+    """Many events from one publisher arrive in publication order on every other node
+    (roomd batches them into pipelines; they must not be reordered)."""
+    a = make_roomd(redis_server.url, mode=mode)
+    srv = await start_server(a)
+    peer = await node_peer(redis_server.url, mode=mode)
+    await cluster_of([a], peer, 2)
+    on_roomd = await node.connect(srv.url, transports=WS, force_new=True)
+    on_node = await node.connect(peer.url, transports=WS, force_new=True)
+    count = 300
+    for i in range(count):
+        await a.emit("seq", i)  # no rooms: the main channel
+    got = [(await on_node.next_event("seq")).args[0] for _ in range(count)]
+    assert got == list(range(count))
+    await on_roomd.next_event("seq")  # and locally
+    link = a.adapter_factory.link
+    assert link.published >= count and link.dropped == 0
