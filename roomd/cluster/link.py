@@ -131,7 +131,9 @@ class RedisLink:
         self._channels: dict[str, Handler] = {}
         self._patterns: dict[str, Handler] = {}
         self._client: Any = None
-        self._up = trio.Event()
+        # While a session lives, subscription changes go to it through the queue;
+        # otherwise the next session subscribes the sets as they are then.
+        self._live = False
 
     # -- what adapters call ----------------------------------------------------
     def publish(self, channel: str, payload: bytes) -> bool:
@@ -149,21 +151,25 @@ class RedisLink:
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Deliver the channel's messages to ``handler(channel, payload)`` from now on."""
         self._channels[channel] = handler
-        self._changes_send.send_nowait(("subscribe", channel))
+        self._change("subscribe", channel)
 
     def psubscribe(self, pattern: str, handler: Handler) -> None:
         if self.sharded:
             raise ValueError("sharded pub/sub has no pattern subscriptions")
         self._patterns[pattern] = handler
-        self._changes_send.send_nowait(("psubscribe", pattern))
+        self._change("psubscribe", pattern)
 
     def unsubscribe(self, channel: str) -> None:
         if self._channels.pop(channel, None) is not None:
-            self._changes_send.send_nowait(("unsubscribe", channel))
+            self._change("unsubscribe", channel)
 
     def punsubscribe(self, pattern: str) -> None:
         if self._patterns.pop(pattern, None) is not None:
-            self._changes_send.send_nowait(("punsubscribe", pattern))
+            self._change("punsubscribe", pattern)
+
+    def _change(self, action: str, name: str) -> None:
+        if self._live:
+            self._changes_send.send_nowait((action, name))
 
     async def subscriber_count(self, channel: str) -> int | None:
         """How many connections subscribe to ``channel`` (every node of a Redis
@@ -184,10 +190,6 @@ class RedisLink:
             logger.debug("subscriber count of %s failed: %s", channel, _describe(exc))
             return None
         return int(sum(counts.values()))
-
-    async def wait_up(self) -> None:
-        """Return once the link is (or has been) up; tests and start-up waits bound it."""
-        await self._up.wait()
 
     def status(self) -> dict[str, Any]:
         return {"redis": self.state.value, "redis_cluster": self.cluster,
@@ -226,9 +228,10 @@ class RedisLink:
                 # cluster pipeline cannot route keyless commands, a node's client can.
                 publisher = await stack.enter_async_context(self._node_client())
             pubsub = await stack.enter_async_context(self._pubsub(client))
-            await self._subscribe_all(pubsub)
-            self._client = client
+            self._live = True
             try:
+                await self._subscribe_all(pubsub)
+                self._client = client
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._publisher, publisher)
                     nursery.start_soon(self._apply_changes, pubsub)
@@ -239,6 +242,7 @@ class RedisLink:
                             await self._dispatch(message)
             finally:
                 self._client = None
+                self._live = False
 
     def _node_client(self) -> Any:
         return coredis.Redis.from_url(self.url, retry_policy=NoRetryPolicy(),
@@ -338,7 +342,6 @@ class RedisLink:
                         len(self._channels), len(self._patterns))
         self.state = LinkState.UP
         self.last_error = None
-        self._up.set()
 
     def _set_down(self, reason: str) -> None:
         self._drain_queue()
