@@ -169,3 +169,11 @@ def test_garbage_is_a_wire_error(payload):
 def test_bad_requests_are_wire_errors(message):
     with pytest.raises(wire.WireError):
         wire.decode_request(message)
+
+
+def test_passwords_stay_out_of_logs_and_status():
+    from roomd.cluster.link import redacted
+
+    assert redacted("redis://:s3cret@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
+    assert redacted("rediss://app:s3cret@r.example:6380") == "rediss://app:***@r.example:6380"
+    assert redacted("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379"

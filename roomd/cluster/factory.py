@@ -93,7 +93,7 @@ class RedisAdapterFactory(AdapterFactory):
             logger.exception("cluster background job failed")
 
     def status(self) -> dict[str, Any]:
-        return {"adapter": "redis", "mode": self.mode, "url": self.url, "key": self.key,
+        return {"adapter": "redis", "mode": self.mode, "url": self.link.shown_url, "key": self.key,
                 "request_timeout": self.request_timeout, "servers": self.servers,
                 **self.link.status()}
 

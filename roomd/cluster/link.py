@@ -99,6 +99,16 @@ class StandaloneShardedPubSub(PubSub):
             self._execute_command(CommandName.SUNSUBSCRIBE, channel)
 
 
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and ``roomd status``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def _describe(exc: BaseException) -> str:
     """One line for the log, out of an exception or an exception group."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -117,6 +127,7 @@ class RedisLink:
     def __init__(self, url: str, *, sharded: bool = False,
                  publish_queue: int = PUBLISH_QUEUE) -> None:
         self.url = url
+        self.shown_url = redacted(url)
         self.sharded = sharded
         self.state = LinkState.CONNECTING
         self.cluster = False
@@ -338,7 +349,7 @@ class RedisLink:
         self.connects += 1
         if self.state is not LinkState.UP:
             logger.info("redis %s: connected%s, %d channel(s) and %d pattern(s) subscribed",
-                        self.url, " (cluster)" if self.cluster else "",
+                        self.shown_url, " (cluster)" if self.cluster else "",
                         len(self._channels), len(self._patterns))
         self.state = LinkState.UP
         self.last_error = None
@@ -347,7 +358,7 @@ class RedisLink:
         self._drain_queue()
         if self.state is not LinkState.DOWN:
             logger.warning("redis %s: unavailable (%s); serving local clients only, "
-                           "reconnecting", self.url, reason)
+                           "reconnecting", self.shown_url, reason)
         self.state = LinkState.DOWN
         self.last_error = reason
 
