@@ -191,3 +191,34 @@ async def test_recovery_on_a_node_replays_what_other_nodes_broadcast(start_serve
     assert (await sock.next_event("connect", timeout=10)).args == [sock.sid, True]
     got = [(await sock.next_event("msg")).args[0] for _ in range(3)]
     assert got == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", ["classic", "sharded"])
+async def test_garbage_on_the_channels_changes_nothing(start_server, node, redis_server, mode):
+    """Anyone who can publish on Redis can send garbage: nodes drop it and carry on."""
+    import coredis
+
+    a = make_roomd(redis_server.url, mode=mode)
+    b = make_roomd(redis_server.url, mode=mode)
+    srv_a, _ = await start_server(a), await start_server(b)
+    await cluster_of([a, b], None, 2)
+    sa = await node.connect(srv_a.url, transports=WS, force_new=True)
+    await join(sa, "r")
+    garbage = [b"", b"\xc1", b"{", b"{}", b'{"type":7}', b'{"type":5,"requestId":{}}',
+               b'{"uid":1,"nsp":"/","type":3,"data":{"packet":7}}', b"\x93\xa1x\xc0\xc0",
+               b'{"type":3,"uid":"x","nsp":"/","data":{"packet":{"type":2,"data":[]}}}',
+               b'{"type":2,"opts":{"rooms":"r"},"rooms":["x"]}']
+    channels = ["socket.io#/#", "socket.io#/#r#", "socket.io-request#/#",
+                "socket.io-response#/#", f"socket.io#/#{b.sockets.adapter.uid}#"]
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        for channel in channels:
+            for payload in garbage:
+                if mode == "sharded":
+                    await client.spublish(channel, payload)
+                else:
+                    await client.publish(channel, payload)
+    await b.to("r").emit("still-fine", 1)
+    assert (await sa.next_event("still-fine")).args == [1]
+    assert {s.id for s in await b.fetch_sockets()} == {sa.sid}
+    assert sorted(sa_rooms["room"] for sa_rooms in await a.rooms_snapshot("/")
+                  if not sa_rooms["private"]) == ["r"]

@@ -164,7 +164,7 @@ def test_garbage_is_a_wire_error(payload):
 
 
 @pytest.mark.parametrize("message", [
-    b'{"type":"6"}', b'{"type":true}', b'[]', b'"x"',
+    b'{"type":"6"}', b'{"type":true}', b'[]', b'"x"', b'{"type":5,"requestId":[1]}',
 ])
 def test_bad_requests_are_wire_errors(message):
     with pytest.raises(wire.WireError):

@@ -59,6 +59,8 @@ COMMAND_TIMEOUT = 2.0
 SUBSCRIBE_TIMEOUT = 5.0
 # A subscriber connection silent this long is checked with a PING.
 IDLE_PING = 5.0
+# Failed message handlers logged with a traceback (then one in a thousand).
+LOGGED_ERRORS = 10
 
 
 class LinkState(enum.Enum):
@@ -134,6 +136,7 @@ class RedisLink:
         self.published = 0
         self.dropped = 0
         self.connects = 0
+        self.handler_errors = 0
         self.last_error: str | None = None
         self._queue_send, self._queue_receive = trio.open_memory_channel[tuple[str, bytes]](
             publish_queue)
@@ -342,7 +345,11 @@ class RedisLink:
         try:
             await handler(channel, bytes(message["data"]))
         except Exception:
-            logger.exception("handling a message on %s failed", channel)
+            # Anyone who can publish can send garbage: the log must not drown in it.
+            self.handler_errors += 1
+            if self.handler_errors <= LOGGED_ERRORS or self.handler_errors % 1000 == 0:
+                logger.exception("handling a message on %s failed (%d so far)", channel,
+                                 self.handler_errors)
 
     # -- state ------------------------------------------------------------------------
     def _set_up(self) -> None:

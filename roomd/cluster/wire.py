@@ -372,6 +372,8 @@ def decode_request(payload: bytes) -> dict[str, Any]:
     kind = value.get("type")
     if kind is not None and (isinstance(kind, bool) or not isinstance(kind, int)):
         raise WireError(f"invalid request type {kind!r}")
+    if not isinstance(value.get("requestId"), str | int | None):
+        raise WireError("requestId must be a string")
     return value
 
 
@@ -402,4 +404,6 @@ def decode_cluster_message(payload: bytes) -> dict[str, Any]:
     data = value.get("data")
     if data is not None and not isinstance(data, dict):
         raise WireError("message data must be an object")
+    if data is not None and not isinstance(data.get("requestId"), str | int | None):
+        raise WireError("requestId must be a string")
     return value
