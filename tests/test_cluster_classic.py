@@ -483,3 +483,25 @@ async def test_order_per_publisher(start_server, node, node_peer, redis_server, 
     await on_roomd.next_event("seq")  # and locally
     link = a.adapter_factory.link
     assert link.published >= count and link.dropped == 0
+
+
+async def test_a_burst_faster_than_redis_is_not_dropped(start_server, node, node_peer,
+                                                        redis_server):
+    """More emits in a row than the publish queue holds: the emitting task waits for room
+    while Redis is up (backpressure), nothing is dropped, order is kept."""
+    from roomd.cluster.link import PUBLISH_QUEUE
+
+    a = make_roomd(redis_server.url)
+    b = make_roomd(redis_server.url)
+    await start_server(a)
+    srv_b = await start_server(b)
+    await cluster_of([a, b], None, 2)
+    sock = await node.connect(srv_b.url, transports=WS, force_new=True)
+    await join(sock, "burst")
+    count = PUBLISH_QUEUE + 2000
+    for i in range(count):  # no checkpoint of its own: the queue fills up
+        await a.to("nobody-here").emit("x", i)
+    await a.to("burst").emit("last", count)
+    assert (await sock.next_event("last", timeout=20)).args == [count]
+    link = a.adapter_factory.link
+    assert link.dropped == 0 and link.published == count + 1

@@ -57,9 +57,9 @@ class ClassicRedisAdapter(RedisAdapterBase):
         return await self.link.subscriber_count(self.channels.request)
 
     # -- publishing ------------------------------------------------------------------
-    def _request(self, body: dict[str, Any]) -> None:
+    async def _request(self, body: dict[str, Any]) -> None:
         body["uid"] = self.uid
-        self.link.publish(self.channels.request, wire.encode_request(body))
+        await self.link.send(self.channels.request, wire.encode_request(body))
 
     def _answer(self, request: dict[str, Any], body: dict[str, Any]) -> None:
         uid = request.get("uid")
@@ -67,12 +67,12 @@ class ClassicRedisAdapter(RedisAdapterBase):
                    else self.channels.response)
         self.link.publish(channel, wire.encode_request(body))
 
-    def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
+    async def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         emission.parts()  # an argument that cannot be encoded fails before anything is sent
         channel, payload = wire.encode_classic_broadcast(
             self.uid, self.namespace, emission.data, opts.rooms, opts.except_rooms, opts.volatile,
             self.channels)
-        self.link.publish(channel, payload)
+        await self.link.send(channel, payload)
 
     @staticmethod
     def _opts(opts: BroadcastOptions) -> dict[str, Any]:
@@ -81,12 +81,12 @@ class ClassicRedisAdapter(RedisAdapterBase):
     # -- the operations ----------------------------------------------------------------
     async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         if not opts.local:
-            self._publish_broadcast(emission, opts)
+            await self._publish_broadcast(emission, opts)
         await super().broadcast(emission, opts)
 
     async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
         if not opts.local:
-            self._publish_broadcast(emission, opts)
+            await self._publish_broadcast(emission, opts)
         return await super().broadcast_count(emission, opts)
 
     async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
@@ -97,7 +97,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
             emission.parts()
             request_id = wire.request_id()
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
-            self._request({
+            await self._request({
                 "requestId": request_id, "type": int(RequestType.BROADCAST),
                 "packet": wire.encode_packet(self.namespace, emission.data),
                 "opts": wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile,
@@ -124,8 +124,8 @@ class ClassicRedisAdapter(RedisAdapterBase):
             return local
         request_id = wire.request_id()
         request = self.requests[request_id] = PendingRequest(servers - 1)
-        self._request({"requestId": request_id, "type": int(RequestType.REMOTE_FETCH),
-                       "opts": self._opts(opts)})
+        await self._request({"requestId": request_id, "type": int(RequestType.REMOTE_FETCH),
+                             "opts": self._opts(opts)})
         return await self.gather_sockets(request_id, request, local)
 
     async def all_rooms(self) -> set[str]:
@@ -135,7 +135,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
             return rooms
         request_id = wire.request_id()
         request = self.requests[request_id] = PendingRequest(servers - 1)
-        self._request({"requestId": request_id, "type": int(RequestType.ALL_ROOMS)})
+        await self._request({"requestId": request_id, "type": int(RequestType.ALL_ROOMS)})
         complete = await self.wait_answers(request_id, request)
         rooms.update(wire.room_list(request.items))
         if not complete:
@@ -145,27 +145,27 @@ class ClassicRedisAdapter(RedisAdapterBase):
     async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
         if not opts.local:
-            self._request({"type": int(RequestType.REMOTE_JOIN), "opts": self._opts(opts),
-                           "rooms": rooms})
+            await self._request({"type": int(RequestType.REMOTE_JOIN), "opts": self._opts(opts),
+                                 "rooms": rooms})
         await super().add_sockets(opts, rooms)
 
     async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
         if not opts.local:
-            self._request({"type": int(RequestType.REMOTE_LEAVE), "opts": self._opts(opts),
-                           "rooms": rooms})
+            await self._request({"type": int(RequestType.REMOTE_LEAVE), "opts": self._opts(opts),
+                                 "rooms": rooms})
         await super().del_sockets(opts, rooms)
 
     async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         if not opts.local:
-            self._request({"type": int(RequestType.REMOTE_DISCONNECT), "opts": self._opts(opts),
-                           "close": bool(close)})
+            await self._request({"type": int(RequestType.REMOTE_DISCONNECT),
+                                 "opts": self._opts(opts), "close": bool(close)})
         await super().disconnect_sockets(opts, close)
 
     async def server_side_emit(self, args: list,
                                on_reply: Callable[[list], None] | None = None) -> int:
         if on_reply is None:
-            self._request({"type": int(RequestType.SERVER_SIDE_EMIT), "data": list(args)})
+            await self._request({"type": int(RequestType.SERVER_SIDE_EMIT), "data": list(args)})
             return 0
         others = await self.server_count() - 1
         if others <= 0:
@@ -173,8 +173,8 @@ class ClassicRedisAdapter(RedisAdapterBase):
         request_id = wire.request_id()
         self.requests[request_id] = PendingRequest(
             others, lambda answer: on_reply([answer.get("data")]))
-        self._request({"requestId": request_id, "type": int(RequestType.SERVER_SIDE_EMIT),
-                       "data": list(args)})
+        await self._request({"requestId": request_id, "type": int(RequestType.SERVER_SIDE_EMIT),
+                             "data": list(args)})
         self.expire_later(request_id)
         return others
 

@@ -9,11 +9,14 @@ marks the link down, waits (exponential backoff, capped) and starts over,
 resubscribing everything. A Redis that is down when the server starts is
 just the first outage: the server serves its local clients meanwhile.
 
-Nothing here blocks a caller: :meth:`publish` puts the message into a
-bounded queue without waiting and drops it (counting it) when the queue is
-full or Redis is down; pub/sub does not keep messages for absent
-subscribers either. Messages from one publisher reach every subscriber in
-the order they were published (one publisher task, pipelines in order).
+Redis never blocks a caller: :meth:`send` puts the message into a bounded
+queue and drops it (counting it) at once while Redis is down; while Redis
+is up, a burst that fills the queue makes its sender wait for room (at most
+SEND_WAIT), as a full RoomManager queue does. :meth:`publish`, for answers
+sent from code that cannot wait, drops when the queue is full. Pub/sub does
+not keep messages for absent subscribers either. Messages from one publisher
+reach every subscriber in the order they were published (one publisher task,
+pipelines in order).
 Received messages are handed to the subscribing adapter's handler in the
 subscriber task, one at a time, in arrival order; a handler that raises is
 logged and the link carries on.
@@ -47,6 +50,8 @@ Handler = Callable[[str, bytes], Awaitable[None]]
 
 # Messages waiting for the publisher; past this, publishing drops (and counts).
 PUBLISH_QUEUE = 10_000
+# A sender waits at most this long for room in a full queue while Redis is up.
+SEND_WAIT = 2.0
 # Messages sent to Redis in one pipeline (one round trip).
 PUBLISH_BATCH = 256
 # Reconnection backoff: first wait, cap (seconds).
@@ -150,8 +155,34 @@ class RedisLink:
         self._live = False
 
     # -- what adapters call ----------------------------------------------------
+    async def send(self, channel: str, payload: bytes) -> bool:
+        """Queue a message; False (and counted) when dropped.
+
+        While Redis is down it is dropped at once. While it is up and the queue
+        is full (a burst faster than Redis takes it), the caller waits for room,
+        as it would for the RoomManager's queue, up to SEND_WAIT; then it is
+        dropped: a Redis that takes no more is about to be found down.
+        """
+        if self.state is not LinkState.UP:
+            self.dropped += 1
+            return False
+        item = (channel, payload)
+        try:
+            self._queue_send.send_nowait(item)
+        except trio.WouldBlock:
+            with trio.move_on_after(SEND_WAIT):
+                await self._queue_send.send(item)
+                return True
+            self.dropped += 1
+            return False
+        return True
+
     def publish(self, channel: str, payload: bytes) -> bool:
-        """Queue a message without waiting; False (and counted) when dropped."""
+        """Queue a message without waiting; False (and counted) when dropped.
+
+        For answers sent from code that cannot wait (callbacks in the
+        RoomManager task).
+        """
         if self.state is not LinkState.UP:
             self.dropped += 1
             return False
@@ -242,6 +273,7 @@ class RedisLink:
                 # cluster pipeline cannot route keyless commands, a node's client can.
                 publisher = await stack.enter_async_context(self._node_client())
             pubsub = await stack.enter_async_context(self._pubsub(client))
+            self._drain_queue()  # what senders queued while it went down is stale
             self._live = True
             try:
                 await self._subscribe_all(pubsub)

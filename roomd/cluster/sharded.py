@@ -97,6 +97,11 @@ class ShardedRedisAdapter(RedisAdapterBase):
         payload = wire.encode_cluster_message(self.uid, self.namespace, kind, data)
         self.link.publish(channel or self.channels.broadcast, payload)
 
+    async def _send_message(self, kind: MessageType, data: dict[str, Any],
+                    channel: str | None = None) -> None:
+        payload = wire.encode_cluster_message(self.uid, self.namespace, kind, data)
+        await self.link.send(channel or self.channels.broadcast, payload)
+
     def _answer(self, requester: str, kind: MessageType, data: dict[str, Any]) -> None:
         self._publish(kind, data, self.channels.sharded_response(requester))
 
@@ -104,26 +109,26 @@ class ShardedRedisAdapter(RedisAdapterBase):
     def _opts(opts: BroadcastOptions) -> dict[str, Any]:
         return wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile)
 
-    def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
+    async def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         emission.parts()  # an argument that cannot be encoded fails before anything is sent
         channel = None
         if len(opts.rooms) == 1:
             (room,) = opts.rooms
             if not wire.looks_like_socket_id(room):
                 channel = self.channels.room(room)
-        self._publish(MessageType.BROADCAST, {
+        await self._send_message(MessageType.BROADCAST, {
             "packet": wire.encode_packet(None, emission.data),
             "opts": self._opts(opts)}, channel)
 
     # -- the operations ----------------------------------------------------------------
     async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         if not opts.local:
-            self._publish_broadcast(emission, opts)
+            await self._publish_broadcast(emission, opts)
         await super().broadcast(emission, opts)
 
     async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
         if not opts.local:
-            self._publish_broadcast(emission, opts)
+            await self._publish_broadcast(emission, opts)
         return await super().broadcast_count(emission, opts)
 
     async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
@@ -135,7 +140,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
             request_id = wire.cluster_uid()
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
             flags = {"timeout": int(self.request_timeout * 1000)}
-            self._publish(MessageType.BROADCAST, {
+            await self._send_message(MessageType.BROADCAST, {
                 "packet": wire.encode_packet(None, emission.data),
                 "requestId": request_id,
                 "opts": wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile, flags)})
@@ -161,32 +166,34 @@ class ShardedRedisAdapter(RedisAdapterBase):
             return local
         request_id = wire.cluster_uid()
         request = self.requests[request_id] = PendingRequest(others)
-        self._publish(MessageType.FETCH_SOCKETS, {"opts": self._opts(opts),
-                                                  "requestId": request_id})
+        await self._send_message(MessageType.FETCH_SOCKETS,
+                                 {"opts": self._opts(opts), "requestId": request_id})
         return await self.gather_sockets(request_id, request, local)
 
     async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
         if not opts.local:
-            self._publish(MessageType.SOCKETS_JOIN, {"opts": self._opts(opts), "rooms": rooms})
+            await self._send_message(MessageType.SOCKETS_JOIN,
+                                     {"opts": self._opts(opts), "rooms": rooms})
         await super().add_sockets(opts, rooms)
 
     async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
         if not opts.local:
-            self._publish(MessageType.SOCKETS_LEAVE, {"opts": self._opts(opts), "rooms": rooms})
+            await self._send_message(MessageType.SOCKETS_LEAVE,
+                                     {"opts": self._opts(opts), "rooms": rooms})
         await super().del_sockets(opts, rooms)
 
     async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         if not opts.local:
-            self._publish(MessageType.DISCONNECT_SOCKETS, {"opts": self._opts(opts),
-                                                           "close": bool(close)})
+            await self._send_message(MessageType.DISCONNECT_SOCKETS,
+                                     {"opts": self._opts(opts), "close": bool(close)})
         await super().disconnect_sockets(opts, close)
 
     async def server_side_emit(self, args: list,
                                on_reply: Callable[[list], None] | None = None) -> int:
         if on_reply is None:
-            self._publish(MessageType.SERVER_SIDE_EMIT, {"packet": list(args)})
+            await self._send_message(MessageType.SERVER_SIDE_EMIT, {"packet": list(args)})
             return 0
         others = await self.server_count() - 1
         if others <= 0:
@@ -194,8 +201,8 @@ class ShardedRedisAdapter(RedisAdapterBase):
         request_id = wire.cluster_uid()
         self.requests[request_id] = PendingRequest(
             others, lambda answer: on_reply([(answer.get("data") or {}).get("packet")]))
-        self._publish(MessageType.SERVER_SIDE_EMIT, {"requestId": request_id,
-                                                     "packet": list(args)})
+        await self._send_message(MessageType.SERVER_SIDE_EMIT,
+                                 {"requestId": request_id, "packet": list(args)})
         self.expire_later(request_id)
         return others
 
