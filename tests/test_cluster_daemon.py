@@ -130,3 +130,32 @@ async def test_roomd_serve_nodes_in_a_mixed_cluster(node, node_peer, redis_serve
                 await s1.emit_with_ack("join", "lobby")
             log = d1.log_path.read_text()
             assert log.count("unavailable") == 1, log
+
+
+async def test_prometheus_figures_of_a_real_cluster(nursery, start_server, redis_server):
+    import functools
+
+    from test_cluster_classic import cluster_of, make_roomd
+    from test_metrics import scrape
+
+    from roomd.ops.metrics import serve_metrics
+
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    await start_server(a)
+    await start_server(b)
+    await cluster_of([a, b], None, 2)
+    host, port = await nursery.start(functools.partial(serve_metrics, a, "127.0.0.1:0"))
+    await a.emit("x")
+    await a.fetch_sockets()
+
+    async def figures() -> bool:
+        s = await scrape(f"http://{host}:{port}/metrics")
+        return s.value("roomd_cluster_published_total") >= 2
+    await until(figures, what="published messages counted")
+    s = await scrape(f"http://{host}:{port}/metrics")
+    assert s.value("roomd_cluster_info", adapter="redis", mode="classic") == 1
+    assert s.value("roomd_cluster_redis_connected") == 1
+    assert s.value("roomd_cluster_servers") == 2
+    assert s.value("roomd_cluster_connects_total") == 1
+    assert s.value("roomd_cluster_requests_total", type="fetch_sockets") == 1
+    assert s.value("roomd_cluster_request_timeouts_total", type="fetch_sockets") == 0

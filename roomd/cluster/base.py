@@ -94,6 +94,28 @@ def remote_record(value: Any) -> RemoteSocketRecord | None:
                               handshake if isinstance(handshake, dict) else {})
 
 
+class RequestStats:
+    """Cluster requests of one server, by type, for ``roomd status`` and the metrics."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.request_seconds: dict[str, float] = {}
+        self.request_timeouts: dict[str, int] = {}
+
+    def sent(self, kind: str) -> None:
+        self.requests[kind] = self.requests.get(kind, 0) + 1
+
+    def waited(self, kind: str, seconds: float, complete: bool) -> None:
+        self.request_seconds[kind] = self.request_seconds.get(kind, 0.0) + seconds
+        if not complete:
+            self.request_timeouts[kind] = self.request_timeouts.get(kind, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests),
+                "request_seconds": {k: round(v, 6) for k, v in self.request_seconds.items()},
+                "request_timeouts": dict(self.request_timeouts)}
+
+
 class RedisAdapterBase(InMemoryAdapter):
     """The request bookkeeping and the local application of remote operations."""
 
@@ -124,20 +146,21 @@ class RedisAdapterBase(InMemoryAdapter):
         count = await self.count_channel_subscribers()
         return max(1, count) if count is not None else 1
 
-    async def wait_answers(self, request_id: str, request: PendingRequest) -> bool:
+    async def wait_answers(self, kind: str, request_id: str, request: PendingRequest) -> bool:
         """Wait up to request_timeout for every answer; True when all came."""
+        start = trio.current_time()
         try:
             with trio.move_on_after(self.request_timeout):
                 await request.done.wait()
         finally:
             self.requests.pop(request_id, None)
+        self.factory.stats.waited(kind, trio.current_time() - start, request.done.is_set())
         return request.done.is_set()
 
-    def expire_later(self, request_id: str) -> None:
-        """Forget a request after request_timeout (replies come to a callback)."""
+    def expire_later(self, kind: str, request_id: str, request: PendingRequest) -> None:
+        """Forget a request once answered or after request_timeout (replies go to a callback)."""
         async def expire() -> None:
-            await trio.sleep(self.request_timeout)
-            self.requests.pop(request_id, None)
+            await self.wait_answers(kind, request_id, request)
         self.factory.spawn(expire)
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
@@ -152,7 +175,7 @@ class RedisAdapterBase(InMemoryAdapter):
     async def gather_sockets(self, request_id: str, request: PendingRequest,
                              local: list[Member | RemoteSocketRecord]
                              ) -> list[Member | RemoteSocketRecord]:
-        complete = await self.wait_answers(request_id, request)
+        complete = await self.wait_answers("fetch_sockets", request_id, request)
         found = list(local)
         seen = {record.id for record in local}
         for value in request.items:

@@ -97,6 +97,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
             emission.parts()
             request_id = wire.request_id()
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
+            self.factory.stats.sent("broadcast_with_ack")
             await self._request({
                 "requestId": request_id, "type": int(RequestType.BROADCAST),
                 "packet": wire.encode_packet(self.namespace, emission.data),
@@ -124,6 +125,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
             return local
         request_id = wire.request_id()
         request = self.requests[request_id] = PendingRequest(servers - 1)
+        self.factory.stats.sent("fetch_sockets")
         await self._request({"requestId": request_id, "type": int(RequestType.REMOTE_FETCH),
                              "opts": self._opts(opts)})
         return await self.gather_sockets(request_id, request, local)
@@ -135,8 +137,9 @@ class ClassicRedisAdapter(RedisAdapterBase):
             return rooms
         request_id = wire.request_id()
         request = self.requests[request_id] = PendingRequest(servers - 1)
+        self.factory.stats.sent("all_rooms")
         await self._request({"requestId": request_id, "type": int(RequestType.ALL_ROOMS)})
-        complete = await self.wait_answers(request_id, request)
+        complete = await self.wait_answers("all_rooms", request_id, request)
         rooms.update(wire.room_list(request.items))
         if not complete:
             raise self.timed_out("all_rooms", request, sorted(rooms))
@@ -173,9 +176,10 @@ class ClassicRedisAdapter(RedisAdapterBase):
         request_id = wire.request_id()
         self.requests[request_id] = PendingRequest(
             others, lambda answer: on_reply([answer.get("data")]))
+        self.factory.stats.sent("server_side_emit")
         await self._request({"requestId": request_id, "type": int(RequestType.SERVER_SIDE_EMIT),
                              "data": list(args)})
-        self.expire_later(request_id)
+        self.expire_later("server_side_emit", request_id, self.requests[request_id])
         return others
 
     # -- what arrives -------------------------------------------------------------------

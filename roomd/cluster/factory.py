@@ -20,7 +20,7 @@ import trio
 
 from .._errors import ConfigError
 from ..rooms.adapter import AdapterContext, AdapterFactory
-from .base import RedisAdapterBase
+from .base import RedisAdapterBase, RequestStats
 from .classic import ClassicRedisAdapter
 from .link import RedisLink
 from .sharded import ShardedRedisAdapter
@@ -59,6 +59,7 @@ class RedisAdapterFactory(AdapterFactory):
         self.link = RedisLink(url, sharded=mode == "sharded")
         self.adapters: dict[str, RedisAdapterBase] = {}
         self.servers: int | None = None  # last server count of "/" (None: not known yet)
+        self.stats = RequestStats()
         self._nursery: trio.Nursery | None = None
 
     def create(self, namespace: str, context: AdapterContext) -> RedisAdapterBase:
@@ -95,7 +96,7 @@ class RedisAdapterFactory(AdapterFactory):
     def status(self) -> dict[str, Any]:
         return {"adapter": "redis", "mode": self.mode, "url": self.link.shown_url, "key": self.key,
                 "request_timeout": self.request_timeout, "servers": self.servers,
-                **self.link.status()}
+                **self.link.status(), **self.stats.status()}
 
     async def server_count(self) -> int:
         """Nodes serving the main namespace (this one included); 1 while Redis is down."""

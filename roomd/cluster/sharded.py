@@ -139,6 +139,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
             emission.parts()
             request_id = wire.cluster_uid()
             self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
+            self.factory.stats.sent("broadcast_with_ack")
             flags = {"timeout": int(self.request_timeout * 1000)}
             await self._send_message(MessageType.BROADCAST, {
                 "packet": wire.encode_packet(None, emission.data),
@@ -166,6 +167,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
             return local
         request_id = wire.cluster_uid()
         request = self.requests[request_id] = PendingRequest(others)
+        self.factory.stats.sent("fetch_sockets")
         await self._send_message(MessageType.FETCH_SOCKETS,
                                  {"opts": self._opts(opts), "requestId": request_id})
         return await self.gather_sockets(request_id, request, local)
@@ -201,9 +203,10 @@ class ShardedRedisAdapter(RedisAdapterBase):
         request_id = wire.cluster_uid()
         self.requests[request_id] = PendingRequest(
             others, lambda answer: on_reply([(answer.get("data") or {}).get("packet")]))
+        self.factory.stats.sent("server_side_emit")
         await self._send_message(MessageType.SERVER_SIDE_EMIT,
                                  {"requestId": request_id, "packet": list(args)})
-        self.expire_later(request_id)
+        self.expire_later("server_side_emit", request_id, self.requests[request_id])
         return others
 
     # -- what arrives -------------------------------------------------------------------
