@@ -151,6 +151,7 @@ async def redis_server() -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -161,6 +162,7 @@ async def redis_cluster() -> AsyncIterator[RedisClusterServers]:
         yield cluster
     finally:
         await cluster.stop()
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
 
 
 class NodePeer:

@@ -9,6 +9,7 @@ the middle of a request is the silent-node case of test_cluster_classic.
 from __future__ import annotations
 
 import logging
+import shutil
 
 import pytest
 import trio
@@ -95,6 +96,7 @@ async def test_redis_down_at_start(start_server, node):
         await other.next_event("back")
     finally:
         await redis.stop()
+        shutil.rmtree(redis.workdir, ignore_errors=True)
 
 
 async def test_redis_hung_never_hangs_a_node(start_server, node, redis_server):
