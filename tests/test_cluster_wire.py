@@ -150,6 +150,23 @@ def test_odd_values():
         "a": expected + ["2026-11-26T15:00:01.234Z"]}
     with pytest.raises(TypeError):
         wire.pack([object()])
+    # a Server's json_default applies to the cluster's encodings too
+    from roomd.protocol import sio
+
+    class Money:
+        cents = 250
+
+    def money(obj: object) -> dict:
+        if isinstance(obj, Money):
+            return {"cents": obj.cents}
+        raise TypeError(type(obj).__name__)
+
+    sio.set_json_default(money)
+    try:
+        assert wire.unpack(wire.pack([Money()])) == [{"cents": 250}]
+        assert wire.load(wire.dump_json({"m": Money()})) == {"m": {"cents": 250}}
+    finally:
+        sio.set_json_default(None)
 
 
 @pytest.mark.parametrize("payload", [

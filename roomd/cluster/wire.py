@@ -23,17 +23,16 @@ shape; receivers log and drop such messages. No I/O here.
 from __future__ import annotations
 
 import datetime
-import decimal
 import enum
 import json
 import secrets
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import msgpack
 
 from .._errors import RoomdError
+from ..protocol import sio
 
 # The uid @socket.io/redis-emitter publishes under.
 EMITTER_UID = "emitter"
@@ -162,17 +161,11 @@ def _msgpack_default(value: Any) -> Any:
 
     An aware datetime is a msgpack timestamp, as notepack.io writes a Date.
     """
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            return value.isoformat(timespec="milliseconds")
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
         return msgpack.Timestamp.from_datetime(value)
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID | decimal.Decimal):
-        return str(value)
     if isinstance(value, set | frozenset):
         return list(value)
-    raise TypeError(f"cannot send an argument of type {type(value).__name__} to the cluster")
+    return sio.plain(value)  # what clients get: naive dates, UUID, json_default...
 
 
 def pack(value: Any) -> bytes:
