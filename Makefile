@@ -2,7 +2,8 @@
 #   make serve     runtime install (.venv, roomd editable; python3 only), then
 #                  `roomd serve $(ARGS)`, e.g. make serve ARGS='--port 3001'
 #   make test      runtime + test install (test extras, npm ci in tests/node, and Debian's
-#                  chromium for the Admin UI browser test: apt-get, as root only), then the
+#                  chromium for the Admin UI browser test: apt-get, as root only; Debian's
+#                  redis-server for the cluster tests when it is missing), then the
 #                  import contracts (lint-imports), mypy and pytest
 #                  (pytest fails when no test is collected: it exits 5)
 #   make install   the runtime install only; then `. .venv/bin/activate` puts roomd on PATH
@@ -40,7 +41,8 @@ UNITS      := roomd.service roomd@.service roomd.socket
 
 CHROMIUM   ?= /usr/bin/chromium
 
-.PHONY: all install install-test test serve bench clean install-system uninstall-system browser
+.PHONY: all install install-test test serve bench clean install-system uninstall-system browser \
+        redis-server
 .DEFAULT_GOAL := test
 
 all: test
@@ -49,7 +51,17 @@ install: $(PY_STAMP)
 	@echo "roomd is installed in $(VENV): run '. $(BIN)/activate' to put roomd on PATH" \
 	      "(or run $(BIN)/roomd)"
 
-install-test: $(PY_STAMP) $(TEST_STAMP) $(NODE_STAMP) browser
+install-test: $(PY_STAMP) $(TEST_STAMP) $(NODE_STAMP) browser redis-server
+
+# The cluster tests start real redis-server processes (Redis 7: sharded pub/sub).
+redis-server:
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
+	  echo "make: redis-server is missing: installing Debian's redis-server package" \
+	       "(apt-get update, then apt-get install -y redis-server)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; \
+	fi
 
 # tests/test_admin_ui_browser.py drives Debian's chromium (through npm's playwright-core);
 # without it, and not root to install it, that one test is skipped with this reason.

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         AckTimeout,
         AdminError,
         ClientError,
+        ClusterTimeout,
         ConfigError,
         ConnectError,
         ConnectRefused,
@@ -57,6 +58,7 @@ _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
     "ConnectRefused": "_errors", "ProtocolError": "_errors", "RoomdError": "_errors",
     "ClientError": "_errors", "ConnectError": "_errors", "Disconnected": "_errors",
+    "ClusterTimeout": "_errors",
     "Client": "client", "ReceivedEvent": "client", "connect": "client",
     "__version__": "_version",
     "BroadcastOperator": "api.broadcast", "RemoteSocket": "api.broadcast",
@@ -71,7 +73,7 @@ _WHERE = {
 
 __all__ = [
     "AckTimeout", "AdapterContext", "AdapterFactory", "AdminError", "BroadcastOperator",
-    "BroadcastOptions", "Client", "ClientError", "ConfigError", "ConnectError",
+    "BroadcastOptions", "Client", "ClientError", "ClusterTimeout", "ConfigError", "ConnectError",
     "ConnectRefused", "Disconnected", "Emission", "Handshake", "InMemoryAdapter", "Namespace",
     "NamespaceFamily", "ProtocolError", "ReceivedEvent", "RecoveryOptions", "RemoteSocket",
     "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__", "connect",

@@ -90,3 +90,12 @@ class Disconnected(ClientError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class ClusterTimeout(AckTimeout):
+    """Some node of the cluster did not answer a request in time.
+
+    Raised by cluster-wide ``fetch_sockets`` and ``all_rooms`` (through
+    ``roomd.cluster``); ``replies`` holds what this node and the nodes that
+    did answer returned, so a caller can go on with partial results.
+    """

@@ -48,6 +48,7 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("rooms", s.get("rooms", "-")),
         ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
         ("closed", _closed(s.get("closed") or {})),
+        ("cluster", cluster_line(s.get("cluster") or {})),
     ]
     held = s.get("recovery")
     if isinstance(held, dict):
@@ -56,6 +57,15 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
                                  f"{held.get('namespaces', 0)} namespaces"))
     for key, value in rows:
         click.echo(f"{key + ':':<13}{value}")
+
+
+def cluster_line(c: dict) -> str:
+    """``roomd status``'s cluster row: the adapter, the Redis state, the server count."""
+    if c.get("adapter") != "redis":
+        return c.get("adapter", "memory")
+    servers = c.get("servers")
+    count = f"{servers} server(s)" if servers is not None else "server count unknown"
+    return f"redis {c.get('mode')} {c.get('url')}: {c.get('redis')}, {count}"
 
 
 @click.group()

@@ -6,6 +6,8 @@
 - ``node``: a started :class:`harness.NodeClient` (one node process, any number of sockets).
 - ``py_client``: factory, ``c = await py_client()`` -> a started :class:`harness.PyClient`
   (each is one python-socketio connection); all are closed at teardown.
+- ``redis_server``, ``redis_cluster``, ``node_peer``: a real redis-server, a 3-master Redis
+  Cluster, Node.js Socket.IO servers with the Redis adapter (tests/cluster_harness.py).
 - Every async test body runs under a deadline (default 60 s; ``@pytest.mark.deadline(s)``
   to change it, ``deadline(None)`` for none; none for tests that take a trio clock fixture),
   so a hung test fails with TooSlowError instead of eating CI's time.
@@ -26,6 +28,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+from cluster_harness import node_peer, redis_cluster, redis_server  # noqa: E402, F401 (fixtures)
 
 DEFAULT_DEADLINE = 60.0
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .._errors import AckTimeout, RoomdError
+from .._errors import AckTimeout, ClusterTimeout, RoomdError
 from ..rooms.adapter import BroadcastOptions, Emission, InMemoryAdapter, RemoteSocketRecord
 from .acks import AckCollector
 
@@ -156,11 +156,13 @@ class BroadcastOperator:
         """The target sockets: this node's as Socket, other nodes' as RemoteSocket."""
         found: list[FetchedSocket] = []
         for adapter in self._adapters():
-            for record in await adapter.fetch_sockets(self._opts):
-                if isinstance(record, RemoteSocketRecord):
-                    found.append(RemoteSocket(adapter, record))
-                else:
-                    found.append(record.owner)  # type: ignore[arg-type]
+            try:
+                records = await adapter.fetch_sockets(self._opts)
+            except ClusterTimeout as exc:
+                # Some node did not answer: the partial result, as sockets too.
+                exc.replies = found + [_fetched(adapter, r) for r in exc.replies]
+                raise
+            found.extend(_fetched(adapter, record) for record in records)
         return found
 
     async def sockets_join(self, *rooms: str | Iterable[str]) -> None:
@@ -179,6 +181,13 @@ class BroadcastOperator:
         """Disconnect every target socket (and its whole connection with ``close``)."""
         for adapter in self._adapters():
             await adapter.disconnect_sockets(self._opts, close)
+
+
+def _fetched(adapter: InMemoryAdapter, record: Any) -> FetchedSocket:
+    """A local Member's Socket, or a RemoteSocket for another node's socket."""
+    if isinstance(record, RemoteSocketRecord):
+        return RemoteSocket(adapter, record)
+    return record.owner
 
 
 class RemoteSocket:

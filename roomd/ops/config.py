@@ -41,6 +41,7 @@ __all__ = [
     "AdminConfig",
     "AdminUIConfig",
     "AppConfig",
+    "ClusterConfig",
     "HttpApiConfig",
     "MetricsConfig",
     "Config",
@@ -61,6 +62,8 @@ ADMIN_UI_MODES = ("development", "production")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 _LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):([0-9]{1,5})$")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop")
+CLUSTER_ADAPTERS = ("memory", "redis")
+CLUSTER_MODES = ("classic", "sharded")
 _APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -188,6 +191,22 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: share rooms with other roomd and Node.js Socket.IO servers.
+
+    ``adapter = "redis"`` turns it on (the default "memory" is one process);
+    ``mode`` is the Node adapter the cluster speaks: "classic"
+    (``createAdapter``) or "sharded" (``createShardedAdapter``).
+    """
+
+    adapter: str = "memory"
+    url: str = "redis://127.0.0.1:6379"
+    key: str = "socket.io"
+    mode: str = "classic"
+    request_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class NamespaceConfig:
     name: str
     client_join: bool = True
@@ -209,6 +228,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     admin_ui: AdminUIConfig = field(default_factory=AdminUIConfig)
     http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     namespaces: tuple[NamespaceConfig, ...] = (NamespaceConfig(name="/"),)
     source: str | None = field(default=None, compare=False)  # the file read, if any
 
@@ -343,6 +363,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "key_file": "string",
         "max_body": "integer",
     },
+    "cluster": {"adapter": "string", "url": "string", "key": "string", "mode": "string",
+                "request_timeout": "number"},
 }
 _NAMESPACE_SCHEMA = {
     "name": "string",
@@ -435,6 +457,16 @@ def _build(raw: dict, where: str) -> Config:
     for key in ("max_packets", "max_bytes", "max_sessions"):
         _at_least(f"recovery.{key}", getattr(recovery, key), 1)
 
+    cluster = ClusterConfig(**sections["cluster"])
+    _one_of("cluster.adapter", cluster.adapter, CLUSTER_ADAPTERS)
+    _one_of("cluster.mode", cluster.mode, CLUSTER_MODES)
+    if not cluster.key:
+        raise ConfigError("cluster.key must not be empty")
+    if not cluster.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"cluster.url must be a redis://, rediss:// or unix:// URL, "
+                          f"got {cluster.url!r}")
+    _at_least("cluster.request_timeout", cluster.request_timeout, 0, strict=True)
+
     metrics = MetricsConfig(**sections["metrics"])
     _check_listen("metrics.listen", metrics.listen)
     admin_ui = _build_admin_ui(sections["admin_ui"])
@@ -453,6 +485,7 @@ def _build(raw: dict, where: str) -> Config:
         metrics=metrics,
         admin_ui=admin_ui,
         http_api=http_api,
+        cluster=cluster,
         namespaces=namespaces,
     )
 
@@ -612,7 +645,7 @@ def config_to_toml(config: Config) -> str:
     else:
         out.append("# effective configuration (defaults, no file)")
     for section in ("server", "limits", "admin", "log", "app", "recovery", "metrics",
-                    "admin_ui", "http_api"):
+                    "admin_ui", "http_api", "cluster"):
         out.append("")
         out.append(f"[{section}]")
         out.extend(_toml_table(getattr(config, section)))

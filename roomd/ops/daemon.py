@@ -87,6 +87,20 @@ def cors_origins(config: Config) -> list[str]:
     return origins
 
 
+def adapter_factory(config: Config) -> Any:
+    """The cluster adapter factory ``[cluster]`` asks for, or None (in memory).
+
+    roomd.cluster (and with it coredis) is imported only here, only then.
+    """
+    cluster = config.cluster
+    if cluster.adapter != "redis":
+        return None
+    from ..cluster.factory import RedisAdapterFactory
+
+    return RedisAdapterFactory(cluster.url, key=cluster.key, mode=cluster.mode,
+                               request_timeout=cluster.request_timeout)
+
+
 def server_options(config: Config) -> dict[str, Any]:
     """The Server keyword arguments the configuration sets."""
     s, limits = config.server, config.limits
@@ -103,7 +117,8 @@ def server_options(config: Config) -> dict[str, Any]:
                 head_timeout=limits.head_timeout, body_timeout=limits.body_timeout,
                 keepalive_timeout=limits.keepalive_timeout, send_timeout=limits.send_timeout,
                 upgrade_timeout=limits.upgrade_timeout,
-                connection_state_recovery=recovery_options(config))
+                connection_state_recovery=recovery_options(config),
+                adapter=adapter_factory(config))
 
 
 def recovery_options(config: Config) -> dict[str, Any] | None:
@@ -129,6 +144,10 @@ class Daemon:
         self.overrides = dict(overrides or {})
         self.relay: RelayApp | None = None
         if config.app.module:
+            if config.cluster.adapter != "memory":
+                raise ConfigError("[cluster] configures the built-in relay app; an application "
+                                  "passes adapter=roomd.cluster.RedisAdapterFactory(...) to "
+                                  "its roomd.Server")
             self.server = load_app(config.app.module, config.app.dir)
         else:
             self.server = Server(**server_options(config))
@@ -245,7 +264,7 @@ class Daemon:
                     if names:
                         logger.info("SIGHUP: namespaces %s: %s", verb, ", ".join(names))
             restart = [key for key in ("server", "admin", "app", "metrics", "admin_ui",
-                                       "http_api")
+                                       "http_api", "cluster")
                        if getattr(new, key) != getattr(self.config, key)]
             if recovery_options(new) != recovery_options(self.config):
                 restart.append("recovery")

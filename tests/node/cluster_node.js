@@ -1,0 +1,297 @@
+#!/usr/bin/env node
+// A Node.js Socket.IO server in a Redis cluster, for roomd's mixed-cluster tests
+// (tests/cluster_harness.py, NodePeer). Also drives @socket.io/redis-emitter.
+//
+//   node cluster_node.js --redis redis://127.0.0.1:PORT [--mode classic|sharded]
+//        [--cluster] [--key socket.io] [--nsp /a --nsp /b] [--no-server]
+//        [--requests-timeout 5000]
+//
+// --cluster uses node-redis' createCluster (rootNodes from --redis); --no-server runs only the
+// emitter (no Socket.IO server, so it is not counted as a node). Prints one
+// {"event": "listening", "port": N} line once the server listens on 127.0.0.1 (or
+// {"event": "ready"} with --no-server).
+//
+// Protocol: one JSON command per stdin line {id, cmd, ...}, one JSON reply per line
+// {id, ok: true, ...} / {id, ok: false, error, timeout?}. Binary: {"$bytes": base64}.
+// Unsolicited lines: {"event": "serverEvent", nsp, name, args} for every server-side emit
+// received from another node (answered, when the sender wants a reply, with
+// {"from": "node", "args": args}); {"event": "clientEvent", nsp, sid, name, args} for every
+// event a client sends.
+// Targets: {nsp="/", rooms=[], except=[], volatile=false}.
+// Commands:
+//   emit {target, event, args}                    io.of(nsp).to().except()[.volatile].emit()
+//   emitWithAck {target, event, args, timeout}    -> {args: [...]}  (timeout: ok false, timeout true,
+//                                                    args: what arrived)
+//   fetchSockets {target}                         -> {sockets: [{id, rooms, data, handshake}]}
+//   socketsJoin / socketsLeave {target, rooms}    -> {}
+//   disconnectSockets {target, close=false}       -> {}
+//   remoteEmit {target, socketId, event, args}    fetchSockets, then emit on the RemoteSocket with that id
+//   serverSideEmit {nsp, event, args}             -> {}
+//   serverSideEmitWithAck {nsp, event, args}     -> {args: [...]} (bounded by --requests-timeout)
+//   allRooms {nsp}                                -> {rooms: [...]}
+//   serverCount {nsp}                             -> {count}
+//   localRooms {nsp}                              -> {rooms: {room: [sid...]}}
+//   emitter {op, target, event, args, rooms, close}  op: emit | socketsJoin | socketsLeave |
+//                                                 disconnectSockets | serverSideEmit
+//   close {}                                      -> {} then exit
+// Clients: on connection socket.data = {node: true, ...auth.data}; client events "join" (rooms)
+// and "leave" (rooms) are answered with the socket's rooms. The process exits when stdin closes
+// and after a watchdog (ROOMD_CLIENT_WATCHDOG_MS, default 120000 ms).
+"use strict";
+
+const http = require("http");
+const readline = require("readline");
+const { Server } = require("socket.io");
+const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
+const { Emitter } = require("@socket.io/redis-emitter");
+const { createClient, createCluster } = require("redis");
+
+const WATCHDOG_MS = Number(process.env.ROOMD_CLIENT_WATCHDOG_MS || 120000);
+setTimeout(() => {
+  process.stderr.write(`cluster_node.js: watchdog fired after ${WATCHDOG_MS} ms, exiting\n`);
+  process.exit(3);
+}, WATCHDOG_MS).unref();
+
+function out(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+function encode(v) {
+  if (v === undefined) return null;
+  if (v === null || typeof v !== "object") return v;
+  if (Buffer.isBuffer(v)) return { $bytes: v.toString("base64") };
+  if (v instanceof ArrayBuffer) return { $bytes: Buffer.from(v).toString("base64") };
+  if (ArrayBuffer.isView(v)) {
+    return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
+  }
+  if (v instanceof Set) return [...v].map(encode);
+  if (Array.isArray(v)) return v.map(encode);
+  const o = {};
+  for (const k of Object.keys(v)) o[k] = encode(v[k]);
+  return o;
+}
+
+function decode(v) {
+  if (v === null || typeof v !== "object") return v;
+  if (Array.isArray(v)) return v.map(decode);
+  const keys = Object.keys(v);
+  if (keys.length === 1 && keys[0] === "$bytes" && typeof v.$bytes === "string") {
+    return Buffer.from(v.$bytes, "base64");
+  }
+  const o = {};
+  for (const k of keys) o[k] = decode(v[k]);
+  return o;
+}
+
+// ---- arguments ---------------------------------------------------------------------------
+const argv = process.argv.slice(2);
+const opts = { mode: "classic", key: "socket.io", nsps: [], cluster: false, server: true,
+               requestsTimeout: 5000, redis: null };
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i];
+  if (a === "--redis") opts.redis = argv[++i];
+  else if (a === "--mode") opts.mode = argv[++i];
+  else if (a === "--key") opts.key = argv[++i];
+  else if (a === "--nsp") opts.nsps.push(argv[++i]);
+  else if (a === "--cluster") opts.cluster = true;
+  else if (a === "--no-server") opts.server = false;
+  else if (a === "--requests-timeout") opts.requestsTimeout = Number(argv[++i]);
+  else { process.stderr.write(`unknown argument ${a}\n`); process.exit(2); }
+}
+
+function redisClient() {
+  const client = opts.cluster
+    ? createCluster({ rootNodes: [{ url: opts.redis }] })
+    : createClient({ url: opts.redis });
+  client.on("error", (e) => process.stderr.write(`redis error: ${e && e.message}\n`));
+  return client;
+}
+
+let io = null;
+let emitter = null;
+
+function target(cmd) {
+  const t = cmd.target || {};
+  let op = io.of(t.nsp || "/");
+  if (t.rooms && t.rooms.length) op = op.to(t.rooms);
+  if (t.except && t.except.length) op = op.except(t.except);
+  if (t.volatile) op = op.volatile;
+  return op;
+}
+
+function socketInfo(s) {
+  const { sessionStore, ...handshake } = s.handshake || {};
+  return { id: s.id, rooms: [...s.rooms], data: encode(s.data), handshake: encode(handshake) };
+}
+
+function namespace(name) {
+  const nsp = io.of(name);
+  if (nsp.__roomdSetUp) return nsp;
+  nsp.__roomdSetUp = true;
+  nsp.on("connection", (socket) => {
+    const auth = socket.handshake.auth || {};
+    socket.data = Object.assign({ node: true }, auth.data || {});
+    socket.on("join", (rooms, ack) => {
+      socket.join(rooms);
+      if (typeof ack === "function") ack([...socket.rooms]);
+    });
+    socket.on("leave", (rooms, ack) => {
+      for (const r of [].concat(rooms)) socket.leave(r);
+      if (typeof ack === "function") ack([...socket.rooms]);
+    });
+    socket.onAny((name, ...args) => {
+      if (typeof args[args.length - 1] === "function") args.pop();
+      out({ event: "clientEvent", nsp: nsp.name, sid: socket.id,
+            name, args: encode(args) });
+    });
+  });
+  return nsp;
+}
+
+// Server-side emits arrive as events on the namespace object itself.
+function listenServerEvents(nsp) {
+  const orig = nsp._onServerSideEmit.bind(nsp);
+  nsp._onServerSideEmit = (args) => {
+    const copy = args.slice();
+    let ack = null;
+    if (typeof copy[copy.length - 1] === "function") ack = copy.pop();
+    out({ event: "serverEvent", nsp: nsp.name, name: copy[0], args: encode(copy.slice(1)) });
+    if (ack) ack({ from: "node", args: encode(copy.slice(1)) });
+    return orig(args.slice(0, ack ? -1 : undefined));
+  };
+}
+
+const handlers = {
+  async emit(cmd) {
+    target(cmd).emit(cmd.event, ...decode(cmd.args || []));
+    return {};
+  },
+  async emitWithAck(cmd) {
+    try {
+      const args = await target(cmd).timeout(cmd.timeout || 5000)
+        .emitWithAck(cmd.event, ...decode(cmd.args || []));
+      return { args: encode(args) };
+    } catch (e) {
+      throw { info: { error: String(e.message || e), timeout: true } };
+    }
+  },
+  async fetchSockets(cmd) {
+    const sockets = await target(cmd).fetchSockets();
+    return { sockets: sockets.map(socketInfo) };
+  },
+  async socketsJoin(cmd) { target(cmd).socketsJoin(cmd.rooms); return {}; },
+  async socketsLeave(cmd) { target(cmd).socketsLeave(cmd.rooms); return {}; },
+  async disconnectSockets(cmd) { target(cmd).disconnectSockets(!!cmd.close); return {}; },
+  async remoteEmit(cmd) {
+    const sockets = await target(cmd).fetchSockets();
+    const s = sockets.find((x) => x.id === cmd.socketId);
+    if (!s) throw new Error(`no socket ${cmd.socketId}`);
+    s.emit(cmd.event, ...decode(cmd.args || []));
+    return {};
+  },
+  async serverSideEmit(cmd) {
+    io.of(cmd.nsp || "/").serverSideEmit(cmd.event, ...decode(cmd.args || []));
+    return {};
+  },
+  async serverSideEmitWithAck(cmd) {
+    try {
+      // the adapter's requestsTimeout bounds it (--requests-timeout)
+      const args = await io.of(cmd.nsp || "/")
+        .serverSideEmitWithAck(cmd.event, ...decode(cmd.args || []));
+      return { args: encode(args) };
+    } catch (e) {
+      throw { info: { error: String(e.message || e), timeout: true } };
+    }
+  },
+  async allRooms(cmd) {
+    const rooms = await io.of(cmd.nsp || "/").adapter.allRooms();
+    return { rooms: [...rooms] };
+  },
+  async serverCount(cmd) {
+    return { count: await io.of(cmd.nsp || "/").adapter.serverCount() };
+  },
+  async localRooms(cmd) {
+    const rooms = {};
+    for (const [room, sids] of io.of(cmd.nsp || "/").adapter.rooms) rooms[room] = [...sids];
+    return { rooms };
+  },
+  async emitter(cmd) {
+    const t = cmd.target || {};
+    let e = emitter.of(t.nsp || "/");
+    if (t.rooms && t.rooms.length) e = e.to(t.rooms);
+    if (t.except && t.except.length) e = e.except(t.except);
+    if (t.volatile) e = e.volatile;
+    switch (cmd.op) {
+      case "emit": e.emit(cmd.event, ...decode(cmd.args || [])); break;
+      case "socketsJoin": e.socketsJoin(cmd.rooms); break;
+      case "socketsLeave": e.socketsLeave(cmd.rooms); break;
+      case "disconnectSockets": e.disconnectSockets(!!cmd.close); break;
+      case "serverSideEmit": emitter.of(t.nsp || "/").serverSideEmit(cmd.event, ...decode(cmd.args || [])); break;
+      default: throw new Error(`unknown emitter op ${cmd.op}`);
+    }
+    return {};
+  },
+  async close() { return {}; },
+};
+
+async function handleLine(line) {
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch (e) {
+    out({ id: null, ok: false, error: `bad JSON: ${e.message}` });
+    return;
+  }
+  const id = cmd.id === undefined ? null : cmd.id;
+  const fn = Object.prototype.hasOwnProperty.call(handlers, cmd.cmd) ? handlers[cmd.cmd] : null;
+  if (!fn) {
+    out({ id, ok: false, error: `unknown cmd ${JSON.stringify(cmd.cmd)}` });
+    return;
+  }
+  try {
+    const result = await fn(cmd);
+    out(Object.assign({ id, ok: true }, result));
+  } catch (e) {
+    out(Object.assign({ id, ok: false }, e.info || { error: String(e && e.message ? e.message : e) }));
+  }
+  if (cmd.cmd === "close") process.exit(0);
+}
+
+async function main() {
+  const pub = redisClient();
+  await pub.connect();
+  emitter = new Emitter(pub, { key: opts.key });
+  if (opts.server) {
+    const sub = pub.duplicate();
+    sub.on("error", (e) => process.stderr.write(`redis error: ${e && e.message}\n`));
+    await sub.connect();
+    const adapter = opts.mode === "sharded"
+      ? createShardedAdapter(pub, sub, { channelPrefix: opts.key })
+      : createAdapter(pub, sub, { key: opts.key, requestsTimeout: opts.requestsTimeout });
+    const httpServer = http.createServer();
+    io = new Server(httpServer, { adapter, cors: { origin: "*" } });
+    for (const name of ["/", ...opts.nsps]) {
+      const nsp = namespace(name);
+      listenServerEvents(nsp);
+    }
+    await new Promise((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
+    out({ event: "listening", port: httpServer.address().port });
+  } else {
+    out({ event: "ready" });
+  }
+  const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+  rl.on("line", (line) => { handleLine(line); });
+  rl.on("close", () => process.exit(0));
+}
+
+process.on("uncaughtException", (e) => {
+  process.stderr.write(`cluster_node.js: uncaught ${e && e.stack ? e.stack : e}\n`);
+  process.exit(1);
+});
+process.on("unhandledRejection", (e) => {
+  process.stderr.write(`cluster_node.js: unhandled rejection ${e && e.stack ? e.stack : e}\n`);
+});
+main().catch((e) => {
+  process.stderr.write(`cluster_node.js: ${e && e.stack ? e.stack : e}\n`);
+  process.exit(1);
+});
