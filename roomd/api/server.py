@@ -38,6 +38,10 @@ from .socket import Handler
 
 logger = logging.getLogger("roomd.server")
 
+# How long a graceful shutdown waits for the adapters to close (a cluster
+# adapter announces its departure to the other nodes).
+ADAPTER_CLOSE_TIMEOUT = 2.0
+
 Lifespan = Callable[["Server"], contextlib.AbstractAsyncContextManager[Any]]
 
 
@@ -377,11 +381,21 @@ class Server:
                             await self._drained.wait()
                             background.cancel_scope.cancel()
                         self._background = None
+                    await self._close_adapters()
                     nursery.cancel_scope.cancel()
         finally:
             self._scope = None
             self._nursery = self._background = None
             self._finished.set()
+
+    async def _close_adapters(self) -> None:
+        """Let each adapter say goodbye (a cluster adapter tells the others), briefly."""
+        with trio.move_on_after(ADAPTER_CLOSE_TIMEOUT):
+            for namespace in list(self._namespaces.values()):
+                try:
+                    await namespace.adapter.close()
+                except Exception:
+                    logger.exception("adapter of %s failed to close", namespace.name)
 
     async def _accept(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
         assert self._accept_scope is not None
