@@ -188,7 +188,7 @@ class Redis:
 
 # ------------------------------------------------------------------ one cluster run
 def start_nodes(kind: str, ports: list[int], redis_url: str, cpus: str, logdir: Path,
-                admin_dir: Path, rep: int) -> list[Proc]:
+                admin_dir: Path, rep: int, mode: str) -> list[Proc]:
     nodes = []
     for i, port in enumerate(ports, 1):
         name = f"{kind}-{rep}-node{i}"
@@ -196,9 +196,9 @@ def start_nodes(kind: str, ports: list[int], redis_url: str, cpus: str, logdir: 
             argv = [str(ROOT / ".venv/bin/roomd"), "serve", "--app", "bench.cluster_app:io",
                     "--app-dir", str(ROOT), "--port", str(port),
                     "--socket", str(admin_dir / f"{port}.sock"), "--log-level", "warning"]
-            env = {"ROOMD_BENCH_REDIS": redis_url}
+            env = {"ROOMD_BENCH_REDIS": redis_url, "ROOMD_BENCH_MODE": mode}
         else:
-            argv = ["node", str(ROOT / "bench/cluster_node.js"), str(port), redis_url, "classic"]
+            argv = ["node", str(ROOT / "bench/cluster_node.js"), str(port), redis_url, mode]
             env = {}
         nodes.append(Proc(name, argv, cpus, logdir, env))
     for node, port in zip(nodes, ports, strict=True):
@@ -206,58 +206,79 @@ def start_nodes(kind: str, ports: list[int], redis_url: str, cpus: str, logdir: 
     return nodes
 
 
+def drive(name: str, sub_ports: list[int], subs: int, rates: str, nodes: list[Proc],
+          redis: Redis, redis_pid: int, args: argparse.Namespace, logdir: Path,
+          run: dict, idle: bool) -> None:
+    """One loadgen run (publisher on sub_ports[0]); its steps go into run["steps"]."""
+    argv = ["node", str(ROOT / "bench/cluster_loadgen.js"), "--sync",
+            "--ports", ",".join(map(str, sub_ports)), "--subs", str(subs),
+            "--rates", rates, "--duration", str(args.duration), "--drain", str(args.drain),
+            "--max-time", str(args.max_time)]
+    lg = Proc(name, argv, args.loadgen_cpus, logdir, stdin=True)
+    assert lg.p.stdout is not None and lg.p.stdin is not None
+    # the loadgen has its own watchdog too
+    killer = threading.Timer(args.max_time + 30, lg.stop)
+    killer.start()
+    before: dict = {}
+    pending: tuple[dict, dict] | None = None
+    try:
+        for line in lg.p.stdout:
+            if line.startswith("@mark "):
+                mark, _, extra = line[6:].strip().partition(" ")
+                if mark == "step_start":
+                    before = snapshot(nodes, redis, redis_pid)
+                elif mark == "step_end":
+                    pending = (before, snapshot(nodes, redis, redis_pid))
+                elif mark == "ready":
+                    run["ready"] = json.loads(extra or "{}")
+                    run["rss_kib_ready"] = [tree_rss_kib(n.pid) for n in nodes]
+                    if idle:
+                        run["idle"] = idle_baseline(nodes, redis, redis_pid, args.idle)
+                lg.p.stdin.write("\n")
+                lg.p.stdin.flush()
+                continue
+            msg = json.loads(line)
+            if "step" in msg and pending is not None:
+                run["steps"].append(step_figures(msg["step"], *pending, run.get("idle")))
+                s = run["steps"][-1]
+                print(f"  {name}: {s['rate']:>5} msg/s  held={s['held']}  "
+                      f"lost={s['lost']} p99={s['latency_ms']['p99']} ms  "
+                      f"cpu/delivery={s['server_cpu_us_per_delivery']} µs  "
+                      f"cpu % per node={s['server_cpu_pct_per_node']}  "
+                      f"publish/broadcast={s['redis_publish_per_broadcast']}", flush=True)
+            elif "done" in msg:
+                run.update(msg["done"])
+            elif "error" in msg:
+                run["error"] = msg["error"]
+    finally:
+        killer.cancel()
+        lg.stop()
+
+
 def run_cluster(kind: str, rep: int, args: argparse.Namespace, redis: Redis, redis_pid: int,
                 redis_url: str, logdir: Path, admin_dir: Path) -> dict:
     ports = free_ports(2)
-    nodes = start_nodes(kind, ports, redis_url, args.server_cpus, logdir, admin_dir, rep)
+    nodes = start_nodes(kind, ports, redis_url, args.server_cpus, logdir, admin_dir, rep,
+                        args.mode)
     run: dict = {"cluster": kind, "rep": rep, "ports": ports, "steps": [], "error": None}
-    lg = None
     try:
         time.sleep(1)
         run["rss_kib_start"] = [tree_rss_kib(n.pid) for n in nodes]
-        argv = ["node", str(ROOT / "bench/cluster_loadgen.js"), "--sync",
-                "--ports", ",".join(map(str, ports)), "--subs", str(args.subs),
-                "--rates", args.rates, "--duration", str(args.duration), "--drain", str(args.drain),
-                "--max-time", str(args.max_time)]
-        lg = Proc(f"{kind}-{rep}-loadgen", argv, args.loadgen_cpus, logdir, stdin=True)
-        assert lg.p.stdout is not None and lg.p.stdin is not None
-        # the loadgen has its own watchdog too
-        killer = threading.Timer(args.max_time + 30, lg.stop)
-        killer.start()
-        before: dict = {}
-        try:
-            for line in lg.p.stdout:
-                if line.startswith("@mark "):
-                    name, _, extra = line[6:].strip().partition(" ")
-                    if name == "step_start":
-                        before = snapshot(nodes, redis, redis_pid)
-                    elif name == "step_end":
-                        run["_pending"] = (before, snapshot(nodes, redis, redis_pid))
-                    elif name == "ready":
-                        run["ready"] = json.loads(extra or "{}")
-                        run["rss_kib_ready"] = [tree_rss_kib(n.pid) for n in nodes]
-                        run["idle"] = idle_baseline(nodes, redis, redis_pid, args.idle)
-                    lg.p.stdin.write("\n")
-                    lg.p.stdin.flush()
-                    continue
-                msg = json.loads(line)
-                if "step" in msg:
-                    run["steps"].append(step_figures(msg["step"], *run.pop("_pending"),
-                                                     run.get("idle")))
-                    s = run["steps"][-1]
-                    print(f"  {kind} rep {rep}: {s['rate']:>5} msg/s  held={s['held']}  "
-                          f"lost={s['lost']} p99={s['latency_ms']['p99']} ms  "
-                          f"cpu/delivery={s['server_cpu_us_per_delivery']} µs  "
-                          f"publish/broadcast={s['redis_publish_per_broadcast']}", flush=True)
-                elif "done" in msg:
-                    run.update(msg["done"])
-                elif "error" in msg:
-                    run["error"] = msg["error"]
-        finally:
-            killer.cancel()
+        drive(f"{kind}-{rep}-loadgen", ports, args.subs, args.rates, nodes, redis, redis_pid,
+              args, logdir, run, idle=True)
+        if args.fanin_rates:
+            # Fan-in: every subscriber (and the publisher) on node 1; node 2 has no socket in
+            # the room but, in classic mode, still receives every broadcast from Redis.
+            fanin: dict = {"steps": [], "error": None, "idle": run.get("idle")}
+            run["fanin"] = fanin
+            time.sleep(1)
+            try:
+                drive(f"{kind}-{rep}-fanin", ports[:1], args.fanin_subs, args.fanin_rates,
+                      nodes, redis, redis_pid, args, logdir, fanin, idle=False)
+            except Exception as e:  # the sweep's figures stand without it
+                fanin["error"] = f"{type(e).__name__}: {e}"
+                print(f"  {kind} rep {rep} fan-in: {fanin['error']}", flush=True)
     finally:
-        if lg is not None:
-            lg.stop()
         for n in nodes:
             n.stop()
     held = [s["rate"] for s in run["steps"] if s["held"]]
@@ -286,6 +307,9 @@ def idle_baseline(nodes: list[Proc], redis: Redis, redis_pid: int, secs: float) 
 def step_figures(step: dict, before: dict, after: dict, idle: dict | None) -> dict:
     wall = after["t"] - before["t"]
     node_cpu = [a - b for a, b in zip(after["nodes"], before["nodes"], strict=True)]
+    # a loadgen on fewer ports than nodes (fan-in): the other nodes had no subscriber
+    got_on = step["received_per_node"]
+    step["received_per_node"] = got_on + [0] * (len(node_cpu) - len(got_on))
     cpu = sum(node_cpu)
     got = step["received"]
     rb, ra = before["redis"], after["redis"]
@@ -387,7 +411,8 @@ def med(xs: list) -> float | None:
 
 def summarize(res: dict) -> str:
     a = res["args"]
-    lines = ["# Cluster fan-out: roomd vs Node.js socket.io, two nodes each on one Redis",
+    lines = ["# Cluster fan-out: roomd vs Node.js socket.io, two nodes each on one Redis "
+             f"({a['mode']} adapter protocol)",
              "", f"- started {res['started']} UTC, {res['wall_s']} s; load average before "
              f"{res['loadavg_before']}, after {res['loadavg_after']}; {os.cpu_count()} cores",
              f"- {a['subs']} subscribers in one room split over 2 nodes, 1 publisher on node 1, "
@@ -445,6 +470,25 @@ def summarize(res: dict) -> str:
                                         (r.get("idle") or {}).get(key) for r in rs]))
                               for key, i in (("node_cpu_pct", 0), ("node_cpu_pct", 1),
                                              ("redis_cpu_pct", 0))))
+    def fanin(rs: list[dict], i: int, rate: int) -> float | None:
+        vals = []
+        for r in rs:
+            for st in (r.get("fanin") or {}).get("steps", []):
+                if st["rate"] != rate:
+                    continue
+                idle_pct = ((r.get("idle") or {}).get("node_cpu_pct") or [0, 0])[i]
+                cpu = st["server_cpu_s_per_node"][i] - idle_pct / 100 * st["wall_s"]
+                vals.append(1e6 * cpu / st["sent"])
+        return med(vals)
+
+    for rate in [int(x) for x in a["fanin_rates"].split(",") if x]:
+        row(f"fan-in at {rate} msg/s, {a['fanin_subs']} subscribers and the publisher on "
+            "node 1: CPU per broadcast, node 1 / node 2 (no socket in the room) (µs)",
+            lambda rs, rate=rate: f"{fanin(rs, 0, rate)} / {fanin(rs, 1, rate)}")
+    row("fan-in steps held (per rep)",
+        lambda rs: ", ".join("/".join("yes" if st["held"] else "NO"
+                                      for st in (r.get("fanin") or {}).get("steps", []))
+                             for r in rs))
     row("loadgen-bound steps", lambda rs: sum(s["loadgen_bound"] for r in rs for s in r["steps"]))
     lines += ["", "## Every step", "",
               "| cluster | rep | rate | held | lost | achieved/offered deliv/s | p50/p99 ms | "
@@ -503,7 +547,7 @@ def versions() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subs", type=int, default=500)
-    ap.add_argument("--rates", default="10,20,30,50,75,100,150,200,300")
+    ap.add_argument("--rates", default="10,20,30,50,75,100,150,200,300,400,500")
     ap.add_argument("--duration", type=float, default=5)
     ap.add_argument("--drain", type=float, default=5)
     ap.add_argument("--reps", type=int, default=2)
@@ -512,6 +556,12 @@ def main() -> int:
     ap.add_argument("--loadgen-cpus", default="1")
     ap.add_argument("--idle", type=float, default=3,
                     help="seconds of no traffic before the first step (idle CPU baseline)")
+    ap.add_argument("--mode", choices=("classic", "sharded"), default="classic",
+                    help="the @socket.io/redis-adapter protocol both clusters speak")
+    ap.add_argument("--fanin-rates", default="500,2000",
+                    help="msg/s of the fan-in steps ('': none): subscribers all on node 1, "
+                         "node 2's CPU per broadcast it receives and drops")
+    ap.add_argument("--fanin-subs", type=int, default=10)
     ap.add_argument("--probe-n", type=int, default=50000,
                     help="PUBLISH per Redis probe line (0: no probe)")
     ap.add_argument("--probe-subscribers", default="2,8,32")
