@@ -1,19 +1,28 @@
 #!/usr/bin/env python3
 """Cluster fan-out bench: a two-node roomd cluster against a two-node Node.js Socket.IO cluster.
 
-    python3 bench/cluster_bench.py --subs 500 --rates 10,20,30,50,75,100,150,200 \\
-        --duration 5 --reps 2 --out /tmp/roomd-cluster-bench
+    .venv/bin/python bench/cluster_bench.py --subs 500 \\
+        --rates 10,20,30,50,75,100,150,200,300,400,500 --duration 5 --reps 2 \\
+        --out /tmp/roomd-cluster-bench      (make bench-cluster runs this)
 
 One redis-server (loopback, free port, no persistence) for the whole run. For each repetition
 and each cluster, interleaved (roomd, node, roomd, node, ...): two fresh server nodes on that
-Redis with the classic @socket.io/redis-adapter protocol (roomd: ``roomd serve --app
-bench.cluster_app:io``; Node.js: ``node bench/cluster_node.js``), then ``bench/cluster_loadgen.js``:
+Redis with one @socket.io/redis-adapter protocol (--mode classic or sharded; roomd:
+``roomd serve --app bench.cluster_app:io``; Node.js: ``node bench/cluster_node.js``), then
+``bench/cluster_loadgen.js``:
 subscribers spread round robin over both nodes in one room, the publisher on node 1, fan-out at
 rising rates until a step does not hold (the yardstick's rule: no loss, p99 <= 1 s, achieved >=
 90 % of offered, no disconnects). Around every step the driver samples:
 
 - server CPU: utime+stime (schedstat, ns) of each node's process tree;
-- Redis: INFO cpu (used_cpu_user + used_cpu_sys) and INFO commandstats (PUBLISH calls).
+- Redis: INFO cpu (used_cpu_user + used_cpu_sys), INFO commandstats (PUBLISH and SPUBLISH
+  calls) and INFO stats (bytes in and out); an idle window before the first step gives the
+  baseline subtracted from Redis' CPU.
+
+Then, on the same nodes, fan-in steps (--fanin-rates): the publisher and a few subscribers on
+node 1 only, so node 2 receives every broadcast for a room it has no socket in (classic mode)
+or none (sharded). Last, Redis alone (--probe-n): redis-benchmark PUBLISHing to K raw pattern
+subscribers, unpipelined and pipelined (what a PUBLISH costs Redis per receiving node).
 
 Servers and Redis are pinned to --server-cpus, the load generator to --loadgen-cpus (taskset).
 Writes results.json (every step of every run, raw) and summary.md into --out. Only processes
