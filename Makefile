@@ -15,6 +15,9 @@
 #   make uninstall-system   removes what install-system put there (not $(CONFDIR))
 #   make bench     test install, then run the yardstick (../shared/bench) with roomd,
 #                  Node.js socket.io and python-socketio (docs/performance.md)
+#   make bench-cluster  runtime install, tests/node's npm packages and redis-server, then
+#                  bench/cluster.sh: two roomd nodes against two Node.js socket.io nodes
+#                  on one Redis (docs/performance.md, "Cluster")
 #   make clean     remove .venv, node_modules, stamps and caches
 # Stamp files make repeated runs fast; they are redone when their inputs change.
 
@@ -42,7 +45,7 @@ UNITS      := roomd.service roomd@.service roomd.socket
 CHROMIUM   ?= /usr/bin/chromium
 
 .PHONY: all install install-test test serve bench clean install-system uninstall-system browser \
-        redis-server
+        redis-server bench-cluster
 .DEFAULT_GOAL := test
 
 all: test
@@ -131,6 +134,9 @@ uninstall-system:
 	rm -f $(BINDIR)/roomd $(MANDIR)/man1/roomd.1 $(MANDIR)/man5/roomd.toml.5
 	for unit in $(UNITS); do rm -f $(UNITDIR)/$$unit; done
 	rm -rf $(ROOMD_HOME)
+
+bench-cluster: $(PY_STAMP) $(NODE_STAMP) redis-server
+	bench/cluster.sh
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .hypothesis build *.egg-info
