@@ -94,6 +94,9 @@ def rooms() -> None:
 @click.argument("namespace", required=False)
 @click.option("--members", is_flag=True, help="Also list the socket ids in each room.")
 @click.option("--all", "include_private", is_flag=True, help="Include each socket's private own-id room.")
+@click.option("--cluster", "cluster_wide", is_flag=True,
+              help="Every node's rooms, with the members on this node (needs a cluster adapter to "
+                   "see other nodes).")
 @admin_options
 @click.pass_context
 def rooms_list(
@@ -101,18 +104,27 @@ def rooms_list(
     namespace: str | None,
     members: bool,
     include_private: bool,
+    cluster_wide: bool,
     socket_path: str | None,
     as_json: bool,
 ) -> None:
     """List the rooms (of NAMESPACE, or of all namespaces) with their member counts."""
+    if cluster_wide and members:
+        raise click.UsageError("--members lists this node's sockets; it does not go with --cluster")
     items = client(ctx, socket_path).request(
-        "rooms", namespace=namespace_arg(namespace), members=members or None, all=include_private or None
+        "rooms", namespace=namespace_arg(namespace), members=members or None,
+        all=include_private or None, cluster=cluster_wide or None,
     )["rooms"]
     if as_json:
         echo_json(items)
         return
     if not items:
         click.echo("no rooms")
+        return
+    if cluster_wide:
+        click.echo(table(["NAMESPACE", "ROOM", "LOCAL MEMBERS"], [
+            [r["namespace"], r["room"] + (" (private)" if r.get("private") else ""), r["local"]]
+            for r in items]))
         return
     headers = ["NAMESPACE", "ROOM", "MEMBERS"] + (["SOCKETS"] if members else [])
     rows = []

@@ -115,6 +115,18 @@ async def test_roomd_serve_nodes_in_a_mixed_cluster(node, node_peer, redis_serve
             for sock in (s1, s2, sn):
                 assert (await sock.next_event("notice")).args == ["x"]
 
+            # the cluster's rooms, from either node, with this node's members
+            s_only = await node.connect(peer.url, transports=WS, force_new=True)
+            await s_only.emit_with_ack("join", "node-only")
+            rooms = (await d2.cli("rooms", "list", "--cluster", "--json")).json()
+            by_name = {r["room"]: r for r in rooms}
+            assert by_name["lobby"]["local"] == 1 and by_name["node-only"]["local"] == 0
+            assert not any(r["private"] for r in rooms)
+            everything = (await d2.cli("rooms", "list", "--cluster", "--all", "--json")).json()
+            assert {s1.sid, s2.sid, sn.sid} <= {r["room"] for r in everything if r["private"]}
+            text = (await d1.cli("rooms", "list", "--cluster")).stdout
+            assert "LOCAL MEMBERS" in text and "node-only" in text
+
             status = (await d1.cli("status", "--json")).json()["cluster"]
             assert status["adapter"] == "redis" and status["mode"] == "classic"
             assert status["redis"] == "up" and status["servers"] == 3

@@ -524,6 +524,25 @@ class Server:
                 out.extend(await ns.adapter.rooms_snapshot())
         return out
 
+    async def cluster_rooms(self, namespace: str | None = None) -> list[dict]:
+        """Every room of the cluster (this node's alone without a cluster adapter).
+
+        Each entry has ``local``, the members on this node, and ``private``
+        when the room is a socket's own. Raises ClusterTimeout (with what did
+        answer) when a node stays silent.
+        """
+        out: list[dict] = []
+        for name, ns in sorted(self._namespaces.items()):
+            if namespace is not None and name != namespace:
+                continue
+            rooms = await ns.adapter.all_rooms()
+            socket_ids = {s.id for s in await ns.fetch_sockets()}
+            local = {r["room"]: len(r["members"]) for r in await ns.adapter.rooms_snapshot()}
+            for room in sorted(rooms):
+                out.append({"namespace": name, "room": room, "local": local.get(room, 0),
+                            "private": room in socket_ids})
+        return out
+
     def sockets_snapshot(self, namespace: str | None = None, room: str | None = None
                          ) -> list[dict]:
         out = []

@@ -10,6 +10,7 @@ methods (the snapshot ones may be plain or async):
     rooms_snapshot(namespace | None) -> [{"namespace", "room", "members", "private"}]
     sockets_snapshot(namespace | None, room | None) -> [{"id", "namespace", "rooms", ...}]
     open_tap() -> async context manager yielding a MemoryReceiveChannel of event dicts
+    async cluster_rooms(namespace | None) -> [{"namespace", "room", "local", "private"}]
     async admin_emit(namespace, event, args, rooms, except_rooms) -> int
     async admin_disconnect(sid) -> bool
 
@@ -369,6 +370,10 @@ class _Connection:
             namespace = await _existing_namespace(b, _opt_str(request, "namespace"))
             want_members = bool(request.get("members"))
             include_private = bool(request.get("all"))
+            if request.get("cluster"):
+                rooms = await _call(b.cluster_rooms, namespace)
+                return {"ok": True, "rooms": [
+                    r for r in rooms if include_private or not r["private"]]}
             out = []
             for r in await _call(b.rooms_snapshot, namespace):
                 private = bool(r.get("private"))
