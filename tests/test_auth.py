@@ -392,6 +392,14 @@ async def test_rate_limit_refuses_then_disconnects(start_server, node, py_client
     stats = io.stats()
     assert stats["rate_limited_events"] == 4
     assert stats["rate_limit_disconnects"] == 1
+    from prometheus_client import generate_latest
+
+    from roomd.ops.metrics import build_registry
+
+    exported = generate_latest(build_registry(io)[0]).decode()
+    assert "roomd_rate_limited_events_total 4.0" in exported
+    assert "roomd_rate_limit_disconnects_total 1.0" in exported
+    assert "roomd_auth_refused_total 0.0" in exported
 
 
 async def test_rate_limit_without_disconnect_and_refill(start_server, mock_clock):

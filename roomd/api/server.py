@@ -523,6 +523,7 @@ class Server:
             "connect_errors": counters.connect_errors,
             "cluster": self.adapter_factory.status(),
             "recovery": self._recovery_stats(),
+            "counters": dict(self.counters),
         }
 
     def namespace_names(self) -> list[str]:
