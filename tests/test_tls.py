@@ -237,3 +237,32 @@ async def test_unusable_certificate_stops_the_daemon_with_a_clear_message(pki):
         assert r.returncode == 78, str(r)
         assert "cannot load the TLS certificate and key" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+async def test_tls_handshakes_count_as_half_open(nursery, pki):
+    """A connection still in its TLS handshake is half-open: over the cap, new connections
+    are closed at once (without a plain-HTTP answer on a TLS port); handshakes that fail or
+    finish give their place back."""
+    _, ca_file, cert_file, key_file = pki
+    io = roomd.Server(max_half_open=2, exempt_addresses=())
+    port = await serve_tls(nursery, io, server_context(cert_file, key_file))
+    admission = io.engine.admission
+    idle = [await trio.open_tcp_stream(HOST, port) for _ in range(2)]
+    try:
+        with trio.fail_after(10):
+            while admission.half_open < 2:
+                await trio.sleep(0.01)
+        with trio.fail_after(10):
+            third = await trio.open_tcp_stream(HOST, port)
+            async with third:
+                assert await third.receive_some(1024) == b""  # closed, nothing said
+    finally:
+        for stream in idle:
+            await stream.aclose()
+    with trio.fail_after(10):
+        while admission.half_open:
+            await trio.sleep(0.01)
+    assert b'"sid"' in await tls_get(port, ssl.create_default_context(cafile=ca_file))
+    with trio.fail_after(10):
+        while admission.half_open:
+            await trio.sleep(0.01)
