@@ -4,7 +4,9 @@ The public surface: :class:`Server` and what it hands out (namespaces,
 sockets, broadcast operators, remote sockets of a cluster), the Socket.IO
 client (:func:`connect`, :class:`Client`), the error hierarchy, the adapter
 seam for cluster adapters, and the daemon entry point used by the ``roomd``
-command. Everything else is internal.
+command. Everything else is internal, except ``roomd.auth`` (a module:
+``import roomd.auth``), the JWT middleware ``roomd.auth.jwt(io, ...)`` and
+its key-loading helpers.
 
 The package is layered, bottom up: ``protocol/`` (sans-IO codecs),
 ``transport/`` (HTTP, Engine.IO sessions, outboxes, timers), ``rooms/``
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         ConnectError,
         ConnectRefused,
         Disconnected,
+        EventRefused,
         ProtocolError,
         RoomdError,
     )
@@ -56,7 +59,8 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "AckTimeout": "_errors", "AdminError": "_errors", "ConfigError": "_errors",
-    "ConnectRefused": "_errors", "ProtocolError": "_errors", "RoomdError": "_errors",
+    "ConnectRefused": "_errors", "EventRefused": "_errors", "ProtocolError": "_errors",
+    "RoomdError": "_errors",
     "ClientError": "_errors", "ConnectError": "_errors", "Disconnected": "_errors",
     "ClusterTimeout": "_errors",
     "Client": "client", "ReceivedEvent": "client", "connect": "client",
@@ -74,7 +78,8 @@ _WHERE = {
 __all__ = [
     "AckTimeout", "AdapterContext", "AdapterFactory", "AdminError", "BroadcastOperator",
     "BroadcastOptions", "Client", "ClientError", "ClusterTimeout", "ConfigError", "ConnectError",
-    "ConnectRefused", "Disconnected", "Emission", "Handshake", "InMemoryAdapter", "Namespace",
+    "ConnectRefused", "Disconnected", "Emission", "EventRefused",
+    "Handshake", "InMemoryAdapter", "Namespace",
     "NamespaceFamily", "ProtocolError", "ReceivedEvent", "RecoveryOptions", "RemoteSocket",
     "RemoteSocketRecord", "RoomdError", "Server", "Socket", "__version__", "connect",
     "run_daemon",
@@ -82,6 +87,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "auth":  # a module of its own: ``roomd.auth.jwt(io, ...)``
+        return importlib.import_module(".auth", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'roomd' has no attribute {name!r}")

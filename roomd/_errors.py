@@ -43,6 +43,18 @@ class ConnectRefused(RoomdError):
         self.data = data
 
 
+class EventRefused(RoomdError):
+    """Raised by a packet middleware (``socket.use``) to refuse one event.
+
+    No handler runs; a client that asked for an acknowledgement gets
+    ``{"error": message}``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class AckTimeout(RoomdError):
     """An acknowledgement did not arrive within the timeout.
 

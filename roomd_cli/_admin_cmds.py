@@ -55,6 +55,12 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         rows.append(("recovery", f"{held.get('sessions', 0)} sessions, {held.get('packets', 0)} "
                                  f"packets ({held.get('bytes', 0)} bytes) in "
                                  f"{held.get('namespaces', 0)} namespaces"))
+    if "auth_refused" in s or "auth_expired" in s:
+        rows.append(("tokens", f"{s.get('auth_refused', 0)} refused, "
+                               f"{s.get('auth_expired', 0)} expired"))
+    if "rate_limited_events" in s:
+        rows.append(("rate limits", f"{s.get('rate_limited_events', 0)} events refused, "
+                                    f"{s.get('rate_limit_disconnects', 0)} sockets disconnected"))
     for key, value in rows:
         click.echo(f"{key + ':':<13}{value}")
 

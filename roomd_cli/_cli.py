@@ -14,6 +14,7 @@ from roomd.ops.config import LOG_LEVELS, config_to_toml, load_config
 from ._admin_cmds import COMMANDS
 from ._client_cmd import client_command
 from ._common import INSTANCE_HELP, RoomdGroup, State, instance_option
+from ._token import token
 
 EX_CONFIG = 78  # sysexits.h; the shipped unit does not restart on it
 UNIT_EXEC_PATH = "/usr/local/bin/roomd"
@@ -112,13 +113,19 @@ def config_check(path: str | None) -> None:
     """Validate PATH (default: $ROOMD_CONFIG, else none) and print the effective config.
 
     Exits 1 with a message naming the key on an unknown key, a wrong type or
-    a bad value.
+    a bad value, or naming the file of a token key or TLS certificate that
+    cannot be used.
     """
     cfg = load_config(path, {})
     if cfg.admin.group is not None:
         from roomd.ops.admin import resolve_group
 
         resolve_group(cfg.admin.group)
+    if cfg.auth or cfg.server.tls_certfile:
+        from roomd.ops.daemon import tls_context, verifiers_for
+
+        verifiers_for(cfg)  # the key files: readable, and keys of a usable kind
+        tls_context(cfg)
     click.echo(config_to_toml(cfg), nl=False)
 
 
@@ -172,6 +179,7 @@ def hash_password(rounds: int) -> None:
     click.echo(bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode())
 
 
+cli.add_command(token)
 for _command in COMMANDS:
     cli.add_command(_command)
 cli.add_command(client_command)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import shutil
@@ -483,6 +484,16 @@ class NodeClient:
 # PyClient: python-socketio's AsyncClient on its own asyncio loop, in its own thread
 # ---------------------------------------------------------------------------------------------
 
+def _tls_session(ca_file: str) -> Any:
+    """An aiohttp session trusting only ``ca_file`` (called in the asyncio thread)."""
+    import ssl
+
+    import aiohttp
+
+    context = ssl.create_default_context(cafile=ca_file)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+
 def _echo_ack(event: str, namespace: str, args: list) -> Any:
     return {"echo": list(args)}
 
@@ -495,12 +506,16 @@ class PyClient:
     ``next_event``. When the server asks for an ack, the client answers with
     ``ack(event, namespace, args)`` (default ``{"echo": args}``; return a tuple for several
     ack arguments, None for none). ``ack`` runs in the asyncio thread: keep it trivial.
+    ``ssl_ca``: a PEM file of the CA the client trusts for https/wss (and nothing else).
     """
 
     def __init__(self, *, ack: Callable[[str, str, list], Any] = _echo_ack,
-                 reconnection: bool = False, **client_kwargs: Any) -> None:
+                 reconnection: bool = False, ssl_ca: str | None = None,
+                 **client_kwargs: Any) -> None:
         self._ack = ack
         self._client_kwargs = dict(reconnection=reconnection, **client_kwargs)
+        if ssl_ca is not None:
+            self._client_kwargs["http_session"] = functools.partial(_tls_session, ssl_ca)
         self.inbox = _Inbox()
         self.sio: Any = None  # socketio.AsyncClient, lives in the asyncio thread
         self._loop: asyncio.AbstractEventLoop | None = None

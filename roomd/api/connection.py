@@ -270,7 +270,7 @@ class Connection:
         request = self.session.request
         handshake = Handshake(auth=auth if auth is not None else {}, headers=request.headers,
                               query=request.query, address=request.address, time=request.time,
-                              url=request.url)
+                              url=request.url, secure=request.secure)
         recovery = namespace.adapter.recovery
         restored = await restore_session(namespace.adapter, auth)
         socket = Socket(namespace, self, handshake, restored)

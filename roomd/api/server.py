@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import ssl
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -166,6 +167,12 @@ class Server:
         self._accept_scope: trio.CancelScope | None = None
         self.listen_addresses: list[str] = []
         self.started_at: float | None = None
+        # Counters kept by apps and middlewares (rate limits, refused tokens), shown by
+        # ``roomd status``: name -> count.
+        self.counters: dict[str, int] = {}
+        # Read for each accepted connection, so a new context (a reloaded certificate)
+        # serves new connections while the open ones keep theirs.
+        self.ssl_context: ssl.SSLContext | None = None
         self.of("/")
 
     # -- namespaces -----------------------------------------------------
@@ -337,15 +344,21 @@ class Server:
     # -- running --------------------------------------------------------
     async def serve(self, host: str = "127.0.0.1", port: int = 3000, *,
                     listeners: list[trio.SocketListener] | None = None,
+                    ssl_context: ssl.SSLContext | None = None,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled or :meth:`shutdown` completes.
 
         ``task_status.started`` gets the bound port (useful with port 0).
         Pass ``listeners`` to serve sockets bound elsewhere (systemd socket
-        activation). Raises OSError when the address cannot be bound.
+        activation). With ``ssl_context`` (see ``roomd.transport.tls``) every
+        connection is TLS (https and wss); assigning :attr:`ssl_context` later
+        changes it for new connections. Raises OSError when the address
+        cannot be bound.
         """
         if self._scope is not None:
             raise RuntimeError("this Server is already serving")
+        if ssl_context is not None:
+            self.ssl_context = ssl_context
         if listeners is None:
             listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
         self.listen_addresses = []
@@ -376,7 +389,8 @@ class Server:
                             self.started_at = time.time()
                             self._accept_scope = trio.CancelScope()
                             nursery.start_soon(self._accept, listeners, nursery)
-                            logger.info("listening on %s", ", ".join(self.listen_addresses))
+                            logger.info("listening on %s%s", ", ".join(self.listen_addresses),
+                                        " (TLS)" if self.ssl_context is not None else "")
                             task_status.started(bound_port)
                             await self._drained.wait()
                             background.cancel_scope.cancel()
@@ -403,7 +417,7 @@ class Server:
             await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
-        await handle_connection(self.engine, stream)
+        await handle_connection(self.engine, stream, self.ssl_context)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop gracefully: stop accepting, disconnect every socket, drain.
@@ -452,6 +466,7 @@ class Server:
             "cluster": self.adapter_factory.status(),
             "closed": dict(self.engine.closes),  # sessions closed, by reason
             "recovery": self._recovery_stats(),
+            **self.counters,
         }
 
     def _recovery_stats(self) -> dict[str, Any] | None:
@@ -508,6 +523,7 @@ class Server:
             "connect_errors": counters.connect_errors,
             "cluster": self.adapter_factory.status(),
             "recovery": self._recovery_stats(),
+            "counters": dict(self.counters),
         }
 
     def namespace_names(self) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .._errors import AckTimeout
+from .._errors import AckTimeout, EventRefused
 from ..protocol import sio
 from ..rooms.acks import AckRegistry
 from ..rooms.adapter import BroadcastOptions, Emission, InMemoryAdapter, Member
@@ -111,6 +111,7 @@ class Socket:
         self._handlers: dict[str, list[Handler]] | None = None
         self._any: list[Handler] | None = None
         self._acks: dict[int, PendingAck] | None = None
+        self._uses: list[Handler] | None = None
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} {self.namespace.name}>"
@@ -155,8 +156,30 @@ class Socket:
         self._any.append(handler)
         return handler
 
+    def use(self, middleware: Handler) -> Handler:
+        """Add a packet middleware: ``fn(event, args)``, sync or async.
+
+        It runs for each incoming event before any handler. Raising
+        :class:`~roomd.EventRefused` refuses the event: no handler runs and,
+        when the client asked for an ack, it gets ``{"error": message}``.
+        """
+        if self._uses is None:
+            self._uses = []
+        self._uses.append(middleware)
+        return middleware
+
     async def dispatch(self, event: str, args: list, ack_id: int | None) -> None:
         """Run the handlers of one client event; send the ack when asked."""
+        if self._uses:
+            try:
+                for middleware in self._uses:
+                    await call_handler(middleware, event, args)
+            except EventRefused as refusal:
+                if ack_id is not None and self.connected:
+                    await self.send_packet(sio.Packet(
+                        sio.PacketType.ACK, self.namespace.name, [{"error": refusal.message}],
+                        ack_id))
+                return
         if self._any:
             for handler in self._any:
                 await call_handler(handler, event, *args)

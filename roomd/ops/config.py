@@ -16,7 +16,21 @@ no CORS headers and checks no Origin, so browsers let only pages of roomd's
 own origin use HTTP long-polling (WebSocket is not origin-checked then).
 ``["*"]`` allows any origin; otherwise the list holds exact origins such as
 ``"https://app.example.com"`` and a request from any other Origin is refused
-with HTTP 403.
+with HTTP 403 — on both transports: a WebSocket upgrade whose Origin is not in
+the list is refused too (browsers do not apply CORS to WebSockets, so this is
+the defence against cross-site WebSocket hijacking). A request without an
+Origin header (not a browser) is not checked.
+
+TLS (``server.tls_certfile``, ``tls_keyfile``, ``tls_client_ca``): the paths
+are checked for shape here; the daemon loads them and stops with a
+ConfigError naming the file when they are unusable.
+
+Token authentication: ``[auth.NAME]`` tables each describe one key
+(``secret_file``, ``public_key_file`` or ``jwks_file``, exactly one) and the
+checks made with it; a namespace says ``auth = "NAME"`` to require tokens
+verified with it. Per namespace, ``rate_limit`` (events per second, 0 = no
+limit), ``rate_burst`` (bucket size; 0 = one second's worth) and
+``rate_disconnect`` (refusals tolerated before disconnecting; 0 = never).
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ __all__ = [
     "AdminConfig",
     "AdminUIConfig",
     "AppConfig",
+    "AuthConfig",
     "ClusterConfig",
     "HttpApiConfig",
     "MetricsConfig",
@@ -65,6 +80,8 @@ SLOW_CONSUMER_POLICIES = ("disconnect", "drop")
 CLUSTER_ADAPTERS = ("memory", "redis")
 CLUSTER_MODES = ("classic", "sharded")
 _APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_AUTH_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 
 
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -106,6 +123,9 @@ class ServerConfig:
     connect_timeout: float = 45.0
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = _ENGINE.trusted_proxies
+    tls_certfile: str | None = None  # PEM certificate chain; TLS (https, wss) when set
+    tls_keyfile: str | None = None  # PEM private key; None: in tls_certfile
+    tls_client_ca: str | None = None  # PEM CA; clients must present a certificate it signed
 
 
 @dataclass(frozen=True)
@@ -207,6 +227,21 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """One ``[auth.NAME]`` table: a key to verify tokens with, and the checks."""
+
+    name: str
+    secret_file: str | None = None  # HS256
+    public_key_file: str | None = None  # RS256, ES256 or EdDSA (PEM)
+    jwks_file: str | None = None  # keys chosen by the token's kid
+    algorithm: str | None = None  # default: the key's own
+    issuer: str | None = None  # the token's iss must equal it when set
+    audience: str | None = None  # the token's aud must contain it when set
+    leeway: float = 5.0  # seconds of clock skew allowed on exp and nbf
+    require_exp: bool = False
+
+
+@dataclass(frozen=True)
 class NamespaceConfig:
     name: str
     client_join: bool = True
@@ -215,6 +250,10 @@ class NamespaceConfig:
     publish_to_sockets: bool = False  # may clients publish to another socket's own room?
     rooms: tuple[str, ...] = ("*",)  # fnmatch-style patterns of allowed room names
     recovery: bool | None = None  # None: as recovery.enabled says
+    auth: str | None = None  # an [auth.NAME] table: tokens required
+    rate_limit: float = 0.0  # events per second per socket; 0 = no limit
+    rate_burst: int = 0  # bucket size; 0 = one second's worth (at least 1)
+    rate_disconnect: int = 20  # refusals (refilling 1/s) before disconnecting; 0 = never
 
 
 @dataclass(frozen=True)
@@ -230,6 +269,7 @@ class Config:
     http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     namespaces: tuple[NamespaceConfig, ...] = (NamespaceConfig(name="/"),)
+    auth: tuple[AuthConfig, ...] = ()
     source: str | None = field(default=None, compare=False)  # the file read, if any
 
 
@@ -313,6 +353,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "connect_timeout": "number",
         "cors_origins": "strings",
         "trusted_proxies": "strings",
+        "tls_certfile": "string",
+        "tls_keyfile": "string",
+        "tls_client_ca": "string",
     },
     "limits": {
         "outbox_messages": "integer",
@@ -374,6 +417,20 @@ _NAMESPACE_SCHEMA = {
     "publish_to_sockets": "boolean",
     "rooms": "strings",
     "recovery": "boolean",
+    "auth": "string",
+    "rate_limit": "number",
+    "rate_burst": "integer",
+    "rate_disconnect": "integer",
+}
+_AUTH_SCHEMA = {
+    "secret_file": "string",
+    "public_key_file": "string",
+    "jwks_file": "string",
+    "algorithm": "string",
+    "issuer": "string",
+    "audience": "string",
+    "leeway": "number",
+    "require_exp": "boolean",
 }
 
 
@@ -390,7 +447,7 @@ def _check_table(prefix: str, table: dict, schema: dict[str, str], where: str) -
 
 def _build(raw: dict, where: str) -> Config:
     for key in raw:
-        if key not in _SCHEMA and key != "namespaces":
+        if key not in _SCHEMA and key not in ("namespaces", "auth"):
             raise ConfigError(f"unknown key '{key}'{where}")
     sections: dict[str, dict] = {}
     for name, schema in _SCHEMA.items():
@@ -410,6 +467,7 @@ def _build(raw: dict, where: str) -> Config:
     for key in ("ping_interval", "ping_timeout", "connect_timeout"):
         _at_least(f"server.{key}", getattr(server, key), 0, strict=True)
     _at_least("server.max_payload", server.max_payload, 1)
+    server = _check_tls(server)
 
     limits = LimitsConfig(**sections["limits"])
     _at_least("limits.outbox_messages", limits.outbox_messages, 1)
@@ -449,7 +507,8 @@ def _build(raw: dict, where: str) -> Config:
 
     app = AppConfig(**sections["app"])
     if app.module is not None and not _APP_RE.match(app.module):
-        raise ConfigError(f"app.module must look like 'package.module:attribute', got {app.module!r}")
+        raise ConfigError(
+            f"app.module must look like 'package.module:attribute', got {app.module!r}")
 
     recovery = RecoveryConfig(**sections["recovery"])
     _at_least("recovery.max_disconnection_duration", recovery.max_disconnection_duration, 0,
@@ -471,7 +530,12 @@ def _build(raw: dict, where: str) -> Config:
     _check_listen("metrics.listen", metrics.listen)
     admin_ui = _build_admin_ui(sections["admin_ui"])
     http_api = _build_http_api(sections["http_api"])
+    auth = _build_auth(raw.get("auth"), where)
     namespaces = _build_namespaces(raw.get("namespaces"), where)
+    names = {a.name for a in auth}
+    for i, ns in enumerate(namespaces):
+        if ns.auth is not None and ns.auth not in names:
+            raise ConfigError(f"namespaces[{i}].auth names no [auth.{ns.auth}] table{where}")
     if admin_ui.enabled and any(ns.name == admin_ui.namespace for ns in namespaces):
         raise ConfigError(f"admin_ui.namespace {admin_ui.namespace!r} is also a relay namespace "
                           "in [[namespaces]]; choose another name for one of them")
@@ -487,6 +551,7 @@ def _build(raw: dict, where: str) -> Config:
         http_api=http_api,
         cluster=cluster,
         namespaces=namespaces,
+        auth=auth,
     )
 
 
@@ -532,6 +597,55 @@ def _build_http_api(fields: dict) -> HttpApiConfig:
     return api
 
 
+def _path(value: str | None) -> str | None:
+    return None if value is None else os.path.abspath(os.path.expanduser(value))
+
+
+def _check_tls(server: ServerConfig) -> ServerConfig:
+    for key in ("tls_certfile", "tls_keyfile", "tls_client_ca"):
+        if getattr(server, key) == "":
+            raise ConfigError(f"server.{key} must not be empty (leave it out for none)")
+    if server.tls_certfile is None:
+        for key in ("tls_keyfile", "tls_client_ca"):
+            if getattr(server, key) is not None:
+                raise ConfigError(f"server.{key} needs server.tls_certfile")
+        return server
+    return dataclasses.replace(server, tls_certfile=_path(server.tls_certfile),
+                               tls_keyfile=_path(server.tls_keyfile),
+                               tls_client_ca=_path(server.tls_client_ca))
+
+
+def _build_auth(value: Any, where: str) -> tuple[AuthConfig, ...]:
+    if value is None:
+        return ()
+    tables = _want("auth", value, "table")
+    out = []
+    for name, table in tables.items():
+        prefix = f"auth.{name}"
+        if not _AUTH_NAME_RE.match(name):
+            raise ConfigError(f"[{prefix}]: auth table names are letters, digits, _ and -")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{prefix} must be a table, got {_type_name(table)}")
+        fields = _check_table(prefix, table, _AUTH_SCHEMA, where)
+        keys = [k for k in ("secret_file", "public_key_file", "jwks_file") if k in fields]
+        if len(keys) != 1:
+            raise ConfigError(f"{prefix} needs exactly one of secret_file, public_key_file, "
+                              f"jwks_file{where}")
+        for key in ("secret_file", "public_key_file", "jwks_file"):
+            if key in fields:
+                if not fields[key]:
+                    raise ConfigError(f"{prefix}.{key} must not be empty")
+                fields[key] = _path(fields[key])
+        if "algorithm" in fields:
+            _one_of(f"{prefix}.algorithm", fields["algorithm"], JWT_ALGORITHMS)
+            if (fields["algorithm"] == "HS256") != ("secret_file" in fields):
+                raise ConfigError(f"{prefix}.algorithm: HS256 goes with secret_file, and "
+                                  f"secret_file with HS256")
+        _at_least(f"{prefix}.leeway", fields.get("leeway", 0.0), 0)
+        out.append(AuthConfig(name=name, **fields))
+    return tuple(out)
+
+
 def _build_namespaces(value: Any, where: str) -> tuple[NamespaceConfig, ...]:
     if value is None:
         return (NamespaceConfig(name="/"),)
@@ -552,6 +666,8 @@ def _build_namespaces(value: Any, where: str) -> tuple[NamespaceConfig, ...]:
             raise ConfigError(f"{prefix}.name {name!r} is given twice")
         seen.add(name)
         fields.setdefault("client_leave", fields.get("client_join", True))
+        for key in ("rate_limit", "rate_burst", "rate_disconnect"):
+            _at_least(f"{prefix}.{key}", fields.get(key, 0), 0)
         out.append(NamespaceConfig(**fields))
     return tuple(out)
 
@@ -649,6 +765,10 @@ def config_to_toml(config: Config) -> str:
         out.append("")
         out.append(f"[{section}]")
         out.extend(_toml_table(getattr(config, section)))
+    for auth in config.auth:
+        out.append("")
+        out.append(f"[auth.{auth.name}]")
+        out.extend(line for line in _toml_table(auth) if not line.startswith("name ="))
     for ns in config.namespaces:
         out.append("")
         out.append("[[namespaces]]")

@@ -8,8 +8,11 @@ before READY=1 so that a bad address or key file stops the start-up.
 ``roomd serve`` calls :func:`run_daemon`. SIGTERM and SIGINT stop it
 gracefully (stop accepting, a Socket.IO DISCONNECT to every client, queued
 messages drained within ``limits.shutdown_grace``); SIGHUP re-reads the
-configuration file and applies what can change safely: the log level and the
-relay app's namespaces (added, removed: their sockets disconnected, changed).
+configuration file and applies what can change safely: the log level, the
+relay app's namespaces (added, removed: their sockets disconnected, changed;
+rate limits included), token keys (``[auth.NAME]``, re-read from their
+files), and the TLS certificate (re-read from its files even when their names
+did not change, for new connections; open ones keep theirs).
 
 The listening address is bound here (unless systemd passed sockets), so a
 port that is taken is named in the one-line error. The admin socket's default
@@ -18,6 +21,7 @@ path is per instance: ``admin.instance``, else the port that was bound.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import gc
@@ -27,6 +31,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 from typing import Any
 
@@ -36,9 +41,11 @@ from .._errors import ConfigError, RoomdError
 from ..api.server import Server
 from ..apps.admin_ui import AdminUI
 from ..apps.relay import RelayApp
+from ..apps.tokens import TokenVerifier
+from ..transport.tls import server_context
 from . import systemd
 from .admin import serve_admin
-from .config import Config, default_admin_socket, load_config
+from .config import AuthConfig, Config, ServerConfig, default_admin_socket, load_config
 from .http_api import read_key, serve_http_api
 from .metrics import serve_metrics
 
@@ -136,6 +143,34 @@ def recovery_options(config: Config) -> dict[str, Any] | None:
                 max_bytes=r.max_bytes, max_sessions=r.max_sessions, namespaces=names)
 
 
+def verifier_for(auth: AuthConfig) -> TokenVerifier:
+    """The token verifier an ``[auth.NAME]`` table describes; ConfigError names the table."""
+    try:
+        return TokenVerifier.from_files(
+            secret_file=auth.secret_file, public_key_file=auth.public_key_file,
+            jwks_file=auth.jwks_file, algorithm=auth.algorithm, issuer=auth.issuer,
+            audience=auth.audience, leeway=auth.leeway, require_exp=auth.require_exp)
+    except ConfigError as exc:
+        raise ConfigError(f"auth.{auth.name}: {exc}") from None
+
+
+def verifiers_for(config: Config) -> dict[str, TokenVerifier]:
+    return {auth.name: verifier_for(auth) for auth in config.auth}
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's SSLContext when ``server.tls_certfile`` is set (files read now)."""
+    s = config.server
+    if s.tls_certfile is None:
+        return None
+    return server_context(s.tls_certfile, s.tls_keyfile, s.tls_client_ca)
+
+
+def _without_tls(server: ServerConfig) -> ServerConfig:
+    """The [server] settings a reload cannot apply (the TLS files it can)."""
+    return dataclasses.replace(server, tls_certfile=None, tls_keyfile=None, tls_client_ca=None)
+
+
 class Daemon:
     """One run of ``roomd serve``."""
 
@@ -143,6 +178,7 @@ class Daemon:
         self.config = config
         self.overrides = dict(overrides or {})
         self.relay: RelayApp | None = None
+        self.ssl_context = tls_context(config)
         if config.app.module:
             if config.cluster.adapter != "memory":
                 raise ConfigError("[cluster] configures the built-in relay app; an application "
@@ -151,7 +187,7 @@ class Daemon:
             self.server = load_app(config.app.module, config.app.dir)
         else:
             self.server = Server(**server_options(config))
-            self.relay = RelayApp(self.server, config.namespaces,
+            self.relay = RelayApp(self.server, config.namespaces, verifiers_for(config),
                                   rooms_per_socket=config.limits.rooms_per_socket)
         self.admin_ui: AdminUI | None = None
         ui = config.admin_ui
@@ -210,7 +246,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(functools.partial(
                     self.server.serve, config.server.host, config.server.port,
-                    listeners=await self._listeners()))
+                    listeners=await self._listeners(), ssl_context=self.ssl_context))
                 if config.admin.enabled:
                     instance = config.admin.instance or str(port)
                     await nursery.start(functools.partial(
@@ -247,9 +283,11 @@ class Daemon:
     async def reload(self) -> None:
         """Re-read the configuration file; keep the old one when it is invalid.
 
-        Applied: the log level and the relay's namespaces (added ones served, removed
-        ones refuse connections and disconnect their sockets, policies replaced).
-        Other changes are logged as needing a restart.
+        Applied: the log level, the relay's namespaces (added ones served, removed
+        ones refuse connections and disconnect their sockets, policies replaced),
+        the token keys and the TLS certificate (for new connections). Everything
+        is read and checked before anything is applied. Other changes are logged
+        as needing a restart.
         """
         systemd.notify_reloading("reloading configuration")
         try:
@@ -257,15 +295,24 @@ class Daemon:
                 logger.info("SIGHUP: no configuration file to reload")
                 return
             new = load_config(self.config.source, self.overrides)
+            context = tls_context(new)
+            verifiers = verifiers_for(new) if self.relay is not None else {}
+            if (context is None) != (self.ssl_context is None):
+                raise ConfigError("turning TLS on or off needs a restart")
             systemd.setup_logging(new.log.level)
             if self.relay is not None:
-                added, removed = await self.relay.update(new.namespaces)
+                added, removed = await self.relay.update(new.namespaces, verifiers)
                 for verb, names in (("added", added), ("removed", removed)):
                     if names:
                         logger.info("SIGHUP: namespaces %s: %s", verb, ", ".join(names))
-            restart = [key for key in ("server", "admin", "app", "metrics", "admin_ui",
+            if context is not None:
+                self.ssl_context = self.server.ssl_context = context
+                logger.info("SIGHUP: TLS certificate reloaded for new connections")
+            restart = [key for key in ("admin", "app", "metrics", "admin_ui",
                                        "http_api", "cluster")
                        if getattr(new, key) != getattr(self.config, key)]
+            if _without_tls(new.server) != _without_tls(self.config.server):
+                restart.insert(0, "server")
             if recovery_options(new) != recovery_options(self.config):
                 restart.append("recovery")
             if new.limits != self.config.limits:

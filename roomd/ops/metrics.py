@@ -142,6 +142,18 @@ class RoomdCollector(Collector):
              "Event handlers that raised (each is logged)"),
         ):
             yield _counter(name, doc, m[key])
+        app = m.get("counters", {})
+        for name, key, doc in (
+            ("roomd_auth_refused", "auth_refused",
+             "Connections refused for their token (namespaces with auth)"),
+            ("roomd_auth_expired", "auth_expired",
+             "Sockets disconnected when their token expired unrefreshed"),
+            ("roomd_rate_limited_events", "rate_limited_events",
+             "Events refused by a per-socket rate limit"),
+            ("roomd_rate_limit_disconnects", "rate_limit_disconnects",
+             "Sockets disconnected for exceeding their rate limit"),
+        ):
+            yield _counter(name, doc, app.get(key, 0))
         recovery = m.get("recovery")
         if recovery is not None:  # connection state recovery is on
             for key, doc in (("sessions", "Disconnected sessions kept for recovery"),

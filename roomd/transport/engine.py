@@ -74,6 +74,7 @@ class RequestInfo:
     address: str
     time: float
     url: str
+    secure: bool = False  # over TLS (https, wss)
 
 
 class SessionState(enum.Enum):
@@ -120,6 +121,27 @@ async def receive_some(fd: int) -> bytes:
             return b""
         await trio.lowlevel.checkpoint()
         return data
+
+
+async def receive_stream(stream: trio.abc.ReceiveStream) -> bytes:
+    """``receive_some`` for a stream that is not a plain socket (TLS).
+
+    A broken or closed stream reads as its end, as a reset socket does.
+    """
+    try:
+        data = await stream.receive_some(RECEIVE_SIZE)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def stream_fd(stream: trio.abc.Stream) -> int:
+    """The socket descriptor roomd may read and write directly, or -1.
+
+    Only a plain SocketStream has one; for any other stream (an SSLStream)
+    every byte must go through the stream's own methods.
+    """
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
 
 AllowRequest = Callable[[RequestInfo], Any]
@@ -477,7 +499,7 @@ class Engine:
         """The session a long-polling request names, a closing one included."""
         return self.sessions.get(sid) or self.closing_polls.get(sid)
 
-    async def run_websocket(self, stream: trio.SocketStream, received: bytes,
+    async def run_websocket(self, stream: trio.abc.Stream, received: bytes,
                             request: RequestInfo, sid: str | None) -> None:
         """Serve one accepted WebSocket until it or its session closes.
 
@@ -505,13 +527,13 @@ class Engine:
 class _WebSocketSession:
     """The read loop of one WebSocket, and its part in the upgrade."""
 
-    def __init__(self, engine: Engine, stream: trio.SocketStream, outbox: WebSocketOutbox,
+    def __init__(self, engine: Engine, stream: trio.abc.Stream, outbox: WebSocketOutbox,
                  protocol: WebSocketProtocol) -> None:
         self.engine = engine
         self.stream = stream
         self.outbox = outbox
         self.protocol = protocol
-        self.fd = stream.socket.fileno()
+        self.fd = stream_fd(stream)  # -1 over TLS: read through the stream
         self.session: EngineSession | None = None
         self.upgraded = False
         self.scope = trio.CancelScope()
@@ -589,8 +611,11 @@ class _WebSocketSession:
             if outbox.broken or outbox.flushing:
                 return
             outbox.close()
+            stream = self.stream
+            if not isinstance(stream, trio.SocketStream):
+                return  # TLS: its close_notify, sent when the connection ends, says it
             try:
-                await self.stream.send_eof()
+                await stream.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             dropped = 0
@@ -650,14 +675,15 @@ class _WebSocketSession:
                         raise _OverBudget
                 if protocol.close_code is not None:
                     return "transport close"
+            fd = self.fd
             if not held:
-                data = await receive_some(self.fd)
+                data = await (receive_some(fd) if fd >= 0 else receive_stream(self.stream))
             else:
                 # An incomplete message must be finished within body_timeout of its start.
                 if started is None:
                     started = trio.current_time()
                 with trio.move_on_at(started + self.engine.options.body_timeout) as scope:
-                    data = await receive_some(self.fd)
+                    data = await (receive_some(fd) if fd >= 0 else receive_stream(self.stream))
                 if scope.cancelled_caught:
                     raise _SlowMessage
             if not data:

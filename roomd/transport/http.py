@@ -14,6 +14,10 @@ Every wait on the client is bounded (docs/limits.md): the request head
 parsing, a new connection must fit the per-address connection cap (else 429)
 and the global cap on half-open connections (else 503); a new session must
 fit its address's rate (else 429 with Retry-After).
+
+With an SSLContext, the TLS handshake (``tls.start_tls``) runs after those
+admission checks and counts as half-open time; everything after it reads and
+writes through the ``trio.SSLStream``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import http
 import json
 import logging
 import math
+import ssl
 import time
 import urllib.parse
 
@@ -35,6 +40,7 @@ from ..protocol.websocket import accept_token, handshake_error
 from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo, SessionState
 from .limits import client_address
 from .outbox import PollingOutbox
+from .tls import close_tls, start_tls
 
 logger = logging.getLogger("roomd.transport")
 # Each code's own message: what the refusal counters are keyed by (an allow_request
@@ -71,7 +77,7 @@ def _canned(status: int, code: ErrorCode, extra: str = "") -> bytes:
 
 
 class _HttpConnection:
-    def __init__(self, engine: Engine, stream: trio.SocketStream, address: str) -> None:
+    def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str) -> None:
         self.engine = engine
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -98,7 +104,7 @@ class _HttpConnection:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-                self.conn.receive_data(data)
+                self.conn.receive_data(data if isinstance(data, bytes) else bytes(data))
                 continue
             return event
 
@@ -236,7 +242,8 @@ class _HttpConnection:
         address = client_address(self.address, headers.get("x-forwarded-for"),
                                  self.engine.trusted_proxies)
         info = RequestInfo(headers=headers, query=query, address=address,
-                           time=time.time(), url=target)
+                           time=time.time(), url=target,
+                           secure=isinstance(self.stream, trio.SSLStream))
         sid = query.get("sid")
         if transport == "websocket":
             return await self._websocket(request, headers, info, sid)
@@ -446,7 +453,7 @@ class _HttpConnection:
         return False
 
 
-async def _serve_http(engine: Engine, stream: trio.SocketStream, address: str
+async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
                       ) -> tuple[bytes, RequestInfo, str | None] | None:
     """Serve HTTP requests; what a WebSocket needs when the last one was an upgrade.
 
@@ -469,11 +476,17 @@ def _peer_address(stream: trio.SocketStream) -> str:
 
 
 async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
-                        status: int, what: str) -> None:
-    """Answer a connection refused before parsing anything: no parser, no session."""
+                        status: int, what: str, tls: bool = False) -> None:
+    """Answer a connection refused before parsing anything: no parser, no session.
+
+    On a TLS port nothing is said: a plain HTTP answer would be noise to a
+    TLS client, and a handshake would cost what the refusal saves.
+    """
     engine.ratelog.note(what, address, f"connection refused with {status}")
     key = (status, ErrorCode.BAD_REQUEST.message)
     engine.refusals[key] = engine.refusals.get(key, 0) + 1
+    if tls:
+        return
     with trio.move_on_after(REFUSAL_LINGER):
         try:
             # Read what has arrived, so that closing does not reset the answer away.
@@ -485,8 +498,9 @@ async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
             pass
 
 
-async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
-    """Serve one TCP connection until it closes.
+async def handle_connection(engine: Engine, stream: trio.SocketStream,
+                            ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve one TCP connection until it closes; over TLS with ``ssl_context``.
 
     Errors caused by the peer end that connection only; cancellation
     propagates.
@@ -494,15 +508,29 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream) -> None:
     address = _peer_address(stream)
     admission = engine.admission
     if not admission.connect(address):
-        await _refuse_early(engine, stream, address, 429, "too many connections per address")
+        await _refuse_early(engine, stream, address, 429, "too many connections per address",
+                            tls=ssl_context is not None)
         return
     try:
         if not admission.open_half():
-            await _refuse_early(engine, stream, address, 503, "half-open connection cap reached")
+            await _refuse_early(engine, stream, address, 503, "half-open connection cap reached",
+                                tls=ssl_context is not None)
             return
-        websocket = await _serve_http(engine, stream, address)
-        if websocket is not None:
-            await engine.run_websocket(stream, *websocket)
+        if ssl_context is None:
+            websocket = await _serve_http(engine, stream, address)
+            if websocket is not None:
+                await engine.run_websocket(stream, *websocket)
+            return
+        tls = await start_tls(stream, ssl_context, address)
+        if tls is None:
+            admission.close_half()
+            return
+        try:
+            websocket = await _serve_http(engine, tls, address)
+            if websocket is not None:
+                await engine.run_websocket(tls, *websocket)
+        finally:
+            await close_tls(tls)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except trio.TooSlowError:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -98,19 +98,23 @@ class WebSocketOutbox:
     ``send_all`` per round, so a burst for one socket leaves in as few
     syscalls as possible. Being the only writer of the socket, it keeps
     frames in order.
+
+    A stream that is not a plain socket (TLS) has no descriptor to write to:
+    then every write goes through the flush task and the stream's
+    ``send_all``, which encrypts.
     """
 
     __slots__ = ("_stream", "_fd", "_nursery", "_limit", "_max_bytes", "_budget", "_queue",
                  "_queued", "_inflight", "_flushing", "_drained", "_batch", "_held",
                  "_stall_timeout", "broken")
 
-    def __init__(self, stream: trio.SocketStream, nursery: trio.Nursery, limit: int,
+    def __init__(self, stream: trio.abc.SendStream, nursery: trio.Nursery, limit: int,
                  batch: WriteBatch | None = None, max_bytes: int = 0,
                  budget: Budget | None = None, stall_timeout: float = 0) -> None:
         self._stream = stream
         self._batch = batch or WriteBatch()
         self._held: list[bytes] | None = None
-        self._fd = stream.socket.fileno()
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._nursery = nursery
         self._limit = limit
         self._max_bytes = max_bytes  # 0: unlimited
@@ -176,14 +180,18 @@ class WebSocketOutbox:
                 return False
             self._queue.append(data)
             return True
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            # The reader sees the dead socket and closes the session.
-            self.broken = True
-            return True
+        fd = self._fd
+        if fd < 0:
+            sent = 0  # TLS: the flush task sends through the stream
+        else:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                # The reader sees the dead socket and closes the session.
+                self.broken = True
+                return True
         if sent < len(data):
             rest = data[sent:]
             if not self._admit(len(rest)):
@@ -216,9 +224,12 @@ class WebSocketOutbox:
         except trio.TooSlowError:
             # The client stopped reading: shut the socket, so that its reader sees the end.
             self.close()
+            stream: Any = self._stream
+            while isinstance(stream, trio.SSLStream):
+                stream = stream.transport_stream
             try:
-                self._stream.socket.shutdown(socket.SHUT_RDWR)
-            except OSError:
+                stream.socket.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
                 pass
         finally:
             self._flushing = False
