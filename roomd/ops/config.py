@@ -449,7 +449,8 @@ def _build(raw: dict, where: str) -> Config:
 
     app = AppConfig(**sections["app"])
     if app.module is not None and not _APP_RE.match(app.module):
-        raise ConfigError(f"app.module must look like 'package.module:attribute', got {app.module!r}")
+        raise ConfigError(
+            f"app.module must look like 'package.module:attribute', got {app.module!r}")
 
     recovery = RecoveryConfig(**sections["recovery"])
     _at_least("recovery.max_disconnection_duration", recovery.max_disconnection_duration, 0,
