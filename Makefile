@@ -4,7 +4,7 @@
 #   make test      runtime + test install (test extras, npm ci in tests/node, and Debian's
 #                  chromium for the Admin UI browser test: apt-get, as root only; Debian's
 #                  redis-server for the cluster tests when it is missing), then the
-#                  import contracts (lint-imports), mypy and pytest
+#                  import contracts (lint-imports), mypy, ruff check and pytest
 #                  (pytest fails when no test is collected: it exits 5)
 #   make install   the runtime install only; then `. .venv/bin/activate` puts roomd on PATH
 #   make install-test   the runtime and the test install
@@ -101,6 +101,7 @@ endif
 test: install-test
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
+	$(BIN)/ruff check roomd roomd_cli tests bench docs/examples
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 serve: $(PY_STAMP)

@@ -158,7 +158,8 @@ async def main(args: argparse.Namespace) -> None:
         await in_batches(clients, join)
         joined = rss(proc.pid)
         print(f"{args.rooms} rooms each: RSS {joined / MB:.1f} MiB, "
-              f"{(joined - base) / args.n / 1024:.1f} KiB per connection ({time.time() - t0:.0f} s)")
+              f"{(joined - base) / args.n / 1024:.1f} KiB per connection "
+              f"({time.time() - t0:.0f} s)")
 
         chunk = b"a" * 65536
         size = 1_000_000

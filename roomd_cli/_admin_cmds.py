@@ -46,7 +46,8 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("connections", s.get("connections", "-")),
         ("namespaces", s.get("namespaces", "-")),
         ("rooms", s.get("rooms", "-")),
-        ("events", f"{s.get('events_total', 0)} total, {float(s.get('events_per_second') or 0):.1f}/s"),
+        ("events", f"{s.get('events_total', 0)} total, "
+                   f"{float(s.get('events_per_second') or 0):.1f}/s"),
         ("closed", _closed(s.get("closed") or {})),
         ("cluster", cluster_line(s.get("cluster") or {})),
     ]
@@ -88,7 +89,8 @@ def namespaces_list(ctx: click.Context, socket_path: str | None, as_json: bool) 
     if as_json:
         echo_json(items)
         return
-    click.echo(table(("NAMESPACE", "SOCKETS", "ROOMS"), [(n["name"], n["sockets"], n["rooms"]) for n in items]))
+    rows = [(n["name"], n["sockets"], n["rooms"]) for n in items]
+    click.echo(table(("NAMESPACE", "SOCKETS", "ROOMS"), rows))
 
 
 @click.group()
@@ -99,7 +101,8 @@ def rooms() -> None:
 @rooms.command("list")
 @click.argument("namespace", required=False)
 @click.option("--members", is_flag=True, help="Also list the socket ids in each room.")
-@click.option("--all", "include_private", is_flag=True, help="Include each socket's private own-id room.")
+@click.option("--all", "include_private", is_flag=True,
+              help="Include each socket's private own-id room.")
 @click.option("--cluster", "cluster_wide", is_flag=True,
               help="Every node's rooms, with the members on this node (needs a cluster adapter to "
                    "see other nodes).")
@@ -153,10 +156,16 @@ def sockets() -> None:
 @admin_options
 @click.pass_context
 def sockets_list(
-    ctx: click.Context, namespace: str | None, room: str | None, socket_path: str | None, as_json: bool
+    ctx: click.Context,
+    namespace: str | None,
+    room: str | None,
+    socket_path: str | None,
+    as_json: bool,
 ) -> None:
     """List the connected sockets (of NAMESPACE, or of all namespaces)."""
-    items = client(ctx, socket_path).request("sockets", namespace=namespace_arg(namespace), room=room)["sockets"]
+    response = client(ctx, socket_path).request(
+        "sockets", namespace=namespace_arg(namespace), room=room)
+    items = response["sockets"]
     if as_json:
         echo_json(items)
         return
@@ -169,7 +178,8 @@ def sockets_list(
         connected = s.get("connected_at")
         age = duration(now - connected) if isinstance(connected, (int, float)) else "-"
         own = [r for r in s.get("rooms", []) if r != s.get("id")]
-        rows.append((s.get("id"), s.get("namespace"), s.get("transport", "-"), s.get("address", "-"), age, ",".join(own)))
+        rows.append((s.get("id"), s.get("namespace"), s.get("transport", "-"),
+                     s.get("address", "-"), age, ",".join(own)))
     click.echo(table(("ID", "NAMESPACE", "TRANSPORT", "ADDRESS", "CONNECTED", "ROOMS"), rows))
 
 
@@ -250,8 +260,10 @@ def _json_args(values: tuple[str, ...]) -> list:
 @click.argument("namespace")
 @click.argument("event")
 @click.argument("json_args", metavar="[JSON-ARG]...", nargs=-1)
-@click.option("--room", "rooms", metavar="ROOM", multiple=True, help="Emit to this room (repeatable).")
-@click.option("--except", "except_rooms", metavar="ROOM", multiple=True, help="Leave out this room's sockets (repeatable).")
+@click.option("--room", "rooms", metavar="ROOM", multiple=True,
+              help="Emit to this room (repeatable).")
+@click.option("--except", "except_rooms", metavar="ROOM", multiple=True,
+              help="Leave out this room's sockets (repeatable).")
 @admin_options
 @click.pass_context
 def emit(
@@ -267,7 +279,8 @@ def emit(
     """Emit EVENT with the JSON arguments to NAMESPACE (or to its --room rooms)."""
     args = _json_args(json_args)
     response = client(ctx, socket_path).request(
-        "emit", namespace=namespace_arg(namespace), event=event, args=args, rooms=list(rooms), **{"except": list(except_rooms)}
+        "emit", namespace=namespace_arg(namespace), event=event, args=args,
+        rooms=list(rooms), **{"except": list(except_rooms)},
     )
     recipients = response.get("recipients")
     if as_json:

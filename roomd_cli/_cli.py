@@ -33,7 +33,8 @@ def _version() -> str:
     "socket_path",
     metavar="PATH",
     envvar="ROOMD_SOCKET",
-    help="The admin socket: where the admin commands connect, where serve listens. [env: ROOMD_SOCKET]",
+    help="The admin socket: where the admin commands connect, where serve listens. "
+         "[env: ROOMD_SOCKET]",
 )
 @click.option("--instance", metavar="NAME", envvar="ROOMD_INSTANCE", help=INSTANCE_HELP)
 @click.version_option(_version(), prog_name="roomd")
@@ -44,14 +45,18 @@ def cli(ctx: click.Context, socket_path: str | None, instance: str | None) -> No
 
 
 @cli.command()
-@click.option("--config", "config_path", metavar="PATH", help="TOML config file. [env: ROOMD_CONFIG]")
+@click.option("--config", "config_path", metavar="PATH",
+              help="TOML config file. [env: ROOMD_CONFIG]")
 @click.option("--host", metavar="HOST", help="Listen on this address (server.host).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Listen on this port (server.port).")
 @click.option("--path", "sio_path", metavar="PATH", help="The Socket.IO path (server.path).")
-@click.option("--app", "app_module", metavar="MODULE:ATTR", help="Run this application instead of the relay app (app.module).")
+@click.option("--app", "app_module", metavar="MODULE:ATTR",
+              help="Run this application instead of the relay app (app.module).")
 @click.option("--app-dir", metavar="DIR", help="Look for the --app module in DIR first (app.dir).")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level (log.level).")
-@click.option("--socket", "socket_path", metavar="PATH", help="The admin socket to create (admin.socket).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Log level (log.level).")
+@click.option("--socket", "socket_path", metavar="PATH",
+              help="The admin socket to create (admin.socket).")
 @functools.partial(instance_option, help=(
     "This daemon's instance name (admin.instance; default: its port): names its admin "
     "socket, <dir>/NAME.sock, unless under systemd or --socket."))

@@ -84,7 +84,8 @@ def instance_option(fn: Callable, help: str = INSTANCE_HELP) -> Callable:
 
 def admin_options(fn: Callable) -> Callable:
     """Add --socket, --instance and --json to an admin command (``socket_path``, ``as_json``)."""
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="Print JSON for scripts instead of a table.")(fn)
     fn = instance_option(fn)
     fn = click.option(
         "--socket",

@@ -12,11 +12,14 @@ import click
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Columns aligned with two spaces between them; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]]
+    cells += [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
-        padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths)] + [row[-1]]
+        # widths has one more entry than row[:-1]: the last column is not padded
+        padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        padded.append(row[-1])
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 

@@ -179,7 +179,8 @@ async def running_daemon(directory: Path, config: str | None = None, *,
     finally:
         await stop(proc)
         # shown by pytest when the test fails
-        print(f"--- roomd serve log (exit status {proc.returncode}):\n{log_path.read_text(errors='replace')}")
+        log_text = log_path.read_text(errors="replace")
+        print(f"--- roomd serve log (exit status {proc.returncode}):\n{log_text}")
 
 
 class Tail:

@@ -43,15 +43,18 @@ class FakeBackend:
         self.sockets = {
             "a1": {"id": "a1", "namespace": "/", "rooms": ["a1", "lobby"], "transport": "websocket",
                    "address": "127.0.0.1:5000", "connected_at": 1700000000.0},
-            "b1": {"id": "b1", "namespace": "/orders", "rooms": ["b1", "eu", "us"], "transport": "polling",
+            "b1": {"id": "b1", "namespace": "/orders", "rooms": ["b1", "eu", "us"],
+                   "transport": "polling",
                    "address": "127.0.0.1:5001", "connected_at": 1700000001.0},
-            "b2": {"id": "b2", "namespace": "/orders", "rooms": ["b2", "eu"], "transport": "websocket",
+            "b2": {"id": "b2", "namespace": "/orders", "rooms": ["b2", "eu"],
+                   "transport": "websocket",
                    "address": "127.0.0.1:5002", "connected_at": 1700000002.0},
         }
 
     def stats(self) -> dict:
-        return {"version": "0.1.0", "started_at": 1700000000.0, "uptime": 12.5, "listen": ["127.0.0.1:3000"],
-                "connections": 3, "namespaces": 2, "rooms": 3, "events_total": 7, "events_per_second": 0.5}
+        return {"version": "0.1.0", "started_at": 1700000000.0, "uptime": 12.5,
+                "listen": ["127.0.0.1:3000"], "connections": 3, "namespaces": 2, "rooms": 3,
+                "events_total": 7, "events_per_second": 0.5}
 
     def namespace_names(self) -> list[str]:
         return ["/orders", "/", "/boom"]  # /boom: a namespace whose emit fails
@@ -62,11 +65,13 @@ class FakeBackend:
             if namespace is None or s["namespace"] == namespace:
                 for r in s["rooms"]:
                     rooms.setdefault((s["namespace"], r), []).append(s["id"])
-        return [{"namespace": ns, "room": r, "members": m, "private": r in self.sockets} for (ns, r), m in rooms.items()]
+        return [{"namespace": ns, "room": r, "members": m, "private": r in self.sockets}
+                for (ns, r), m in rooms.items()]
 
     async def sockets_snapshot(self, namespace, room):  # async on purpose: both kinds are accepted
         return [s for s in self.sockets.values()
-                if (namespace is None or s["namespace"] == namespace) and (room is None or room in s["rooms"])]
+                if (namespace is None or s["namespace"] == namespace)
+                and (room is None or room in s["rooms"])]
 
     @asynccontextmanager
     async def open_tap(self):
@@ -79,8 +84,8 @@ class FakeBackend:
             self.taps.remove(send)
 
     def publish(self, **event) -> None:
-        item = {"time": 1700000000.25, "namespace": "/", "rooms": [], "except": [], "event": "e", "args": [],
-                "recipients": 1, "source": "client"}
+        item = {"time": 1700000000.25, "namespace": "/", "rooms": [], "except": [], "event": "e",
+                "args": [], "recipients": 1, "source": "client"}
         item.update(event)
         for tap in list(self.taps):
             try:
@@ -94,7 +99,8 @@ class FakeBackend:
         if namespace == "/nope":
             raise RoomdError("no namespace /nope")
         self.emitted.append((namespace, event, args, rooms, except_rooms))
-        self.publish(namespace=namespace, event=event, args=args, rooms=rooms, source="server", recipients=2)
+        self.publish(namespace=namespace, event=event, args=args, rooms=rooms, source="server",
+                     recipients=2)
         return 2
 
     async def admin_disconnect(self, sid):
@@ -109,7 +115,8 @@ def sock_path(tmp_path):
 @asynccontextmanager
 async def running(backend, path, **kw):
     async with trio.open_nursery() as nursery:
-        started = await nursery.start(lambda task_status: serve_admin(backend, path, task_status=task_status, **kw))
+        started = await nursery.start(
+            lambda task_status: serve_admin(backend, path, task_status=task_status, **kw))
         assert started == path
         yield nursery
         nursery.cancel_scope.cancel()
@@ -124,7 +131,8 @@ async def test_commands(sock_path):
     async with running(backend, sock_path):
         assert (await call(sock_path, "ping"))["pong"] is True
         status = (await call(sock_path, "status"))["status"]
-        assert status["version"] == "0.1.0" and status["pid"] == os.getpid() and status["connections"] == 3
+        assert status["version"] == "0.1.0" and status["pid"] == os.getpid()
+        assert status["connections"] == 3
 
         assert (await call(sock_path, "namespaces"))["namespaces"] == [
             {"name": "/", "sockets": 1, "rooms": 1},
@@ -137,14 +145,17 @@ async def test_commands(sock_path):
             {"namespace": "/orders", "room": "us", "count": 1, "private": False},
         ]
         rooms = (await call(sock_path, "rooms", members=True, all=True))["rooms"]
-        assert {"namespace": "/orders", "room": "eu", "count": 2, "private": False, "members": ["b1", "b2"]} in rooms
-        assert {"namespace": "/", "room": "a1", "count": 1, "private": True, "members": ["a1"]} in rooms
+        assert {"namespace": "/orders", "room": "eu", "count": 2, "private": False,
+                "members": ["b1", "b2"]} in rooms
+        assert {"namespace": "/", "room": "a1", "count": 1, "private": True,
+                "members": ["a1"]} in rooms
 
         sockets = (await call(sock_path, "sockets", namespace="/orders", room="us"))["sockets"]
         assert [s["id"] for s in sockets] == ["b1"]
 
-        assert (await call(sock_path, "emit", namespace="/orders", event="ping", args=[1, {"a": None}],
-                           rooms=["eu"], **{"except": ["us"]}))["recipients"] == 2
+        answer = await call(sock_path, "emit", namespace="/orders", event="ping",
+                            args=[1, {"a": None}], rooms=["eu"], **{"except": ["us"]})
+        assert answer["recipients"] == 2
         assert backend.emitted == [("/orders", "ping", [1, {"a": None}], ["eu"], ["us"])]
 
         assert (await call(sock_path, "disconnect", sid="b2"))["disconnected"] is True
@@ -197,7 +208,9 @@ async def test_tail_filters_and_previews(sock_path):
         got: list[dict] = []
 
         def tail():
-            for item in AdminClient(sock_path).stream("tail", namespace="/orders", room="eu", event="order"):
+            stream = AdminClient(sock_path).stream("tail", namespace="/orders", room="eu",
+                                                   event="order")
+            for item in stream:
                 got.append(item)
                 if len(got) == 3:
                     return
@@ -209,13 +222,16 @@ async def test_tail_filters_and_previews(sock_path):
             backend.publish(namespace="/", rooms=["eu"], event="order")  # wrong namespace
             backend.publish(namespace="/orders", rooms=["us"], event="order")  # wrong room
             backend.publish(namespace="/orders", rooms=["eu"], event="other")  # wrong event
-            backend.publish(namespace="/orders", rooms=["eu", "us"], except_=[], event="order", args=["x" * 300])
-            assert await call(sock_path, "emit", namespace="/orders", event="order", args=[{"id": 7}], rooms=["eu"])
+            backend.publish(namespace="/orders", rooms=["eu", "us"], except_=[], event="order",
+                            args=["x" * 300])
+            assert await call(sock_path, "emit", namespace="/orders", event="order",
+                              args=[{"id": 7}], rooms=["eu"])
             backend.publish(namespace="/orders", rooms=["eu"], event="order", args=[b"\x00\x01"])
         assert len(got) == 3
         first, second, third = got
         assert third["preview"] == '"<2 bytes>"'
-        assert first["namespace"] == "/orders" and first["rooms"] == ["eu", "us"] and first["event"] == "order"
+        assert first["namespace"] == "/orders" and first["rooms"] == ["eu", "us"]
+        assert first["event"] == "order"
         assert len(first["preview"]) == 120 and first["preview"].endswith("\u2026")
         assert "args" not in first
         assert second["source"] == "server" and second["recipients"] == 2
@@ -393,7 +409,8 @@ def test_no_daemon_names_the_path(tmp_path):
 def test_peer_allowed_with_real_peercred():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
-        pid, uid, gid = unpack_peercred(a.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(PEERCRED_FORMAT)))
+        size = struct.calcsize(PEERCRED_FORMAT)
+        pid, uid, gid = unpack_peercred(a.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size))
     assert (pid, uid, gid) == (os.getpid(), os.geteuid(), os.getegid())
     me = os.geteuid()
     # Our own credentials pass; so would root's.
@@ -471,7 +488,8 @@ async def test_other_uid_is_refused():
             os.chmod(os.path.dirname(path), 0o711)
             os.chmod(path, 0o666)
             answer = await run_as_nobody(path)
-            assert answer == {"ok": False, "error": "permission denied: uid 65534 may not use this admin socket"}
+            assert answer == {
+                "ok": False, "error": "permission denied: uid 65534 may not use this admin socket"}
             # The real client reports the refusal, whoever wins the race to the socket.
             # It runs from a world-readable copy: the clone may be private (mode 0700).
             with readable_packages("roomd") as packages:
@@ -482,7 +500,8 @@ async def test_other_uid_is_refused():
                         env=dict(os.environ, PYTHONPATH=str(packages)),
                     )
                     assert result.stdout.decode() == (
-                        "permission denied: uid 65534 may not use this admin socket\n"), result.stderr
+                        "permission denied: uid 65534 may not use this admin socket\n"
+                    ), result.stderr
             assert (await call(path, "ping"))["ok"]  # root still gets in
     finally:
         shutil.rmtree(base)
@@ -508,7 +527,7 @@ async def test_tail_client_vanishing_mid_stream_is_not_an_error(sock_path, caplo
         await stream.send_all(b'{"cmd": "tail"}\n')
         assert await stream.receive_some(100) == b'{"ok":true,"tail":true}\n'
         stream.socket.close()  # gone without reading
-        for i in range(200):
+        for _ in range(200):
             backend.publish(args=["x" * 10000])
             await trio.sleep(0)
         with trio.fail_after(5):

@@ -73,7 +73,8 @@ def test_serve_bad_config_exits_78(tmp_path):
 
 
 def test_emit_bad_json_arg_is_a_usage_error(tmp_path):
-    result = run("--socket", str(tmp_path / "x.sock"), "emit", "/orders", "created", '{"id": 1}', "hello")
+    result = run("--socket", str(tmp_path / "x.sock"), "emit", "/orders", "created", '{"id": 1}',
+                 "hello")
     assert result.exit_code == 2
     assert "JSON-ARG" in result.output and "'hello' is not valid JSON" in result.output
 
@@ -127,7 +128,8 @@ def test_unit_file():
     result = run("unit-file")
     assert result.exit_code == 0
     assert result.output == (ROOT / "dist" / "roomd.service").read_text()
-    assert "Type=notify" in result.output and "ExecStart=/usr/local/bin/roomd serve" in result.output
+    assert "Type=notify" in result.output
+    assert "ExecStart=/usr/local/bin/roomd serve" in result.output
     result = run("unit-file", "--exec-path", "/opt/roomd/bin/roomd")
     assert "ExecStart=/opt/roomd/bin/roomd serve --config" in result.output
 
@@ -184,8 +186,8 @@ async def test_admin_commands_output(tmp_path):
         assert [r.split()[0] for r in rows] == ["b1", "b2"]
         assert rows[0].endswith("eu,us")
 
-        result = await cli_in_thread("--socket", path, "emit", "/orders", "created", '{"id": 1}', '"x"',
-                                     "--room", "eu", "--except", "us")
+        result = await cli_in_thread("--socket", path, "emit", "/orders", "created",
+                                     '{"id": 1}', '"x"', "--room", "eu", "--except", "us")
         assert result.exit_code == 0 and result.output == "delivered to 2 sockets\n"
         assert backend.emitted == [("/orders", "created", [{"id": 1}, "x"], ["eu"], ["us"])]
 
@@ -222,14 +224,17 @@ async def test_tail_output_and_daemon_going_away(tmp_path):
     async with trio.open_nursery() as outer:
         async with running(backend, path) as nursery:
             async def tail():
-                results.append(await cli_in_thread("--socket", path, "tail", "orders", "--event", "created"))
+                results.append(await cli_in_thread("--socket", path, "tail", "orders",
+                                                   "--event", "created"))
 
             outer.start_soon(tail)
             while not backend.taps:
                 await trio.sleep(0.01)
-            backend.publish(namespace="/orders", rooms=["eu"], event="created", args=[{"id": 1}], recipients=3)
+            backend.publish(namespace="/orders", rooms=["eu"], event="created", args=[{"id": 1}],
+                            recipients=3)
             backend.publish(namespace="/orders", rooms=["eu"], event="deleted", args=[])
-            backend.publish(namespace="/orders", rooms=[], except_=[], event="created", args=[], recipients=0)
+            backend.publish(namespace="/orders", rooms=[], except_=[], event="created", args=[],
+                            recipients=0)
             await trio.sleep(0.2)
             nursery.cancel_scope.cancel()
     (result,) = results
@@ -248,7 +253,8 @@ async def test_tail_ctrl_c_exits_quietly(tmp_path):
     import sys
 
     # As from a terminal, even when the tests run with SIGINT ignored (a background job).
-    CHILD = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); import roomd_cli; roomd_cli.main()"
+    CHILD = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "import roomd_cli; roomd_cli.main()")
     path = str(tmp_path / "roomd.sock")
     backend = FakeBackend()
     async with running(backend, path):

@@ -111,12 +111,15 @@ client_leave = true
     assert config.server.ping_interval == 5.0 and isinstance(config.server.ping_interval, float)
     assert config.server.cors_origins == ("https://app.example.com",)
     assert config.limits.slow_consumer == "drop"
-    assert config.admin == dataclasses.replace(config.admin, socket="/run/x/admin.sock", group="wheel", enabled=False)
+    assert config.admin == dataclasses.replace(
+        config.admin, socket="/run/x/admin.sock", group="wheel", enabled=False)
     assert config.log.level == "debug"
     assert config.app.module == "myapp.main:io"
     orders, chat = config.namespaces
-    assert orders == NamespaceConfig("/orders", client_join=False, client_leave=False, rooms=("order-*", "all"))
-    assert chat == NamespaceConfig("/chat", client_join=True, client_leave=True, client_publish=False)
+    assert orders == NamespaceConfig("/orders", client_join=False, client_leave=False,
+                                     rooms=("order-*", "all"))
+    assert chat == NamespaceConfig("/chat", client_join=True, client_leave=True,
+                                   client_publish=False)
     assert config.source == path
 
 
@@ -143,7 +146,8 @@ def test_overrides_win_and_none_is_skipped(tmp_path):
     [
         ("[server]\nprot = 1\n", "unknown key 'server.prot' in {path}"),
         ("[sever]\nport = 1\n", "unknown key 'sever' in {path}"),
-        ("[[namespaces]]\nname = \"/a\"\nclient_joins = true\n", "unknown key 'namespaces[0].client_joins' in {path}"),
+        ("[[namespaces]]\nname = \"/a\"\nclient_joins = true\n",
+         "unknown key 'namespaces[0].client_joins' in {path}"),
         ("[server]\nport = \"80\"\n", "server.port must be an integer, got string"),
         ("[server]\nport = 1.5\n", "server.port must be an integer, got float"),
         ("[server]\nport = true\n", "server.port must be an integer, got boolean"),
@@ -156,13 +160,16 @@ def test_overrides_win_and_none_is_skipped(tmp_path):
         ("[server]\npath = \"io\"\n", "server.path must start with '/'"),
         ("[server]\nping_timeout = 0\n", "server.ping_timeout must be greater than 0"),
         ("[limits]\noutbox_messages = 0\n", "limits.outbox_messages must be at least 1"),
-        ("[limits]\nslow_consumer = \"block\"\n", "limits.slow_consumer must be one of disconnect, drop"),
+        ("[limits]\nslow_consumer = \"block\"\n",
+         "limits.slow_consumer must be one of disconnect, drop"),
         ("[log]\nlevel = \"loud\"\n", "log.level must be one of debug, info"),
         ("[app]\nmodule = \"myapp\"\n", "app.module must look like 'package.module:attribute'"),
         ("[[namespaces]]\nclient_join = true\n", "namespaces[0].name is required in {path}"),
         ("[[namespaces]]\nname = \"orders\"\n", "namespaces[0].name must start with '/'"),
-        ("[[namespaces]]\nname = \"/a\"\n[[namespaces]]\nname = \"/a\"\n", "namespaces[1].name '/a' is given twice"),
-        ("[[namespaces]]\nname = \"/a\"\nrooms = \"*\"\n", "namespaces[0].rooms must be an array, got string"),
+        ("[[namespaces]]\nname = \"/a\"\n[[namespaces]]\nname = \"/a\"\n",
+         "namespaces[1].name '/a' is given twice"),
+        ("[[namespaces]]\nname = \"/a\"\nrooms = \"*\"\n",
+         "namespaces[0].rooms must be an array, got string"),
         ("namespaces = 3\n", "namespaces must be an array, got integer"),
         ("[recovery]\nenable = true\n", "unknown key 'recovery.enable' in {path}"),
         ("[recovery]\nmax_disconnection_duration = 0\n",
@@ -237,9 +244,8 @@ rooms = ["a*", "b"]
 
 
 def test_recovery_section_and_per_namespace_switch(tmp_path):
-    from roomd.ops.daemon import recovery_options, server_options
-
     import roomd
+    from roomd.ops.daemon import recovery_options, server_options
 
     default = load_config(None, {})
     assert default.recovery.enabled is False and recovery_options(default) is None
@@ -321,12 +327,14 @@ max_body = 2048
         ("[metrics]\nlisten = \"h:99999\"\n", "metrics.listen must look like HOST:PORT"),
         ("[metrics]\nport = 1\n", "unknown key 'metrics.port'"),
         ("[admin_ui]\nenabled = true\n", "admin_ui.password_hash is required"),
-        ("[admin_ui]\npassword_hash = \"secret\"\n", "admin_ui.password_hash must be a bcrypt hash"),
+        ("[admin_ui]\npassword_hash = \"secret\"\n",
+         "admin_ui.password_hash must be a bcrypt hash"),
         ("[admin_ui]\nmode = \"debug\"\n", "admin_ui.mode must be one of development, production"),
         ("[admin_ui]\nnamespace = \"admin\"\n", "admin_ui.namespace must start with '/'"),
         ("[admin_ui]\norigins = [\"admin.socket.io\"]\n", "admin_ui.origins[0] must be an origin"),
         ("[admin_ui]\norigins = [\"https://a.io/ui\"]\n", "admin_ui.origins[0] must be an origin"),
-        (f"[admin_ui]\nenabled = true\npassword_hash = \"{HASH}\"\n[[namespaces]]\nname = \"/admin\"\n",
+        (f"[admin_ui]\nenabled = true\npassword_hash = \"{HASH}\"\n"
+         "[[namespaces]]\nname = \"/admin\"\n",
          "admin_ui.namespace '/admin' is also a relay namespace"),
         ("[http_api]\nenabled = true\n", "http_api.key_file is required"),
         ("[http_api]\nprefix = \"api\"\n", "http_api.prefix must start with '/'"),

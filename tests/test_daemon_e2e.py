@@ -48,11 +48,14 @@ async def test_rooms_sockets_namespaces_status(tmpdir_short, node, py_client):
         n2 = await node.connect(d.url, "/orders", transports=["polling"], force_new=True)
         p = await py_client()
         await p.connect(d.url, namespaces=["/", "/orders"])
-        assert await n1.emit_with_ack("join", ["eu", "us"]) == [{"rooms": sorted([n1.sid, "eu", "us"])}]
+        assert await n1.emit_with_ack("join", ["eu", "us"]) == [
+            {"rooms": sorted([n1.sid, "eu", "us"])}]
         assert await n2.emit_with_ack("join", "eu") == [{"rooms": sorted([n2.sid, "eu"])}]
-        assert (await p.call("join", "lobby", namespace="/"))[0]["rooms"] == sorted([p.get_sid("/"), "lobby"])
+        joined = await p.call("join", "lobby", namespace="/")
+        assert joined[0]["rooms"] == sorted([p.get_sid("/"), "lobby"])
         # the relay refuses a room the namespace does not allow
-        assert await n2.emit_with_ack("join", "mars") == [{"error": "room 'mars' is not allowed in /orders"}]
+        assert await n2.emit_with_ack("join", "mars") == [
+            {"error": "room 'mars' is not allowed in /orders"}]
 
         js, table, members, orders, everything, status = await _gather(
             d.cli("rooms", "list", "--json"),
@@ -76,11 +79,13 @@ async def test_rooms_sockets_namespaces_status(tmpdir_short, node, py_client):
             "/orders    us     1",
         ]
         assert {(r["room"], tuple(r["members"])) for r in members.json()} == {
-            ("lobby", (p.get_sid("/"),)), ("eu", tuple(sorted([n1.sid, n2.sid]))), ("us", (n1.sid,))}
+            ("lobby", (p.get_sid("/"),)), ("eu", tuple(sorted([n1.sid, n2.sid]))),
+            ("us", (n1.sid,))}
         lines = orders.stdout.splitlines()
         assert lines[0].split() == ["NAMESPACE", "ROOM", "MEMBERS", "SOCKETS"]
         assert [line.split() for line in lines[1:]] == [
-            ["/orders", "eu", "2", ",".join(sorted([n1.sid, n2.sid]))], ["/orders", "us", "1", n1.sid]]
+            ["/orders", "eu", "2", ",".join(sorted([n1.sid, n2.sid]))],
+            ["/orders", "us", "1", n1.sid]]
         private = {(r["namespace"], r["room"]) for r in everything.json() if r["private"]}
         assert private == {("/", p.get_sid("/")), ("/orders", p.get_sid("/orders")),
                            ("/orders", n1.sid), ("/orders", n2.sid)}
@@ -119,7 +124,8 @@ async def test_rooms_sockets_namespaces_status(tmpdir_short, node, py_client):
         with trio.fail_after(5):
             while (await d.admin("rooms"))["rooms"]:
                 await trio.sleep(0.02)
-        r1, r2 = await _gather(d.cli("rooms", "list"), d.cli("sockets", "list", "/orders", "--room", "eu"))
+        r1, r2 = await _gather(d.cli("rooms", "list"),
+                               d.cli("sockets", "list", "/orders", "--room", "eu"))
         assert (r1.returncode, r1.stdout) == (0, "no rooms\n"), str(r1)
         assert (r2.returncode, r2.stdout) == (0, "no sockets\n"), str(r2)
 
@@ -147,7 +153,8 @@ async def test_tail_filters_and_daemon_going_away(tmpdir_short, node, py_client)
                 nursery.start_soon(js.sync, d.socket, "/orders")
 
             # 1. a client publishes to /orders eu (the relay: everyone in eu but the sender)
-            assert await a.emit_with_ack("publish", "eu", "created", {"id": 1}) == [{"recipients": 1}]
+            ack = await a.emit_with_ack("publish", "eu", "created", {"id": 1})
+            assert ack == [{"recipients": 1}]
             assert (await b.next_event("created")).args == [{"id": 1}]
             e1 = await everything.line()
             assert TAIL_LINE.match(e1), e1
@@ -159,7 +166,8 @@ async def test_tail_filters_and_daemon_going_away(tmpdir_short, node, py_client)
             e2 = await everything.line()
             assert e2.split(" ", 1)[1] == '/orders us shipped {"id":2},"fast" -> 1'
             # 3. a client publishes in / to lobby (nobody else there)
-            assert await p.call("publish", "lobby", "created", "hello", namespace="/") == [{"recipients": 0}]
+            ack = await p.call("publish", "lobby", "created", "hello", namespace="/")
+            assert ack == [{"recipients": 0}]
             e3 = await everything.line()
             assert e3.split(" ", 1)[1] == f'/ lobby !{p.get_sid("/")} created "hello" -> 0'
             # 4. roomd emit to the whole of /
@@ -173,10 +181,12 @@ async def test_tail_filters_and_daemon_going_away(tmpdir_short, node, py_client)
             assert await eu.line() == e1
             assert [await created.line() for _ in range(3)] == [e1, e3, e4]
             j1, j2 = [__import__("json").loads(await js.line()) for _ in range(2)]
-            assert {k: j1[k] for k in ("namespace", "rooms", "except", "event", "args", "recipients", "source")} == {
+            keys = ("namespace", "rooms", "except", "event", "args", "recipients", "source")
+            assert {k: j1[k] for k in keys} == {
                 "namespace": "/orders", "rooms": ["eu"], "except": [a.sid], "event": "created",
                 "args": [{"id": 1}], "recipients": 1, "source": "client"}
-            assert (j2["event"], j2["args"], j2["source"]) == ("shipped", [{"id": 2}, "fast"], "admin")
+            assert (j2["event"], j2["args"], j2["source"]) == (
+                "shipped", [{"id": 2}, "fast"], "admin")
             for t in (everything, orders, eu, created, js):
                 await t.no_line(0.2 if t is everything else 0)
 
@@ -231,7 +241,8 @@ async def test_emit_reaches_exactly_the_right_clients(tmpdir_short, node, py_cli
             await py_eu.no_event(what, wait=0)
 
         # --room eu --except us: eu members not in us
-        r = await d.cli("emit", "/orders", "e1", '{"a": [1, 2]}', "null", "--room", "eu", "--except", "us")
+        r = await d.cli("emit", "/orders", "e1", '{"a": [1, 2]}', "null",
+                        "--room", "eu", "--except", "us")
         await expect(r, [only_eu], "e1", [{"a": [1, 2]}, None], py=True)
         # two rooms: the union, each socket once
         r = await d.cli("emit", "orders", "e2", '"x"', "--room", "eu", "--room", "us")
@@ -250,7 +261,8 @@ async def test_emit_reaches_exactly_the_right_clients(tmpdir_short, node, py_cli
         r = await d.cli("emit", "orders", "e6", "hello")
         assert r.returncode == 2 and "'hello' is not valid JSON" in r.stderr, str(r)
         r = await d.cli("emit", "/orders", "connect", "1")
-        assert r.returncode == 1 and r.stderr.startswith("roomd: ") and len(r.stderr.splitlines()) == 1, str(r)
+        assert r.returncode == 1 and r.stderr.startswith("roomd: "), str(r)
+        assert len(r.stderr.splitlines()) == 1, str(r)
         no_traceback(r)
 
 
@@ -390,7 +402,8 @@ async def test_disconnect_drops_exactly_that_socket(tmpdir_short, node, py_clien
         assert sorted(s["id"] for s in listed) == sorted([main.sid, other.sid, p.get_sid("/")])
 
         r = await d.cli("disconnect", "no-such-sid")
-        assert (r.returncode, r.stdout, r.stderr) == (1, "", "roomd: no socket with id 'no-such-sid'\n"), str(r)
+        expected = (1, "", "roomd: no socket with id 'no-such-sid'\n")
+        assert (r.returncode, r.stdout, r.stderr) == expected, str(r)
 
 
 async def test_no_daemon(tmpdir_short):
@@ -406,8 +419,9 @@ async def test_no_daemon(tmpdir_short):
         roomd("status", "--socket", stale),
         roomd("emit", "/", "x", env=dict(os.environ, ROOMD_SOCKET=stale)),
     )
-    for r, path in zip(results, [missing, missing, missing, stale, stale]):
-        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"roomd: no roomd daemon answering on {path}\n"), str(r)
+    for r, path in zip(results, [missing, missing, missing, stale, stale], strict=True):
+        expected = (1, "", f"roomd: no roomd daemon answering on {path}\n")
+        assert (r.returncode, r.stdout, r.stderr) == expected, str(r)
 
 
 async def test_serve_on_a_taken_port_names_the_address(tmpdir_short):
@@ -428,7 +442,8 @@ async def test_serve_on_a_taken_port_names_the_address(tmpdir_short):
 
 async def test_config_check_and_serve_reject_bad_files(tmpdir_short):
     misspelt = tmpdir_short / "misspelt.toml"
-    misspelt.write_text('[server]\nport = 4000\n\n[[namespaces]]\nname = "/orders"\nclient_joins = true\n')
+    misspelt.write_text('[server]\nport = 4000\n\n'
+                        '[[namespaces]]\nname = "/orders"\nclient_joins = true\n')
     wrong_type = tmpdir_short / "wrong-type.toml"
     wrong_type.write_text('[limits]\nshutdown_grace = "5s"\n')
     good = tmpdir_short / "good.toml"

@@ -21,7 +21,8 @@ from roomd.protocol.eio import (
 )
 
 T = PacketType
-OPEN_JSON = '{"sid":"abc","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}'
+OPEN_JSON = ('{"sid":"abc","upgrades":["websocket"],'
+             '"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}')
 
 # (websocket wire form, packet): checked in both directions.
 FRAMES = [
@@ -106,7 +107,8 @@ PAYLOADS = [
     ("b", [Packet(T.MESSAGE, b"")]),
     (
         '42["a"]\x1ebAQID\x1e2\x1e6',
-        [Packet(T.MESSAGE, '2["a"]'), Packet(T.MESSAGE, b"\x01\x02\x03"), Packet(T.PING), Packet(T.NOOP)],
+        [Packet(T.MESSAGE, '2["a"]'), Packet(T.MESSAGE, b"\x01\x02\x03"),
+         Packet(T.PING), Packet(T.NOOP)],
     ),
     ("1", [Packet(T.CLOSE)]),
     ("4", [Packet(T.MESSAGE)]),

@@ -32,7 +32,8 @@ async def test_same_named_rooms_are_isolated(start_server, node, py_client):
     o1 = await node.connect(srv.url, "/orders", transports=WS)
     u1 = await node.connect(srv.url, "/users", transports=WS)
     o2 = await node.connect(srv.url, "/orders", transports=WS)
-    assert io.of("/orders").sockets[o1.sid]._connection is io.of("/users").sockets[u1.sid]._connection
+    connection = io.of("/orders").sockets[o1.sid]._connection
+    assert connection is io.of("/users").sockets[u1.sid]._connection
     p = await py_client()
     await p.connect(srv.url, ["/orders", "/users"], transports=WS)
     po, pu = p.get_sid("/orders"), p.get_sid("/users")

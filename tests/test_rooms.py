@@ -190,7 +190,7 @@ async def test_except_removes_rooms_from_any_broadcast(start_server, node):
         await marker(io, *((node, s) for s in socks.values()))
         got = {name for name, s in socks.items()
                if any(ev.name == "e" and ev.sock == s.handle for ev in node.inbox.pending)}
-        for name, s in socks.items():
+        for _, s in socks.items():
             assert sum(ev.name == "e" and ev.sock == s.handle for ev in node.inbox.pending) <= 1
         return got
 

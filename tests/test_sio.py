@@ -21,17 +21,20 @@ ROUND_TRIP = [
     (["0"], Packet(T.CONNECT)),
     (["0/admin,"], Packet(T.CONNECT, "/admin")),
     (['0{"token":"abc"}'], Packet(T.CONNECT, data={"token": "abc"})),
-    (['0/admin,{"sid":"oSO0OpakMV_3jnilAAAA"}'], Packet(T.CONNECT, "/admin", {"sid": "oSO0OpakMV_3jnilAAAA"})),
+    (['0/admin,{"sid":"oSO0OpakMV_3jnilAAAA"}'],
+     Packet(T.CONNECT, "/admin", {"sid": "oSO0OpakMV_3jnilAAAA"})),
     (["1"], Packet(T.DISCONNECT)),
     (["1/admin,"], Packet(T.DISCONNECT, "/admin")),
     (['2["hello",1]'], Packet(T.EVENT, data=["hello", 1])),
     (['2["hello"]'], Packet(T.EVENT, data=["hello"])),
-    (['2/chat,12["hello",{"a":[1,2.5,null,true]}]'], Packet(T.EVENT, "/chat", ["hello", {"a": [1, 2.5, None, True]}], 12)),
+    (['2/chat,12["hello",{"a":[1,2.5,null,true]}]'],
+     Packet(T.EVENT, "/chat", ["hello", {"a": [1, 2.5, None, True]}], 12)),
     (['20["x"]'], Packet(T.EVENT, data=["x"], id=0)),
     (['2["é☃😀","\\"quoted\\""]'], Packet(T.EVENT, data=["é☃😀", '"quoted"'])),
     (["312[]"], Packet(T.ACK, data=[], id=12)),
     (['3/chat,7["ok",2]'], Packet(T.ACK, "/chat", ["ok", 2], 7)),
-    (['4{"message":"Invalid namespace"}'], Packet(T.CONNECT_ERROR, data={"message": "Invalid namespace"})),
+    (['4{"message":"Invalid namespace"}'],
+     Packet(T.CONNECT_ERROR, data={"message": "Invalid namespace"})),
     (
         ['4/admin,{"message":"not authorized","data":{"code":401}}'],
         Packet(T.CONNECT_ERROR, "/admin", {"message": "not authorized", "data": {"code": 401}}),
@@ -67,7 +70,8 @@ def test_python_socketio_agrees(wire, packet):
     theirs = socketio.packet.Packet(encoded_packet=wire[0])
     for attachment in wire[1:]:
         theirs.add_attachment(attachment)
-    base = {T.BINARY_EVENT: T.EVENT, T.BINARY_ACK: T.ACK}.get(theirs.packet_type, theirs.packet_type)
+    plain = {T.BINARY_EVENT: T.EVENT, T.BINARY_ACK: T.ACK}
+    base = plain.get(theirs.packet_type, theirs.packet_type)
     assert base == packet.type
     assert (theirs.namespace or "/") == packet.namespace
     assert theirs.id == packet.id
@@ -82,8 +86,10 @@ DECODE_ONLY = [
     (['60-5[1]'], Packet(T.ACK, data=[1], id=5)),
     (['2 ["x"] '], Packet(T.EVENT, data=["x"])),
     (['2["x","\\u00e9"]'], Packet(T.EVENT, data=["x", "é"])),
-    (['2["x",{"_placeholder":true,"num":0}]'], Packet(T.EVENT, data=["x", {"_placeholder": True, "num": 0}])),
-    (['52-["x",' + PH1 + "," + PH0 + "," + PH1 + "]", b"a", b"b"], Packet(T.EVENT, data=["x", b"b", b"a", b"b"])),
+    (['2["x",{"_placeholder":true,"num":0}]'],
+     Packet(T.EVENT, data=["x", {"_placeholder": True, "num": 0}])),
+    (['52-["x",' + PH1 + "," + PH0 + "," + PH1 + "]", b"a", b"b"],
+     Packet(T.EVENT, data=["x", b"b", b"a", b"b"])),
     (['51-["x",{"_placeholder":false,"num":7},' + PH0 + "]", bytearray(b"a")],
      Packet(T.EVENT, data=["x", {"_placeholder": False, "num": 7}, b"a"])),
 ]
@@ -207,7 +213,8 @@ def test_binary_types_without_bytes_go_out_plain():
 
 def test_bytes_like_attachments_become_bytes():
     out = encode_event("/", ["a", bytearray(b"x"), memoryview(b"y"), (b"z",)])
-    assert out == ['53-["a",' + PH0 + "," + PH1 + ',[{"_placeholder":true,"num":2}]]', b"x", b"y", b"z"]
+    assert out == ['53-["a",' + PH0 + "," + PH1 + ',[{"_placeholder":true,"num":2}]]',
+                   b"x", b"y", b"z"]
     assert all(type(item) is bytes for item in out[1:])
 
 
@@ -275,7 +282,8 @@ scalars = st.one_of(
 def json_like(leaves):
     return st.recursive(
         leaves,
-        lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+        lambda children: (st.lists(children, max_size=4)
+                          | st.dictionaries(keys, children, max_size=4)),
         max_leaves=12,
     )
 
@@ -286,10 +294,14 @@ namespaces = st.just("/") | st.text().filter(lambda s: "," not in s).map(lambda 
 ack_ids = st.none() | st.integers(min_value=0, max_value=2**53 - 1)
 
 packets = st.one_of(
-    st.builds(Packet, st.just(T.EVENT), namespaces, st.tuples(st.text(), st.lists(with_bytes, max_size=4)).map(lambda t: [t[0], *t[1]]), ack_ids),
+    st.builds(Packet, st.just(T.EVENT), namespaces,
+              st.tuples(st.text(), st.lists(with_bytes, max_size=4)).map(lambda t: [t[0], *t[1]]),
+              ack_ids),
     st.builds(Packet, st.just(T.ACK), namespaces, st.lists(with_bytes, max_size=4), ack_ids),
-    st.builds(Packet, st.just(T.CONNECT), namespaces, st.none() | st.dictionaries(keys, no_bytes, max_size=4)),
-    st.builds(Packet, st.just(T.CONNECT_ERROR), namespaces, st.text() | st.dictionaries(keys, no_bytes, max_size=4)),
+    st.builds(Packet, st.just(T.CONNECT), namespaces,
+              st.none() | st.dictionaries(keys, no_bytes, max_size=4)),
+    st.builds(Packet, st.just(T.CONNECT_ERROR), namespaces,
+              st.text() | st.dictionaries(keys, no_bytes, max_size=4)),
     st.builds(Packet, st.just(T.DISCONNECT), namespaces),
 )
 

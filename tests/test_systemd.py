@@ -148,7 +148,8 @@ def test_listen_fds_takes_the_passed_socket():
     )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     child = subprocess.Popen(
-        [sys.executable, "-c", code], pass_fds=[listener.fileno()], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", code], pass_fds=[listener.fileno()], stdout=subprocess.PIPE,
+        text=True, env=env,
     )
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -179,7 +180,9 @@ def test_listen_fds_rejects_a_non_socket():
             print(e)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=10
+    ).stdout
     assert "descriptor 3 is not a socket" in out
 
 
@@ -225,7 +228,8 @@ def test_setup_logging_with_timestamps():
 
 
 def test_setup_logging_for_the_journal():
-    assert _log_in_child({}, journal=True).splitlines() == ["<6>roomd: hello", "<3>roomd.admin: bad"]
+    lines = _log_in_child({}, journal=True).splitlines()
+    assert lines == ["<6>roomd: hello", "<3>roomd.admin: bad"]
 
 
 def test_setup_logging_bad_level():

@@ -147,7 +147,8 @@ async def test_systemd_play(notify_and_dir, node, py_client):
         assert (await ws.next_event("disconnect")).args == ["io server disconnect"]
         assert (await polling.next_event("disconnect")).args == ["io server disconnect"]
         for namespace in ("/", "/orders"):
-            assert (await py.next_event("disconnect", namespace=namespace)).args == ["server disconnect"]
+            event = await py.next_event("disconnect", namespace=namespace)
+            assert event.args == ["server disconnect"]
         assert notes.count("READY", after=stopping) == 0
         assert "<6>roomd.daemon: received SIGTERM: shutting down" in d.log().splitlines()
         assert not os.path.exists(d.socket)  # the admin socket file is cleaned up
@@ -160,11 +161,13 @@ async def test_sighup_reload(notify_and_dir, node):
         first_ready = await notes.wait_for("READY")
         assert notes.count("WATCHDOG") == 0  # no WATCHDOG_USEC, no pings
         s = await node.connect(d.url, "/orders")
-        assert await s.emit_with_ack("join", "us") == [{"error": "room 'us' is not allowed in /orders"}]
+        refused = [{"error": "room 'us' is not allowed in /orders"}]
+        assert await s.emit_with_ack("join", "us") == refused
 
         # a changed policy applies on SIGHUP; the port change waits for a restart
         config = directory / "roomd.toml"
-        config.write_text(CONFIG.format(rooms='["eu", "us"]') + "\n[server]\nping_interval = 10.0\n")
+        config.write_text(CONFIG.format(rooms='["eu", "us"]')
+                          + "\n[server]\nping_interval = 10.0\n")
         d.proc.send_signal(signal.SIGHUP)
         reloading = await notes.wait_for("RELOADING", after=first_ready + 1)
         assert int(notes.received[reloading][1]["MONOTONIC_USEC"]) > 0
@@ -179,7 +182,8 @@ async def test_sighup_reload(notify_and_dir, node):
         mark = len(notes.received)
         d.proc.send_signal(signal.SIGHUP)
         await notes.wait_for("READY", after=await notes.wait_for("RELOADING", after=mark))
-        assert f"SIGHUP: keeping the running configuration: unknown key 'log.levl' in {config}" in d.log()
+        assert ("SIGHUP: keeping the running configuration: "
+                f"unknown key 'log.levl' in {config}") in d.log()
         assert await s.emit_with_ack("join", ["us"]) == [{"rooms": sorted([s.sid, "us"])}]
         assert (await d.cli("status", "--json")).json()["pid"] == d.pid
 

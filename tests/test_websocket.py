@@ -32,7 +32,10 @@ def frame(opcode: Opcode, payload: bytes, fin: bool = True) -> bytes:
 
 def raw(first: int, payload: bytes = b"", *, masked: bool = True, length: int | None = None,
         key: bytes = b"\x37\xfa\x21\x3d") -> bytes:
-    """A client frame built by hand: ``first`` is FIN/RSV/opcode; ``length`` overrides the header."""
+    """A client frame built by hand.
+
+    ``first`` is FIN/RSV/opcode; ``length`` overrides the header.
+    """
     n = len(payload) if length is None else length
     mask_bit = 0x80 if masked else 0
     if n < 126:
@@ -225,13 +228,14 @@ def encoded_messages(draw):
         encoded = message.encode() if isinstance(message, str) else message
         cuts = sorted(draw(st.lists(st.integers(0, len(encoded)), max_size=4)))
         bounds = [0, *cuts, len(encoded)]
-        pieces = [encoded[a:b] for a, b in zip(bounds, bounds[1:])]
+        pieces = [encoded[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
         for i, piece in enumerate(pieces):
             if i and draw(st.booleans()):
                 ping = draw(st.binary(max_size=125))
                 pings.append(ping)
                 wire += bytes(client().ping(ping))
-            wire += frame(opcode if i == 0 else Opcode.CONTINUATION, piece, fin=i == len(pieces) - 1)
+            kind = opcode if i == 0 else Opcode.CONTINUATION
+            wire += frame(kind, piece, fin=i == len(pieces) - 1)
     return messages, wire, pings
 
 
@@ -303,7 +307,8 @@ def test_partial_frame_grows_in_place():
 
 # --- closing ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("code", "reason"), [(1000, "bye"), (1001, ""), (4000, "é" * 20), (3000, "x")])
+@pytest.mark.parametrize(("code", "reason"),
+                         [(1000, "bye"), (1001, ""), (4000, "é" * 20), (3000, "x")])
 def test_client_close(code, reason):
     protocol = WebSocketProtocol(MAX)
     data = bytes(client().send_data("last")) + bytes(client().close(code, reason))
@@ -347,7 +352,8 @@ def test_server_initiated_close():
     assert protocol.take_output() == b""
 
 
-@pytest.mark.parametrize(("code", "reason"), [(1000, ""), (1002, "protocol"), (4999, "é" * 80), (1000, "x" * 200)])
+@pytest.mark.parametrize(("code", "reason"),
+                         [(1000, ""), (1002, "protocol"), (4999, "é" * 80), (1000, "x" * 200)])
 def test_close_frame_function(code, reason):
     frames = server_frames(close_frame(code, reason))
     assert len(frames) == 1 and frames[0].opcode is Opcode.CLOSE
@@ -397,12 +403,14 @@ MALFORMED = [
     ("too big text", raw(0x81, b"x" * (SMALL + 1)), 1009),
     ("too big, 64-bit", raw(0x82, b"x" * 70000), 1009),
     ("too big in fragments", raw(0x02, b"x" * 600) + raw(0x80, b"x" * 401), 1009),
-    ("too big in many fragments", raw(0x01, b"x" * 400) + raw(0x00, b"x" * 400) + raw(0x80, b"x" * 201), 1009),
+    ("too big in many fragments",
+     raw(0x01, b"x" * 400) + raw(0x00, b"x" * 400) + raw(0x80, b"x" * 201), 1009),
 ]
 
 
 @pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
-@pytest.mark.parametrize(("data", "code"), [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+@pytest.mark.parametrize(("data", "code"), [case[1:] for case in MALFORMED],
+                         ids=[case[0] for case in MALFORMED])
 def test_malformed(data, code, chunk):
     protocol = WebSocketProtocol(SMALL)
     sender = client()

@@ -96,7 +96,8 @@ def test_broadcast_pipeline():
     decoder = _sio.Decoder()
     assert decoder.feed(_eio.decode_packet(messages[0][1]).data) is None
     packet = decoder.feed(_eio.decode_packet(messages[1][1]).data)
-    assert packet == _sio.Packet(_sio.PacketType.EVENT, "/chat", ["file", {"name": "a.bin", "data": b"\x00" * 70000}])
+    data = ["file", {"name": "a.bin", "data": b"\x00" * 70000}]
+    assert packet == _sio.Packet(_sio.PacketType.EVENT, "/chat", data)
 
 
 @given(st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=300))))

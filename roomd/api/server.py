@@ -116,7 +116,8 @@ class Server:
                  disconnect_on_handler_error: bool = False,
                  json_default: Callable[[Any], Any] | None = None,
                  allow_request: AllowRequest | None = None,
-                 connection_state_recovery: RecoveryOptions | Mapping[str, Any] | bool | None = None,
+                 connection_state_recovery: (
+                     RecoveryOptions | Mapping[str, Any] | bool | None) = None,
                  **limits: Any) -> None:
         if ping_interval <= 0 or ping_timeout <= 0 or connect_timeout <= 0:
             raise ConfigError("ping_interval, ping_timeout and connect_timeout must be positive")
@@ -130,7 +131,8 @@ class Server:
             raise ConfigError("path must start with '/'")
         unknown = set(transports) - {"polling", "websocket"}
         if unknown or not transports:
-            raise ConfigError(f"transports must be 'polling' and/or 'websocket', got {transports!r}")
+            raise ConfigError(
+                f"transports must be 'polling' and/or 'websocket', got {transports!r}")
         self.options = EngineOptions(
             ping_interval=float(ping_interval), ping_timeout=float(ping_timeout),
             max_payload=int(max_payload), path=path.rstrip("/") + "/",

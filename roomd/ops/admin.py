@@ -76,14 +76,16 @@ def _prepare_directory(parent: str, group_gid: int | None) -> None:
             if group_gid is not None:
                 os.chown(parent, -1, group_gid)
         except OSError as e:
-            raise AdminError(f"cannot create admin socket directory {parent}: {e.strerror or e}") from None
+            raise AdminError(
+                f"cannot create admin socket directory {parent}: {e.strerror or e}") from None
         return
     except OSError as e:
         raise AdminError(f"cannot use admin socket directory {parent}: {e.strerror or e}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise AdminError(f"admin socket directory {parent} is not a directory")
     if st.st_uid not in (os.geteuid(), 0):
-        raise AdminError(f"admin socket directory {parent} belongs to uid {st.st_uid}; refusing to use it")
+        raise AdminError(
+            f"admin socket directory {parent} belongs to uid {st.st_uid}; refusing to use it")
 
 
 async def _clear_stale(path: str) -> None:
@@ -299,7 +301,8 @@ class _Connection:
         return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
 
     def _allowed(self) -> tuple[bool, int, int]:
-        raw = self.stream.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize(PEERCRED_FORMAT))
+        size = struct.calcsize(PEERCRED_FORMAT)
+        raw = self.stream.socket.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, size)
         pid, uid, gid = unpack_peercred(raw)
         groups: tuple[int, ...] = ()
         if self.group_gid is not None and gid != self.group_gid:
@@ -315,7 +318,8 @@ class _Connection:
     async def run(self) -> None:
         ok, uid, _gid = self._allowed()
         if not ok:
-            await self.send({"ok": False, "error": f"permission denied: uid {uid} may not use this admin socket"})
+            error = f"permission denied: uid {uid} may not use this admin socket"
+            await self.send({"ok": False, "error": error})
             return
         while True:
             try:
@@ -380,7 +384,8 @@ class _Connection:
                 if private and not include_private:
                     continue
                 members = list(r.get("members", ()))
-                item = {"namespace": r["namespace"], "room": r["room"], "count": len(members), "private": private}
+                item = {"namespace": r["namespace"], "room": r["room"],
+                        "count": len(members), "private": private}
                 if want_members:
                     item["members"] = sorted(members)
                 out.append(item)

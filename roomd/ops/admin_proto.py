@@ -73,7 +73,8 @@ PREVIEW_CHARS = 120
 SYSTEM_DIR = "/run/roomd"  # RuntimeDirectory=roomd (roomd.service), roomd/%i (roomd@.service)
 
 
-def peer_allowed(uid: int, gid: int, *, own_uid: int, group_gid: int | None, groups: tuple[int, ...] = ()) -> bool:
+def peer_allowed(uid: int, gid: int, *, own_uid: int, group_gid: int | None,
+                 groups: tuple[int, ...] = ()) -> bool:
     """May a peer with these credentials use the admin socket?
 
     Allowed: the daemon's own user, root, and (when a group is configured)
@@ -101,7 +102,8 @@ def _json_default(value: Any) -> Any:
 
 def encode_line(obj: dict) -> bytes:
     """One protocol line. Bytes become {"_binary": length}; other odd values their repr."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode() + b"\n"
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    return text.encode() + b"\n"
 
 
 def _no_constant(name: str) -> Any:
@@ -143,7 +145,8 @@ def preview_args(args: Any, limit: int = PREVIEW_CHARS) -> str:
         return _json_default(value)
 
     if isinstance(args, (list, tuple)):
-        text = json.dumps(list(args), ensure_ascii=False, separators=(",", ":"), default=binary)[1:-1]
+        text = json.dumps(list(args), ensure_ascii=False, separators=(",", ":"),
+                          default=binary)[1:-1]
     else:
         text = json.dumps(args, ensure_ascii=False, separators=(",", ":"), default=binary)
     if len(text) > limit:
@@ -295,7 +298,8 @@ class AdminClient:
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
-                raise AdminError(f"the roomd daemon on {self.path} did not answer in time") from None
+                raise AdminError(
+                    f"the roomd daemon on {self.path} did not answer in time") from None
             except OSError as e:
                 raise AdminError(f"connection to {self.path} broke: {e.strerror or e}") from None
             if not chunk:
@@ -344,7 +348,8 @@ class AdminClient:
             lines = self._lines(sock)
             first = next(lines, None)
             if first is None:
-                raise AdminError(f"the roomd daemon on {self.path} closed the connection without answering")
+                raise AdminError(f"the roomd daemon on {self.path} "
+                                 "closed the connection without answering")
             self._check(first)
             sock.settimeout(None)
             for item in lines:

@@ -80,7 +80,8 @@ def load_app(spec: str, app_dir: str | None = None) -> Server:
         try:
             app = getattr(app, part)
         except AttributeError:
-            raise ConfigError(f"app module {module_name!r} has no attribute {attribute!r}") from None
+            raise ConfigError(
+                f"app module {module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(app, Server):
         raise ConfigError(f"{spec} is a {type(app).__name__}, not a roomd.Server")
     return app

@@ -144,7 +144,8 @@ def watchdog_interval() -> float | None:
     return value / 1_000_000
 
 
-async def run_watchdog(*, task_status: trio.TaskStatus[float | None] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_watchdog(
+        *, task_status: trio.TaskStatus[float | None] = trio.TASK_STATUS_IGNORED) -> None:
     """Ping the watchdog at half its interval until cancelled.
 
     Reports the interval (or None) through ``task_status`` after the first
@@ -194,7 +195,8 @@ def listen_fds(*, unset_environment: bool = True) -> list[socket.socket]:
         try:
             sockets.append(socket.socket(fileno=fd))
         except OSError as e:
-            raise ConfigError(f"LISTEN_FDS: descriptor {fd} is not a socket ({e.strerror})") from None
+            raise ConfigError(
+                f"LISTEN_FDS: descriptor {fd} is not a socket ({e.strerror})") from None
     return sockets
 
 
@@ -248,7 +250,8 @@ def setup_logging(level: str | int = "info") -> logging.Logger:
     if isinstance(level, str):
         number = logging.getLevelName(level.upper())
         if not isinstance(number, int):
-            raise ConfigError(f"log.level must be one of debug, info, warning, error, critical; got {level!r}")
+            raise ConfigError("log.level must be one of debug, info, warning, error, critical; "
+                              f"got {level!r}")
         level = number
     package_logger = logging.getLogger("roomd")
     for handler in list(package_logger.handlers):

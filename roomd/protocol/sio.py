@@ -200,7 +200,8 @@ def _encode_binary(is_event: bool, namespace: str, data: Any, ack_id: int | None
     return out
 
 
-def encode_event(namespace: str, args: list | tuple, ack_id: int | None = None) -> list[str | bytes]:
+def encode_event(namespace: str, args: list | tuple,
+                 ack_id: int | None = None) -> list[str | bytes]:
     """Encode an EVENT (hot path): ``args`` is ``[event name, *arguments]``.
 
     Returns ``[text]``, or ``[text, attachment, ...]`` as a BINARY_EVENT when
