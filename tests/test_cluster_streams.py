@@ -1,0 +1,254 @@
+"""Issue 15, clustered: connection state recovery across nodes on Redis Streams.
+
+roomd nodes with ``RedisAdapterFactory(mode="streams")`` and Node.js nodes with
+@socket.io/redis-streams-adapter 0.3 share one stream. A socket.io-client with recovery
+loses its transport (cut on the server side, by destroying its TCP connection), other
+clients publish to its room meanwhile, and it reconnects to ANOTHER node within the
+window: same id and rooms, ``recovered`` true, every missed event exactly once and in
+order, the offsets being stream entry ids. After the window: a fresh session. With Redis
+down, each node keeps serving its own clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+from cluster_harness import NodePeer
+from test_cluster_classic import until
+
+import roomd
+from roomd.cluster import RedisAdapterFactory
+
+pytestmark = pytest.mark.deadline(120)
+
+WS = ["websocket"]
+RECONNECT = {"reconnection": True, "reconnectionDelay": 300, "reconnectionDelayMax": 300,
+             "randomizationFactor": 0}
+STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
+def make_roomd(url: str, window: float = 30) -> roomd.Server:
+    io = roomd.Server(adapter=RedisAdapterFactory(url, mode="streams"),
+                      ping_interval=0.5, ping_timeout=0.5,
+                      connection_state_recovery={"max_disconnection_duration": window})
+
+    @io.on("connection")
+    async def connection(socket: roomd.Socket) -> None:
+        if not socket.recovered:
+            room = socket.handshake.auth.get("room")
+            if room:
+                await socket.join(room)
+            socket.data["joined"] = room
+
+    @io.on("publish")
+    async def publish(socket: roomd.Socket, room: str, n: int) -> str:
+        await socket.to(room).emit("msg", n)
+        return "ok"
+
+    @io.on("whoami")
+    def whoami(socket: roomd.Socket) -> dict:
+        return {"sid": socket.id, "rooms": sorted(socket.rooms), "data": socket.data,
+                "recovered": socket.recovered}
+
+    return io
+
+
+async def ready(nodes: list[roomd.Server], peers: list[NodePeer], count: int) -> None:
+    async def counted() -> bool:
+        for io in nodes:
+            if await io.sockets.adapter.server_count() != count:
+                return False
+        for peer in peers:
+            if (await peer.command("serverCount"))["count"] != count:
+                return False
+        return all(io.adapter_factory.streams.up for io in nodes)
+    await until(counted, what=f"a streams cluster of {count}")
+
+
+async def cross_node_recovery(node: Any, first_url: str, second_url: str,
+                              pub_url: str, cut: Any) -> None:
+    """Connect to ``first_url``, cut, reconnect to ``second_url``; check the recovery."""
+    a = await node.connect(first_url, auth={"room": "r"}, force_new=True, transports=WS,
+                           **RECONNECT)
+    pub = await node.connect(pub_url, force_new=True, transports=WS)
+    assert (await a.next_event("connect")).args == [a.sid, False]
+    before = (await a.emit_with_ack("whoami"))[0]
+    assert before["rooms"] == sorted([a.sid, "r"]) and before["recovered"] is False
+    n = 0
+    for n in range(2):
+        assert await pub.emit_with_ack("publish", "r", n) == ["ok"]
+    n = 2
+    msgs = [(await a.next_event("msg")).args for _ in range(2)]  # it holds an offset now
+    state = await a.state()
+    assert state["pid"] and STREAM_ID.match(state["offset"])
+
+    await a.retarget(second_url)
+    await cut(a)
+    assert (await a.next_event("disconnect")).args == ["transport close"]
+    for _ in range(3):  # while it is away
+        assert await pub.emit_with_ack("publish", "r", n) == ["ok"]
+        n += 1
+    connect = await a.next_event("connect", timeout=10)
+    assert connect.args == [a.sid, True]
+    for _ in range(2):  # and once it is back
+        assert await pub.emit_with_ack("publish", "r", n) == ["ok"]
+        n += 1
+
+    after = (await a.emit_with_ack("whoami"))[0]
+    assert after["sid"] == a.sid and after["recovered"] is True
+    assert after["rooms"] == sorted([a.sid, "r"])
+    assert after["data"]["joined"] == "r"
+    msgs += [(await a.next_event("msg", timeout=10)).args for _ in range(n - 2)]
+    await a.no_event("msg", wait=0.3)
+    assert [m[0] for m in msgs] == list(range(n))
+    offsets = [m[-1] for m in msgs]
+    assert all(STREAM_ID.match(o) for o in offsets)
+    ids = [tuple(map(int, o.split("-"))) for o in offsets]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def roomd_cut(io: roomd.Server):
+    from test_recovery import server_cut
+
+    async def cut(sock: Any) -> None:
+        server_cut(io, sock.sid)
+    return cut
+
+
+def node_cut(peer: NodePeer):
+    async def cut(sock: Any) -> None:
+        await peer.command("cut", sid=sock.sid)
+    return cut
+
+
+async def test_roomd_to_roomd(start_server, node, redis_server):
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    await ready([a, b], [], 2)
+    await cross_node_recovery(node, srv_a.url, srv_b.url, srv_a.url, await roomd_cut(a))
+
+
+async def test_roomd_to_node(start_server, node, node_peer, redis_server):
+    a = make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    peer = await node_peer(redis_server.url, mode="streams", recovery=30)
+    await ready([a], [peer], 2)
+    await cross_node_recovery(node, srv_a.url, peer.url, srv_a.url, await roomd_cut(a))
+
+
+async def test_node_to_roomd(start_server, node, node_peer, redis_server):
+    a = make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    peer = await node_peer(redis_server.url, mode="streams", recovery=30)
+    await ready([a], [peer], 2)
+    await cross_node_recovery(node, peer.url, srv_a.url, peer.url, node_cut(peer))
+
+
+async def test_session_is_stored_as_node_stores_it(start_server, node, redis_server):
+    a = make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    await ready([a], [], 1)
+    sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS)
+    await sock.next_event("connect")
+    pid = (await sock.state())["pid"]
+    from test_recovery import server_cut
+    server_cut(a, sock.sid)
+    key = f"sio:session:{pid}"
+
+    async def stored() -> bool:
+        return bool((await redis_server.cli("exists", key)).strip() == "1")
+    await until(stored, what="the session in Redis")
+    raw = (await redis_server.cli("get", key)).strip()
+    session = msgpack.unpackb(base64.b64decode(raw))
+    assert session == {"sid": sock.sid, "pid": pid, "rooms": sorted([sock.sid, "r"]),
+                       "data": {"joined": "r"}}
+    ttl = int((await redis_server.cli("pttl", key)).strip())
+    assert 0 < ttl <= 30_000
+
+
+async def test_after_the_window_a_fresh_session(start_server, node, redis_server):
+    a, b = make_roomd(redis_server.url, window=1), make_roomd(redis_server.url, window=1)
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    await ready([a, b], [], 2)
+    sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS,
+                              reconnection=True, reconnectionDelay=2500,
+                              reconnectionDelayMax=2500, randomizationFactor=0)
+    pub = await node.connect(srv_b.url, force_new=True, transports=WS)
+    await sock.next_event("connect")
+    assert await pub.emit_with_ack("publish", "r", 0) == ["ok"]
+    await sock.next_event("msg")
+    old = sock.sid
+    await sock.retarget(srv_b.url)
+    from test_recovery import server_cut
+    server_cut(a, old)
+    await sock.next_event("disconnect")
+    connect = await sock.next_event("connect", timeout=15)
+    assert connect.args[1] is False and connect.args[0] != old
+    state = await sock.state()
+    assert state["recovered"] is False
+
+
+async def test_redis_down_local_serving_continues(start_server, node, redis_server):
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    await ready([a, b], [], 2)
+    x = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS)
+    y = await node.connect(srv_b.url, auth={"room": "r"}, force_new=True, transports=WS)
+    pub = await node.connect(srv_a.url, force_new=True, transports=WS)
+    for sock in (x, y):
+        await sock.next_event("connect")
+    assert await pub.emit_with_ack("publish", "r", 1) == ["ok"]
+    for sock in (x, y):
+        assert (await sock.next_event("msg")).args[0] == 1
+
+    await redis_server.stop()
+    with trio.fail_after(10):
+        assert await pub.emit_with_ack("publish", "r", 2) == ["ok"]
+    assert (await x.next_event("msg")).args[0] == 2  # local, with a local offset
+    await y.no_event("msg", wait=0.3)
+    assert await a.sockets.adapter.server_count() == 1
+
+    await redis_server.start()
+    await ready([a, b], [], 2)
+    assert await pub.emit_with_ack("publish", "r", 3) == ["ok"]
+    for sock in (x, y):
+        assert (await sock.next_event("msg")).args[0] == 3
+
+
+async def test_stream_entries_and_requests_with_node(start_server, node, node_peer,
+                                                     redis_server):
+    a = make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    peer = await node_peer(redis_server.url, mode="streams")
+    await ready([a], [peer], 2)
+    sa = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS)
+    sn = await node.connect(peer.url, force_new=True, transports=WS)
+    await sa.next_event("connect")
+    await sn.next_event("connect")
+    # socketsJoin from Node through the stream; a broadcast from roomd reaches Node's socket
+    await peer.command("socketsJoin", target=NodePeer.target(rooms=[sn.sid]), rooms=["r"])
+
+    async def joined() -> bool:
+        return "r" in (await peer.command("localRooms"))["rooms"]
+    await until(joined, what="Node's socket in r")
+    await a.to("r").emit("hello", b"\x01\x02", {"k": 1})
+    got = (await sa.next_event("hello")).args  # roomd recovers: the offset comes last
+    assert got[:2] == [b"\x01\x02", {"k": 1}] and STREAM_ID.match(got[2])
+    assert (await sn.next_event("hello")).args == [b"\x01\x02", {"k": 1}]
+    # Node -> roomd: the entry id is the offset
+    await peer.command("emit", target=NodePeer.target(rooms=["r"]), event="from-node", args=[7])
+    got = (await sa.next_event("from-node")).args
+    assert got[0] == 7 and STREAM_ID.match(got[1])
+    # requests over pub/sub (msgpack): fetch_sockets both ways
+    found = {s.id for s in await a.in_("r").fetch_sockets()}
+    assert found == {sa.sid, sn.sid}
+    reply = await peer.command("fetchSockets", target=NodePeer.target(rooms=["r"]))
+    assert {s["id"] for s in reply["sockets"]} == {sa.sid, sn.sid}
+    # disconnect_sockets from roomd reaches Node's socket
+    await a.in_(sn.sid).disconnect_sockets()
+    assert (await sn.next_event("disconnect")).args == ["io server disconnect"]
