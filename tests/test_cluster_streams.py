@@ -252,3 +252,16 @@ async def test_stream_entries_and_requests_with_node(start_server, node, node_pe
     # disconnect_sockets from roomd reaches Node's socket
     await a.in_(sn.sid).disconnect_sockets()
     assert (await sn.next_event("disconnect")).args == ["io server disconnect"]
+
+
+def test_config_redis_streams(tmp_path):
+    from roomd.ops.config import load_config
+    from roomd.ops.daemon import adapter_factory
+
+    path = tmp_path / "roomd.toml"
+    path.write_text('[cluster]\nadapter = "redis-streams"\nurl = "redis://127.0.0.1:1"\n'
+                    'stream = "s"\nstream_maxlen = 50\n')
+    factory = adapter_factory(load_config(str(path)))
+    assert factory.mode == "streams"
+    assert (factory.streams.stream, factory.streams.maxlen) == ("s", 50)
+    assert factory.status()["stream"] == "s"

@@ -151,8 +151,10 @@ class StreamLink:
         out: list[tuple[str, Any]] = []
         for _ in range(RESTORE_MAX_CALLS):
             begin = wire.next_stream_id(start)
-            batch = await self._command("XRANGE", lambda c: c.xrange(
-                self.stream, begin, "+", count=RANGE_COUNT))
+
+            async def xrange(client: Any, begin: str = begin) -> Any:
+                return await client.xrange(self.stream, begin, "+", count=RANGE_COUNT)
+            batch = await self._command("XRANGE", xrange)
             if batch is None:
                 return None
             for entry in batch:
