@@ -11,7 +11,11 @@ Two protocols, which do not talk to each other (a cluster speaks one):
 - the *cluster* one of socket.io-adapter's ``ClusterAdapter``, spoken by the
   sharded adapter (``createShardedAdapter``): ``{uid, nsp, type, data}`` as
   JSON, or msgpack when the data holds binary, on ``<key>#<nsp>#`` (and a
-  room's own channel), responses on ``<key>#<nsp>#<uid>#``.
+  room's own channel), responses on ``<key>#<nsp>#<uid>#``; and by
+  ``@socket.io/redis-streams-adapter`` 0.3: broadcasts without acks,
+  joins, leaves and disconnects as stream entries (fields uid, nsp, type,
+  data: JSON text, or base64 msgpack when it holds binary), the rest as
+  msgpack on pub/sub; kept sessions as base64 msgpack.
 
 Binary values are msgpack bin on the wire and ``bytes`` here; msgpack
 timestamps (JavaScript Dates) decode to the ISO 8601 string a Node server
