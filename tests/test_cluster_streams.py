@@ -50,6 +50,10 @@ def make_roomd(url: str, window: float = 30) -> roomd.Server:
         await socket.to(room).emit("msg", n)
         return "ok"
 
+    @io.on_server_event("ping")
+    async def ping(*args: Any) -> dict:
+        return {"from": "roomd", "args": list(args)}
+
     @io.on("whoami")
     def whoami(socket: roomd.Socket) -> dict:
         return {"sid": socket.id, "rooms": sorted(socket.rooms), "data": socket.data,
@@ -131,6 +135,14 @@ async def test_roomd_to_roomd(start_server, node, redis_server):
     srv_a, srv_b = await start_server(a), await start_server(b)
     await ready([a, b], [], 2)
     await cross_node_recovery(node, srv_a.url, srv_b.url, srv_a.url, await roomd_cut(a))
+
+
+async def test_same_roomd_node_through_redis(start_server, node, redis_server):
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    await start_server(b)
+    await ready([a, b], [], 2)
+    await cross_node_recovery(node, srv_a.url, srv_a.url, srv_a.url, await roomd_cut(a))
 
 
 async def test_roomd_to_node(start_server, node, node_peer, redis_server):
@@ -249,6 +261,16 @@ async def test_stream_entries_and_requests_with_node(start_server, node, node_pe
     assert found == {sa.sid, sn.sid}
     reply = await peer.command("fetchSockets", target=NodePeer.target(rooms=["r"]))
     assert {s["id"] for s in reply["sockets"]} == {sa.sid, sn.sid}
+    # acks and server-side emits with replies (pub/sub, msgpack), both ways
+    acks = await a.to("r").emit_with_ack("question", b"\x03", timeout=5)
+    assert acks == [{"echo": [b"\x03"]}] * 2
+    reply = await peer.command("emitWithAck", target=NodePeer.target(rooms=["r"]),
+                               event="question", args=["n"], timeout=5000)
+    assert reply["args"] == [{"echo": ["n"]}] * 2
+    assert await a.server_side_emit_with_ack("ping", 1, timeout=5) == [
+        {"from": "node", "args": [1]}]
+    reply = await peer.command("serverSideEmitWithAck", event="ping", args=[2])
+    assert reply["args"] == [{"from": "roomd", "args": [2]}]
     # disconnect_sockets from roomd reaches Node's socket
     await a.in_(sn.sid).disconnect_sockets()
     assert (await sn.next_event("disconnect")).args == ["io server disconnect"]

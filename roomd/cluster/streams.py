@@ -109,7 +109,11 @@ class StreamLink:
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
                 return await call(client)
-        except Exception as exc:  # any failure of Redis: the caller goes on without it
+        except coredis.exceptions.ResponseError as exc:  # Redis answered: still up
+            self.failed += 1
+            logger.debug("redis stream %s: %s failed: %s", self.stream, what, _describe(exc))
+            return None
+        except Exception as exc:  # any other failure of Redis: the caller goes on without it
             self.failed += 1
             self._lost(f"{what}: {_describe(exc)}")
             return None
