@@ -287,3 +287,31 @@ def test_config_redis_streams(tmp_path):
     assert factory.mode == "streams"
     assert (factory.streams.stream, factory.streams.maxlen) == ("s", 50)
     assert factory.status()["stream"] == "s"
+
+
+async def test_redis_down_same_node_recovery_from_the_local_log(start_server, node,
+                                                                redis_server):
+    a = make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    await ready([a], [], 1)
+    await redis_server.stop()
+
+    async def down() -> bool:
+        return not a.adapter_factory.streams.up
+    await until(down, what="the stream link down")
+    sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS,
+                              **RECONNECT)
+    pub = await node.connect(srv_a.url, force_new=True, transports=WS)
+    await sock.next_event("connect")
+    assert await pub.emit_with_ack("publish", "r", 0) == ["ok"]
+    msgs = [(await sock.next_event("msg")).args]
+    from test_recovery import server_cut
+    server_cut(a, sock.sid)
+    await sock.next_event("disconnect")
+    for n in (1, 2):
+        assert await pub.emit_with_ack("publish", "r", n) == ["ok"]
+    assert (await sock.next_event("connect", timeout=10)).args == [sock.sid, True]
+    msgs += [(await sock.next_event("msg")).args for _ in range(2)]
+    assert [m[0] for m in msgs] == [0, 1, 2]
+    # this node's own log's offsets ("<8 hex>-<seq>"), not stream ids ("<ms>-<seq>")
+    assert all(len(m[1].partition("-")[0]) == 8 for m in msgs)
