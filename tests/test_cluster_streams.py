@@ -315,3 +315,48 @@ async def test_redis_down_same_node_recovery_from_the_local_log(start_server, no
     assert [m[0] for m in msgs] == [0, 1, 2]
     # this node's own log's offsets ("<8 hex>-<seq>"), not stream ids ("<ms>-<seq>")
     assert all(len(m[1].partition("-")[0]) == 8 for m in msgs)
+
+
+@pytest.mark.parametrize("publisher", ["old-node", "new-node"])
+async def test_roomd_to_roomd_while_publishing_continuously(start_server, node, redis_server,
+                                                            publisher):
+    # The seam between the stream's range, this node's log and the live traffic: events
+    # keep coming from one publisher during the whole reconnection; each arrives once, in
+    # order, with increasing stream ids.
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    await ready([a, b], [], 2)
+    sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS,
+                              **RECONNECT)
+    pub = await node.connect(srv_a.url if publisher == "old-node" else srv_b.url,
+                             force_new=True, transports=WS)
+    await sock.next_event("connect")
+    sent = 0
+    back = trio.Event()
+
+    async def publish() -> None:
+        nonlocal sent
+        after = 0
+        with trio.fail_after(30):
+            while after < 20:
+                assert await pub.emit_with_ack("publish", "r", sent) == ["ok"]
+                sent += 1
+                if back.is_set():
+                    after += 1
+                await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publish)
+        with trio.fail_after(10):
+            while sent < 5:
+                await trio.sleep(0.01)
+        await sock.retarget(srv_b.url)
+        from test_recovery import server_cut
+        server_cut(a, sock.sid)
+        assert (await sock.next_event("connect", timeout=10)).args == [sock.sid, True]
+        back.set()
+    msgs = [(await sock.next_event("msg", timeout=10)).args for _ in range(sent)]
+    await sock.no_event("msg", wait=0.3)
+    assert [m[0] for m in msgs] == list(range(sent))
+    ids = [tuple(map(int, m[1].split("-"))) for m in msgs]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
