@@ -318,17 +318,32 @@ async def test_redis_down_same_node_recovery_from_the_local_log(start_server, no
 
 
 @pytest.mark.parametrize("publisher", ["old-node", "new-node"])
-async def test_roomd_to_roomd_while_publishing_continuously(start_server, node, redis_server,
-                                                            publisher):
+@pytest.mark.parametrize("first", ["roomd", "node"])
+async def test_to_roomd_while_publishing_continuously(start_server, node, node_peer,
+                                                      redis_server, publisher, first):
     # The seam between the stream's range, this node's log and the live traffic: events
-    # keep coming from one publisher during the whole reconnection; each arrives once, in
-    # order, with increasing stream ids.
-    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
-    srv_a, srv_b = await start_server(a), await start_server(b)
-    await ready([a, b], [], 2)
-    sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS,
+    # keep coming from one publisher during the whole reconnection to roomd B; each
+    # arrives once, in order, with increasing stream ids.
+    b = make_roomd(redis_server.url)
+    srv_b = await start_server(b)
+    if first == "roomd":
+        a = make_roomd(redis_server.url)
+        old_url = (await start_server(a)).url
+        await ready([a, b], [], 2)
+
+        async def cut(sid: str) -> None:
+            from test_recovery import server_cut
+            server_cut(a, sid)
+    else:
+        peer = await node_peer(redis_server.url, mode="streams", recovery=30)
+        old_url = peer.url
+        await ready([b], [peer], 2)
+
+        async def cut(sid: str) -> None:
+            await peer.command("cut", sid=sid)
+    sock = await node.connect(old_url, auth={"room": "r"}, force_new=True, transports=WS,
                               **RECONNECT)
-    pub = await node.connect(srv_a.url if publisher == "old-node" else srv_b.url,
+    pub = await node.connect(old_url if publisher == "old-node" else srv_b.url,
                              force_new=True, transports=WS)
     await sock.next_event("connect")
     sent = 0
@@ -351,8 +366,7 @@ async def test_roomd_to_roomd_while_publishing_continuously(start_server, node, 
             while sent < 5:
                 await trio.sleep(0.01)
         await sock.retarget(srv_b.url)
-        from test_recovery import server_cut
-        server_cut(a, sock.sid)
+        await cut(sock.sid)
         assert (await sock.next_event("connect", timeout=10)).args == [sock.sid, True]
         back.set()
     msgs = [(await sock.next_event("msg", timeout=10)).args for _ in range(sent)]
