@@ -20,6 +20,7 @@ import pytest
 import trio
 from cluster_harness import NodePeer
 from test_cluster_classic import until
+from test_recovery import server_cut
 
 import roomd
 from roomd.cluster import RedisAdapterFactory
@@ -116,9 +117,7 @@ async def cross_node_recovery(node: Any, first_url: str, second_url: str,
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
-async def roomd_cut(io: roomd.Server):
-    from test_recovery import server_cut
-
+def roomd_cut(io: roomd.Server):
     async def cut(sock: Any) -> None:
         server_cut(io, sock.sid)
     return cut
@@ -134,7 +133,7 @@ async def test_roomd_to_roomd(start_server, node, redis_server):
     a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
     srv_a, srv_b = await start_server(a), await start_server(b)
     await ready([a, b], [], 2)
-    await cross_node_recovery(node, srv_a.url, srv_b.url, srv_a.url, await roomd_cut(a))
+    await cross_node_recovery(node, srv_a.url, srv_b.url, srv_a.url, roomd_cut(a))
 
 
 async def test_same_roomd_node_through_redis(start_server, node, redis_server):
@@ -142,7 +141,7 @@ async def test_same_roomd_node_through_redis(start_server, node, redis_server):
     srv_a = await start_server(a)
     await start_server(b)
     await ready([a, b], [], 2)
-    await cross_node_recovery(node, srv_a.url, srv_a.url, srv_a.url, await roomd_cut(a))
+    await cross_node_recovery(node, srv_a.url, srv_a.url, srv_a.url, roomd_cut(a))
 
 
 async def test_roomd_to_node(start_server, node, node_peer, redis_server):
@@ -150,7 +149,7 @@ async def test_roomd_to_node(start_server, node, node_peer, redis_server):
     srv_a = await start_server(a)
     peer = await node_peer(redis_server.url, mode="streams", recovery=30)
     await ready([a], [peer], 2)
-    await cross_node_recovery(node, srv_a.url, peer.url, srv_a.url, await roomd_cut(a))
+    await cross_node_recovery(node, srv_a.url, peer.url, srv_a.url, roomd_cut(a))
 
 
 async def test_node_to_roomd(start_server, node, node_peer, redis_server):
@@ -168,7 +167,6 @@ async def test_session_is_stored_as_node_stores_it(start_server, node, redis_ser
     sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS)
     await sock.next_event("connect")
     pid = (await sock.state())["pid"]
-    from test_recovery import server_cut
     server_cut(a, sock.sid)
     key = f"sio:session:{pid}"
 
@@ -196,7 +194,6 @@ async def test_after_the_window_a_fresh_session(start_server, node, redis_server
     await sock.next_event("msg")
     old = sock.sid
     await sock.retarget(srv_b.url)
-    from test_recovery import server_cut
     server_cut(a, old)
     await sock.next_event("disconnect")
     connect = await sock.next_event("connect", timeout=15)
@@ -305,7 +302,6 @@ async def test_redis_down_same_node_recovery_from_the_local_log(start_server, no
     await sock.next_event("connect")
     assert await pub.emit_with_ack("publish", "r", 0) == ["ok"]
     msgs = [(await sock.next_event("msg")).args]
-    from test_recovery import server_cut
     server_cut(a, sock.sid)
     await sock.next_event("disconnect")
     for n in (1, 2):
@@ -332,7 +328,6 @@ async def test_to_roomd_while_publishing_continuously(start_server, node, node_p
         await ready([a, b], [], 2)
 
         async def cut(sid: str) -> None:
-            from test_recovery import server_cut
             server_cut(a, sid)
     else:
         peer = await node_peer(redis_server.url, mode="streams", recovery=30)
@@ -374,3 +369,20 @@ async def test_to_roomd_while_publishing_continuously(start_server, node, node_p
     assert [m[0] for m in msgs] == list(range(sent))
     ids = [tuple(map(int, m[1].split("-"))) for m in msgs]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_a_redis_cluster_is_refused_and_local_serving_goes_on(start_server, node,
+                                                                    redis_cluster):
+    a = make_roomd(redis_cluster.url)
+    srv_a = await start_server(a)
+    streams = a.adapter_factory.streams
+
+    async def refused() -> bool:
+        return "not a Redis Cluster" in (streams.last_error or "")
+    await until(refused, what="the Redis Cluster refused")
+    assert not streams.up
+    x = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS)
+    pub = await node.connect(srv_a.url, force_new=True, transports=WS)
+    await x.next_event("connect")
+    assert await pub.emit_with_ack("publish", "r", 1) == ["ok"]
+    assert (await x.next_event("msg")).args[0] == 1

@@ -41,6 +41,7 @@ import trio
 from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
+from .._errors import RoomdError
 from ..rooms.adapter import InMemoryAdapter
 from ..rooms.records import BroadcastOptions, Emission, Member
 from ..rooms.recovery import PacketLog, RestoredSession, SessionRecord, with_offset
@@ -66,6 +67,10 @@ RESTORE_MAX_CALLS = 100
 RANGE_COUNT = 1_000
 # A restore waits at most this long for the reader to have applied the entries it replays.
 CATCH_UP = 2.0
+
+
+class StreamsUnsupported(RoomdError):
+    """The Redis at the URL cannot carry the stream (a Redis Cluster node)."""
 
 
 class StreamLink:
@@ -213,7 +218,10 @@ class StreamLink:
             reader = await stack.enter_async_context(
                 self._connection(self.block_ms / 1000 + COMMAND_TIMEOUT))
             with trio.fail_after(CONNECT_TIMEOUT + COMMAND_TIMEOUT):
-                await client.ping()
+                info = await client.info("cluster")
+                if info.get("cluster_enabled"):
+                    raise StreamsUnsupported("the streams adapter needs a single Redis, "
+                                             "not a Redis Cluster")
                 if self._cursor is None:
                     last = await reader.xrevrange(self.stream, count=1)
                     self._cursor = _text(last[0].identifier) if last else "0-0"
