@@ -222,8 +222,13 @@ async def test_redis_down_local_serving_continues(start_server, node, redis_serv
     await y.no_event("msg", wait=0.3)
     assert await a.sockets.adapter.server_count() == 1
 
+    status = a.adapter_factory.status()
+    assert status["redis"] == "down" and status["stream_up"] is False
+    assert status["mode"] == "streams" and status["stream"] == "socket.io"
+
     await redis_server.start()
     await ready([a, b], [], 2)
+    assert a.adapter_factory.status()["redis"] == "up"
     assert await pub.emit_with_ack("publish", "r", 3) == ["ok"]
     for sock in (x, y):
         assert (await sock.next_event("msg")).args[0] == 3

@@ -110,10 +110,15 @@ class RedisAdapterFactory(AdapterFactory):
             logger.exception("cluster background job failed")
 
     def status(self) -> dict[str, Any]:
-        return {"adapter": "redis", "mode": self.mode, "url": self.link.shown_url, "key": self.key,
-                "request_timeout": self.request_timeout, "servers": self.servers,
-                **self.link.status(), **self.stats.status(),
-                **(self.streams.status() if self.mode == "streams" else {})}
+        status = {"adapter": "redis", "mode": self.mode, "url": self.link.shown_url,
+                  "key": self.key, "request_timeout": self.request_timeout,
+                  "servers": self.servers, **self.link.status(), **self.stats.status()}
+        if self.mode == "streams":
+            status.update(self.streams.status())
+            if status["redis"] == "up" and not self.streams.up:
+                status["redis"] = "down"  # up means both: pub/sub and the stream
+                status["last_error"] = self.streams.last_error
+        return status
 
     async def server_count(self) -> int:
         """Nodes serving the main namespace (this one included); 1 while Redis is down."""
