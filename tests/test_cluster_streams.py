@@ -391,3 +391,18 @@ async def test_a_redis_cluster_is_refused_and_local_serving_goes_on(start_server
     await x.next_event("connect")
     assert await pub.emit_with_ack("publish", "r", 1) == ["ok"]
     assert (await x.next_event("msg")).args[0] == 1
+
+
+def test_stream_log_knows_the_ids_of_what_it_holds_and_dropped():
+    from roomd.cluster.streams import StreamLog
+
+    log = StreamLog(3, 1 << 20, 60.0)
+    parts: list[str | bytes] = ['2["msg",1]']
+    for i, offset in enumerate(["1-1", None, "1-3", "2-0", "2-1"]):
+        message = log.append(parts, frozenset({"r"} if i != 3 else {"s"}), frozenset(),
+                             offset)
+        if offset is not None:
+            assert message.eio_parts[0].endswith(f',"{offset}"]')
+    assert list(log.ids) == [(1, 3), (2, 0), (2, 1)] and log.dropped_id == (1, 1)
+    got = list(log.after_id((1, 3), frozenset({"r"})))
+    assert [m.eio_parts[0] for m in got] == ['42["msg",1,"2-1"]']  # "2-0" was for room s
