@@ -330,7 +330,6 @@ class RedisStreamsAdapter(ShardedRedisAdapter):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.streams: StreamLink = self.factory.streams
-        self._pending_own: set[str] = set()  # appended, not yet delivered here
         self._shared: set[str] = set()  # pids whose session this node stored in Redis
         if self._log is not None:
             log = self._log
@@ -366,12 +365,9 @@ class RedisStreamsAdapter(ShardedRedisAdapter):
 
     async def _append_broadcast(self, emission: Emission, opts: BroadcastOptions) -> str | None:
         self._encode(emission, opts)  # an argument that cannot be encoded fails here
-        entry_id = await self.streams.add(wire.encode_stream_entry(
+        return await self.streams.add(wire.encode_stream_entry(
             self.uid, self.namespace, MessageType.BROADCAST,
             {"packet": wire.encode_packet(None, emission.data), "opts": self._opts(opts)}))
-        if entry_id is not None:
-            self._pending_own.add(entry_id)
-        return entry_id
 
     async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         if opts.local:
@@ -389,8 +385,6 @@ class RedisStreamsAdapter(ShardedRedisAdapter):
     def _broadcast_at(self, emission: Emission, opts: BroadcastOptions,
                       entry_id: str | None) -> int:
         """Deliver locally with the stream entry's id as offset (run in the manager task)."""
-        if entry_id is not None:
-            self._pending_own.discard(entry_id)
         log = self._log
         if log is not None and not opts.volatile:
             message = log.append(emission.parts(), opts.rooms, opts.except_rooms, entry_id)
@@ -485,14 +479,19 @@ class RedisStreamsAdapter(ShardedRedisAdapter):
         rooms = record.rooms
         missed: list[OutgoingMessage] = []
         bound = start
+        logged = set(log.ids)
         for entry_id, fields in entries:
-            bound = wire.parse_stream_id(entry_id) or bound
-            if entry_id in self._pending_own:
-                continue  # appended by this node, delivered here soon: it comes live
+            parsed = wire.parse_stream_id(entry_id)
+            if parsed is None:
+                continue
+            bound = parsed
             try:
                 message = wire.decode_stream_entry(fields)
                 if message["nsp"] != self.namespace or message["type"] != MessageType.BROADCAST:
                     continue
+                if message["uid"] == self.uid and parsed not in logged \
+                        and parsed > log.dropped_id:
+                    continue  # appended here, not delivered here yet: it comes live
                 data = message.get("data") or {}
                 if data.get("requestId") is not None:
                     continue
