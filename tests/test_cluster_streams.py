@@ -406,3 +406,26 @@ def test_stream_log_knows_the_ids_of_what_it_holds_and_dropped():
     assert list(log.ids) == [(1, 3), (2, 0), (2, 1)] and log.dropped_id == (1, 1)
     got = list(log.after_id((1, 3), frozenset({"r"})))
     assert [m.eio_parts[0] for m in got] == ['42["msg",1,"2-1"]']  # "2-0" was for room s
+
+
+async def test_a_session_recovered_elsewhere_is_not_restored_again(start_server, node,
+                                                                   redis_server):
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    srv_a, srv_b = await start_server(a), await start_server(b)
+    await ready([a, b], [], 2)
+    sock = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS,
+                              **RECONNECT)
+    pub = await node.connect(srv_b.url, force_new=True, transports=WS)
+    await sock.next_event("connect")
+    assert await pub.emit_with_ack("publish", "r", 0) == ["ok"]
+    await sock.next_event("msg")
+    state = await sock.state()
+    await sock.retarget(srv_b.url)
+    server_cut(a, sock.sid)
+    assert (await sock.next_event("connect", timeout=10)).args == [sock.sid, True]
+    # A still holds its own copy of the session; Redis says it was taken: no second restore
+    assert a.sockets.adapter.recovery_status()["sessions"] == 1
+    assert await a.sockets.adapter.restore_session(state["pid"], state["offset"]) is None
+    # while B, where it is connected, takes a live socket over (its transport is closed)
+    assert await b.sockets.adapter.restore_session(state["pid"], state["offset"]) is not None
+    assert (await sock.next_event("disconnect")).args == ["transport close"]
