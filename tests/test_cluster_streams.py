@@ -429,3 +429,49 @@ async def test_a_session_recovered_elsewhere_is_not_restored_again(start_server,
     # while B, where it is connected, takes a live socket over (its transport is closed)
     assert await b.sockets.adapter.restore_session(state["pid"], state["offset"]) is not None
     assert (await sock.next_event("disconnect")).args == ["transport close"]
+
+
+STREAMS_RELAY = """\
+[cluster]
+adapter = "redis-streams"
+url = "{url}"
+
+[recovery]
+enabled = true
+max_disconnection_duration = 30
+
+[[namespaces]]
+name = "/chat"
+"""
+
+
+async def test_roomd_serve_relays_recover_across_nodes(node, redis_server):
+    from daemon_proc import running_daemon, short_dir
+
+    config = STREAMS_RELAY.format(url=redis_server.url)
+    with short_dir() as dir1, short_dir() as dir2:
+        async with running_daemon(dir1, config) as d1, running_daemon(dir2, config) as d2:
+            async def two() -> bool:
+                status = (await d1.cli("status", "--json")).json()["cluster"]
+                return status["servers"] == 2 and status["redis"] == "up"
+            await until(two, timeout=20, what="two relays on the stream")
+            a = await node.connect(d1.url, "/chat", force_new=True, transports=WS)
+            pub = await node.connect(d2.url, "/chat", force_new=True, transports=WS)
+            await a.next_event("connect")
+            assert (await a.emit_with_ack("join", "r"))[0]["rooms"] == sorted([a.sid, "r"])
+            await pub.emit_with_ack("publish", "r", "m", 0)
+            got = [(await a.next_event("m")).args]
+            await a.retarget(d2.url)
+            await a.cut()
+            await a.next_event("disconnect")
+            with trio.fail_after(10):  # until d1 stored the session in Redis
+                while not (await redis_server.cli("keys", "sio:session:*")).strip():
+                    await trio.sleep(0.05)
+            for n in (1, 2):
+                await pub.emit_with_ack("publish", "r", "m", n)
+            await a.reconnect()
+            assert (await a.next_event("connect")).args == [a.sid, True]
+            got += [(await a.next_event("m")).args for _ in range(2)]
+            await a.no_event("m", wait=0.2)
+            assert [args[0] for args in got] == [0, 1, 2]
+            assert all(STREAM_ID.match(args[-1]) for args in got)
