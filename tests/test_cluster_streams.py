@@ -19,6 +19,7 @@ import msgpack
 import pytest
 import trio
 from cluster_harness import NodePeer
+from daemon_proc import running_daemon, short_dir
 from test_cluster_classic import until
 from test_recovery import server_cut
 
@@ -446,8 +447,6 @@ name = "/chat"
 
 
 async def test_roomd_serve_relays_recover_across_nodes(node, redis_server):
-    from daemon_proc import running_daemon, short_dir
-
     config = STREAMS_RELAY.format(url=redis_server.url)
     with short_dir() as dir1, short_dir() as dir2:
         async with running_daemon(dir1, config) as d1, running_daemon(dir2, config) as d2:
