@@ -412,7 +412,12 @@ class RedisStreamsAdapter(ShardedRedisAdapter):
 
     async def share_session(self, record: SessionRecord) -> None:
         assert self.recovery is not None
-        value = wire.encode_session(record.sid, record.pid, sorted(record.rooms), record.data)
+        try:
+            value = wire.encode_session(record.sid, record.pid, sorted(record.rooms),
+                                        record.data)
+        except Exception as exc:  # data msgpack cannot carry: kept on this node only
+            logger.warning("socket %s: session not shared (%s)", record.sid, _describe(exc))
+            return
         px = max(1, int(self.recovery.max_disconnection_duration * 1000))
         if await self.streams.set_session(self._session_key(record.pid), value, px):
             self._shared.add(record.pid)
