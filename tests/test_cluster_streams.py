@@ -474,3 +474,20 @@ async def test_roomd_serve_relays_recover_across_nodes(node, redis_server):
             await a.no_event("m", wait=0.2)
             assert [args[0] for args in got] == [0, 1, 2]
             assert all(STREAM_ID.match(args[-1]) for args in got)
+
+
+async def test_garbage_in_the_stream_is_dropped(start_server, node, redis_server):
+    a, b = make_roomd(redis_server.url), make_roomd(redis_server.url)
+    srv_a = await start_server(a)
+    await start_server(b)
+    await ready([a, b], [], 2)
+    x = await node.connect(srv_a.url, auth={"room": "r"}, force_new=True, transports=WS)
+    await x.next_event("connect")
+    for fields in (["uid", "u", "nsp", "/", "type", "3", "data", "{nope"],
+                   ["uid", "u", "nsp", "/", "type", "3", "data", "!!"],
+                   ["uid", "u", "nsp", "/", "type", "3", "data", '{"packet":1}'],
+                   ["uid", "u", "nsp", "/", "type", "x"], ["junk", "1"]):
+        await redis_server.cli("xadd", "socket.io", "*", *fields)
+    await b.to("r").emit("after", 1)
+    assert (await x.next_event("after")).args[0] == 1
+    assert a.adapter_factory.streams.up
