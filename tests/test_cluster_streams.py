@@ -491,3 +491,20 @@ async def test_garbage_in_the_stream_is_dropped(start_server, node, redis_server
     await b.to("r").emit("after", 1)
     assert (await x.next_event("after")).args[0] == 1
     assert a.adapter_factory.streams.up
+
+
+async def test_without_recovery_no_offsets(start_server, node, node_peer, redis_server):
+    a = roomd.Server(adapter=RedisAdapterFactory(redis_server.url, mode="streams"))
+    srv_a = await start_server(a)
+    peer = await node_peer(redis_server.url, mode="streams")
+    await ready([a], [peer], 2)
+    sa = await node.connect(srv_a.url, force_new=True, transports=WS)
+    sn = await node.connect(peer.url, force_new=True, transports=WS)
+    await sa.next_event("connect")
+    await sn.next_event("connect")
+    assert (await sa.state())["pid"] is None
+    await a.emit("plain", 1)
+    await peer.command("emit", target=NodePeer.target(), event="plain", args=[2])
+    for sock in (sa, sn):
+        got = sorted([(await sock.next_event("plain")).args for _ in range(2)])
+        assert got == [[1], [2]]
