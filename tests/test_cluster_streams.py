@@ -5,8 +5,12 @@ roomd nodes with ``RedisAdapterFactory(mode="streams")`` and Node.js nodes with
 loses its transport (cut on the server side, by destroying its TCP connection), other
 clients publish to its room meanwhile, and it reconnects to ANOTHER node within the
 window: same id and rooms, ``recovered`` true, every missed event exactly once and in
-order, the offsets being stream entry ids. After the window: a fresh session. With Redis
-down, each node keeps serving its own clients.
+order, the offsets being stream entry ids (roomd to roomd, roomd to Node.js, Node.js to
+roomd, under continuous publishing too, and through two ``roomd serve`` relays). After
+the window: a fresh session; a session is restored once, wherever. With Redis down, each
+node keeps serving its own clients and recovers the sessions it kept itself. Also: the
+session as Node stores it, requests and acks over pub/sub with Node.js, garbage in the
+stream, a Redis Cluster refused.
 """
 
 from __future__ import annotations

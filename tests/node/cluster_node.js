@@ -37,6 +37,7 @@
 //   localRooms {nsp}                              -> {rooms: {room: [sid...]}}
 //   emitter {op, target, event, args, rooms, close}  op: emit | socketsJoin | socketsLeave |
 //                                                 disconnectSockets | serverSideEmit
+//   cut {nsp, sid}                                destroy the TCP connection under a socket
 //   close {}                                      -> {} then exit
 // Clients: on connection socket.data = {node: true, ...auth.data}; client events "join" (rooms)
 // and "leave" (rooms) are answered with the socket's rooms. The process exits when stdin closes
@@ -261,9 +262,6 @@ const handlers = {
     if (raw) raw.destroy();
     else s.conn.close();
     return {};
-  },
-  async hasSocket(cmd) {
-    return { found: io.of(cmd.nsp || "/").sockets.has(cmd.sid) };
   },
   async close() { return {}; },
 };
