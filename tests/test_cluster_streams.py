@@ -229,6 +229,7 @@ async def test_redis_down_local_serving_continues(start_server, node, redis_serv
 
     status = a.adapter_factory.status()
     assert status["redis"] == "down" and status["stream_up"] is False
+    assert status["stream_appended"] >= 1 and status["stream_failed"] >= 1
     assert status["mode"] == "streams" and status["stream"] == "socket.io"
 
     await redis_server.start()
