@@ -5,7 +5,8 @@
 - :class:`RedisClusterServers`: three ``redis-server --cluster-enabled yes`` masters joined
   with ``redis-cli --cluster create``.
 - :class:`NodePeer`: ``node tests/node/cluster_node.js`` (a Socket.IO server with
-  @socket.io/redis-adapter, and @socket.io/redis-emitter), driven in JSON lines; see the
+  @socket.io/redis-adapter or @socket.io/redis-streams-adapter, with connection state recovery
+  when asked, and @socket.io/redis-emitter), driven in JSON lines; see the
   protocol at the top of that file.
 - fixtures ``redis_server``, ``redis_cluster``, ``node_peer`` (a factory).
 
@@ -171,9 +172,12 @@ class NodePeer:
     def __init__(self, redis_url: str, *, mode: str = "classic", cluster: bool = False,
                  key: str = "socket.io", namespaces: tuple[str, ...] = (),
                  server: bool = True, requests_timeout: float = 5.0,
-                 command_timeout: float = 15, watchdog: float = 120) -> None:
+                 command_timeout: float = 15, watchdog: float = 120,
+                 recovery: float = 0) -> None:
         self.args = ["--redis", redis_url, "--mode", mode, "--key", key,
                      "--requests-timeout", str(int(requests_timeout * 1000))]
+        if recovery:
+            self.args += ["--recovery", str(int(recovery * 1000))]
         for name in namespaces:
             self.args += ["--nsp", name]
         if cluster:

@@ -214,6 +214,10 @@ class NodeSocket:
         """``socket.connect()`` again after a disconnect (with its pid and offset)."""
         await self.client.command("reconnect", sock=self.handle)
 
+    async def retarget(self, url: str) -> None:
+        """Make the client's next reconnection go to ``url`` (another node)."""
+        await self.client.command("retarget", sock=self.handle, url=url)
+
     async def cut(self, silent: bool = False) -> None:
         """Cut the transport as a network failure would (see ``cut`` in client.js)."""
         await self.client.command("cut", sock=self.handle, silent=silent)

@@ -60,6 +60,9 @@ def test_cluster_config_defaults_and_values(tmp_path, monkeypatch):
     ('key = ""', "cluster.key must not be empty"),
     ('url = "http://x"', "cluster.url must be a redis://"),
     ('urls = ["redis://x"]', "unknown key 'cluster.urls'"),
+    ('stream = ""', "cluster.stream must not be empty"),
+    ('stream_maxlen = 0', "cluster.stream_maxlen must be at least 1"),
+    ('stream_maxlen = 1.5', "cluster.stream_maxlen must be an integer"),
 ])
 def test_cluster_config_errors_name_the_key(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

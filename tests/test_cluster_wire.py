@@ -8,8 +8,10 @@ and, where roomd would send the same message, roomd's encoding is compared byte 
 
 from __future__ import annotations
 
+import base64
 import datetime
 
+import msgpack
 import pytest
 
 from roomd.cluster import wire
@@ -194,3 +196,66 @@ def test_passwords_stay_out_of_logs_and_status():
     assert redacted("redis://:s3cret@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
     assert redacted("rediss://app:s3cret@r.example:6380") == "rediss://app:***@r.example:6380"
     assert redacted("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379"
+
+
+# -- @socket.io/redis-streams-adapter 0.3 (lib/adapter.ts: encode, decode; SET of sessions) ----
+def test_stream_entry_json_and_binary():
+    data = {"packet": {"type": 2, "data": ["ev", 1]},
+            "opts": {"rooms": ["r"], "except": [], "flags": {}}}
+    fields = wire.encode_stream_entry("98d74cf929fa2279", "/", MessageType.BROADCAST, data)
+    assert fields == {"uid": "98d74cf929fa2279", "nsp": "/", "type": "3",
+                      "data": '{"packet":{"type":2,"data":["ev",1]},'
+                              '"opts":{"rooms":["r"],"except":[],"flags":{}}}'}
+    assert wire.decode_stream_entry({k.encode(): v.encode() for k, v in fields.items()}) == {
+        "uid": "98d74cf929fa2279", "nsp": "/", "type": 3, "data": data}
+    binary = {"packet": {"type": 2, "data": ["ev", b"\x00\x01"]}, "opts": data["opts"]}
+    fields = wire.encode_stream_entry("u", "/", MessageType.BROADCAST, binary)
+    assert not fields["data"].startswith("{")  # base64 msgpack, as Buffer.toString("base64")
+    assert wire.decode_stream_entry(fields)["data"] == binary
+    # a join carries no binary: JSON even with bytes-looking content is not possible
+    join = wire.encode_stream_entry("u", "/", MessageType.SOCKETS_JOIN,
+                                    {"opts": {"rooms": [], "except": []}, "rooms": ["a"]})
+    assert join["type"] == "4" and join["data"].startswith("{")
+    # a heartbeat-like message without data has no data field
+    assert wire.encode_stream_entry("u", "/", MessageType.HEARTBEAT, None) == {
+        "uid": "u", "nsp": "/", "type": "2"}
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"uid": "u", "nsp": "/"}, {"uid": "u", "nsp": "/", "type": "x"},
+    {"uid": "u", "nsp": "/", "type": "3", "data": "{nope"},
+    {"uid": "u", "nsp": "/", "type": "3", "data": "!!notbase64"},
+    {"uid": "u", "nsp": "/", "type": "3", "data": "kQE="},  # msgpack [1]: not an object
+    {b"uid": b"\xff", b"nsp": b"/", b"type": b"3"},
+])
+def test_stream_entry_garbage_raises_wire_error(fields):
+    with pytest.raises(wire.WireError):
+        wire.decode_stream_entry(fields)
+
+
+def test_pubsub_requests_are_msgpack():
+    payload = wire.encode_pubsub_message("u", "/", MessageType.FETCH_SOCKETS,
+                                         {"opts": {"rooms": []}, "requestId": "1"})
+    assert payload[:1] != b"{"
+    assert wire.decode_cluster_message(payload) == {
+        "type": 7, "data": {"opts": {"rooms": []}, "requestId": "1"}, "uid": "u", "nsp": "/"}
+
+
+def test_stream_ids():
+    assert wire.parse_stream_id("1700000000000-3") == (1700000000000, 3)
+    for bad in (None, 3, "", "1", "1-", "-1", "a-1", "1-2-3", "1-" + "9" * 40, "١-1"):
+        assert wire.parse_stream_id(bad) is None
+    assert wire.next_stream_id((5, 1)) == "5-2"
+    assert wire.next_stream_id((5, 2**64 - 1)) == "6-0"
+
+
+def test_session_as_node_stores_it():
+    raw = wire.encode_session("sid1", "pid1", ["sid1", "r"], {"node": True})
+    assert msgpack.unpackb(base64.b64decode(raw)) == {
+        "sid": "sid1", "pid": "pid1", "rooms": ["sid1", "r"], "data": {"node": True}}
+    assert wire.decode_session(raw.encode()) == ("sid1", "pid1", frozenset({"sid1", "r"}),
+                                                 {"node": True})
+    for bad in (b"!!", base64.b64encode(msgpack.packb([1])), base64.b64encode(
+            msgpack.packb({"sid": 1, "pid": "p"}))):
+        with pytest.raises(wire.WireError):
+            wire.decode_session(bad)

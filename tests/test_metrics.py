@@ -192,7 +192,8 @@ class ReportingFactory(AdapterFactory):
         return {"adapter": "redis", "mode": "classic", "redis": "up", "published": 12,
                 "dropped": 1, "connects": 2, "requests": {"fetch_sockets": 4},
                 "request_seconds": {"fetch_sockets": 0.5},
-                "request_timeouts": {"fetch_sockets": 1}}
+                "request_timeouts": {"fetch_sockets": 1}, "stream_appended": 5,
+                "stream_read": 9, "stream_failed": 0}
 
     async def server_count(self) -> int:
         return 3
@@ -209,6 +210,9 @@ async def test_cluster_figures(nursery, start_server):
     assert s.value("roomd_cluster_published_total") == 12
     assert s.value("roomd_cluster_dropped_total") == 1
     assert s.value("roomd_cluster_connects_total") == 2
+    assert s.value("roomd_cluster_stream_appended_total") == 5
+    assert s.value("roomd_cluster_stream_read_total") == 9
+    assert s.value("roomd_cluster_stream_failed_total") == 0
     assert s.value("roomd_cluster_requests_total", type="fetch_sockets") == 4
     assert s.value("roomd_cluster_request_seconds_total", type="fetch_sockets") == 0.5
     assert s.value("roomd_cluster_request_timeouts_total", type="fetch_sockets") == 1

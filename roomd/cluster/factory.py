@@ -24,10 +24,11 @@ from .base import RedisAdapterBase, RequestStats
 from .classic import ClassicRedisAdapter
 from .link import RedisLink
 from .sharded import ShardedRedisAdapter
+from .streams import DEFAULT_MAXLEN, DEFAULT_STREAM, RedisStreamsAdapter, StreamLink
 
 logger = logging.getLogger("roomd.cluster")
 
-MODES = ("classic", "sharded")
+MODES = ("classic", "sharded", "streams")
 DEFAULT_KEY = "socket.io"
 # The Node.js adapters' requestsTimeout default.
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -41,29 +42,42 @@ class RedisAdapterFactory(AdapterFactory):
     ``url`` is a redis:// URL (a node of a Redis Cluster is found to be one);
     ``key`` the channel prefix (the Node adapters' ``key`` /
     ``channelPrefix``); ``mode`` "classic" (``createAdapter``) or "sharded"
-    (``createShardedAdapter``); ``request_timeout`` in seconds.
+    (``createShardedAdapter``) or "streams" (@socket.io/redis-streams-adapter's
+    ``createAdapter``, which also recovers sessions across nodes; ``stream`` and
+    ``stream_maxlen`` are its ``streamName`` and ``maxLen``); ``request_timeout``
+    in seconds.
     """
 
     def __init__(self, url: str, *, key: str = DEFAULT_KEY, mode: str = "classic",
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT, stream: str = DEFAULT_STREAM,
+                 stream_maxlen: int = DEFAULT_MAXLEN) -> None:
         if mode not in MODES:
             raise ConfigError(f"cluster mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not request_timeout > 0:
             raise ConfigError("cluster request_timeout must be positive")
         if not key:
             raise ConfigError("cluster key must not be empty")
+        if not stream:
+            raise ConfigError("cluster stream must not be empty")
+        if stream_maxlen < 1:
+            raise ConfigError("cluster stream_maxlen must be positive")
         self.url = url
         self.key = key
         self.mode = mode
         self.request_timeout = float(request_timeout)
         self.link = RedisLink(url, sharded=mode == "sharded")
+        self.streams = StreamLink(url, stream=stream, maxlen=stream_maxlen)
         self.adapters: dict[str, RedisAdapterBase] = {}
         self.servers: int | None = None  # last server count of "/" (None: not known yet)
         self.stats = RequestStats()
         self._nursery: trio.Nursery | None = None
 
     def create(self, namespace: str, context: AdapterContext) -> RedisAdapterBase:
-        cls = ShardedRedisAdapter if self.mode == "sharded" else ClassicRedisAdapter
+        cls: type[RedisAdapterBase] = ClassicRedisAdapter
+        if self.mode == "sharded":
+            cls = ShardedRedisAdapter
+        elif self.mode == "streams":
+            cls = RedisStreamsAdapter
         adapter = self.adapters[namespace] = cls(namespace, context, self)
         return adapter
 
@@ -71,6 +85,8 @@ class RedisAdapterFactory(AdapterFactory):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.link.run)
+            if self.mode == "streams":
+                await nursery.start(self.streams.run)
             nursery.start_soon(self._count_servers)
             task_status.started()
 
@@ -94,9 +110,15 @@ class RedisAdapterFactory(AdapterFactory):
             logger.exception("cluster background job failed")
 
     def status(self) -> dict[str, Any]:
-        return {"adapter": "redis", "mode": self.mode, "url": self.link.shown_url, "key": self.key,
-                "request_timeout": self.request_timeout, "servers": self.servers,
-                **self.link.status(), **self.stats.status()}
+        status = {"adapter": "redis", "mode": self.mode, "url": self.link.shown_url,
+                  "key": self.key, "request_timeout": self.request_timeout,
+                  "servers": self.servers, **self.link.status(), **self.stats.status()}
+        if self.mode == "streams":
+            status.update(self.streams.status())
+            if status["redis"] == "up" and not self.streams.up:
+                status["redis"] = "down"  # up means both: pub/sub and the stream
+                status["last_error"] = self.streams.last_error
+        return status
 
     async def server_count(self) -> int:
         """Nodes serving the main namespace (this one included); 1 while Redis is down."""

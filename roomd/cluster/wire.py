@@ -11,7 +11,11 @@ Two protocols, which do not talk to each other (a cluster speaks one):
 - the *cluster* one of socket.io-adapter's ``ClusterAdapter``, spoken by the
   sharded adapter (``createShardedAdapter``): ``{uid, nsp, type, data}`` as
   JSON, or msgpack when the data holds binary, on ``<key>#<nsp>#`` (and a
-  room's own channel), responses on ``<key>#<nsp>#<uid>#``.
+  room's own channel), responses on ``<key>#<nsp>#<uid>#``; and by
+  ``@socket.io/redis-streams-adapter`` 0.3: broadcasts without acks,
+  joins, leaves and disconnects as stream entries (fields uid, nsp, type,
+  data: JSON text, or base64 msgpack when it holds binary), the rest as
+  msgpack on pub/sub; kept sessions as base64 msgpack.
 
 Binary values are msgpack bin on the wire and ``bytes`` here; msgpack
 timestamps (JavaScript Dates) decode to the ISO 8601 string a Node server
@@ -22,6 +26,7 @@ shape; receivers log and drop such messages. No I/O here.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import enum
 import json
@@ -400,3 +405,113 @@ def decode_cluster_message(payload: bytes) -> dict[str, Any]:
     if data is not None and not isinstance(data.get("requestId"), str | int | None):
         raise WireError("requestId must be a string")
     return value
+
+
+# -- the streams adapter (@socket.io/redis-streams-adapter 0.3) -------------------------------
+# An entry of the stream: fields uid, nsp, type (decimal text) and data (JSON text, or base64
+# msgpack when the data holds binary); its id "<ms>-<seq>" is the offset clients are given.
+# What does not go through the stream (requests, answers) is the whole message as msgpack on
+# pub/sub. A session is base64 msgpack {sid, pid, rooms, data}.
+STREAM_TYPES = frozenset({MessageType.BROADCAST, MessageType.SOCKETS_JOIN,
+                          MessageType.SOCKETS_LEAVE, MessageType.DISCONNECT_SOCKETS})
+# Stream ids are two unsigned 64-bit numbers.
+_MAX_ID_PART = 2**64 - 1
+
+
+def encode_stream_entry(uid: str, namespace: str, kind: MessageType,
+                        data: dict[str, Any] | None) -> dict[str, str]:
+    """The fields of a stream entry, in the Node adapter's order."""
+    fields = {"uid": uid, "nsp": namespace, "type": str(int(kind))}
+    if data:
+        if kind in MAY_HOLD_BINARY and has_binary(data):
+            fields["data"] = base64.b64encode(pack(data)).decode("ascii")
+        else:
+            fields["data"] = dump_json(data).decode()
+    return fields
+
+
+def _field(fields: Any, name: str) -> str | None:
+    value = fields.get(name, fields.get(name.encode()))
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise WireError(f"stream field {name} is not UTF-8") from None
+    return value if isinstance(value, str) else None
+
+
+def decode_stream_entry(fields: Any) -> dict[str, Any]:
+    """``{uid, nsp, type, data}`` out of a stream entry's fields; raises WireError."""
+    if not isinstance(fields, dict):
+        raise WireError("a stream entry must be a mapping")
+    uid, nsp, kind = _field(fields, "uid"), _field(fields, "nsp"), _field(fields, "type")
+    if uid is None or nsp is None:
+        raise WireError("a stream entry needs uid and nsp")
+    if kind is None or not (kind.isascii() and kind.isdigit()) or len(kind) > 4:
+        raise WireError(f"invalid stream entry type {kind!r}")
+    message: dict[str, Any] = {"uid": uid, "nsp": nsp, "type": int(kind)}
+    raw = _field(fields, "data")
+    if raw:
+        if raw.startswith("{"):
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                raise WireError(f"invalid JSON: {exc}") from None
+        else:
+            try:
+                packed = base64.b64decode(raw, validate=True)
+            except ValueError:
+                raise WireError("stream entry data is neither JSON nor base64") from None
+            data = unpack(packed)
+        if not isinstance(data, dict):
+            raise WireError("message data must be an object")
+        message["data"] = data
+    return message
+
+
+def encode_pubsub_message(uid: str, namespace: str, kind: MessageType,
+                          data: dict[str, Any] | None = None) -> bytes:
+    """A request or an answer of the streams adapter: always msgpack."""
+    message: dict[str, Any] = {"type": int(kind)}
+    if data is not None:
+        message["data"] = data
+    message["uid"] = uid
+    message["nsp"] = namespace
+    return pack(message)
+
+
+def parse_stream_id(value: Any) -> tuple[int, int] | None:
+    """``"<ms>-<seq>"`` as two numbers, None for anything else."""
+    if not isinstance(value, str) or len(value) > 41:
+        return None
+    ms, dash, seq = value.partition("-")
+    if not dash or not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        return None
+    parsed = int(ms), int(seq)
+    return parsed if max(parsed) <= _MAX_ID_PART else None
+
+
+def next_stream_id(value: tuple[int, int]) -> str:
+    """The smallest id after ``value`` (XRANGE's exclusive start, as Redis < 6.2 needs it)."""
+    ms, seq = value
+    return f"{ms + 1}-0" if seq == _MAX_ID_PART else f"{ms}-{seq + 1}"
+
+
+def encode_session(sid: str, pid: str, rooms: Iterable[str], data: Any) -> str:
+    """A kept session as the Node adapter stores it."""
+    return base64.b64encode(pack({"sid": sid, "pid": pid, "rooms": list(rooms),
+                                  "data": data})).decode("ascii")
+
+
+def decode_session(raw: bytes | str) -> tuple[str, str, frozenset[str], Any]:
+    """``(sid, pid, rooms, data)`` of a stored session; raises WireError."""
+    try:
+        value = unpack(base64.b64decode(raw, validate=True))
+    except ValueError:
+        raise WireError("a session must be base64") from None
+    if not isinstance(value, dict):
+        raise WireError("a session must be an object")
+    sid, pid = value.get("sid"), value.get("pid")
+    if not isinstance(sid, str) or not isinstance(pid, str):
+        raise WireError("a session needs sid and pid")
+    return sid, pid, room_list(value.get("rooms")), value.get("data")

@@ -77,7 +77,7 @@ ADMIN_UI_MODES = ("development", "production")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 _LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):([0-9]{1,5})$")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop")
-CLUSTER_ADAPTERS = ("memory", "redis")
+CLUSTER_ADAPTERS = ("memory", "redis", "redis-streams")
 CLUSTER_MODES = ("classic", "sharded")
 _APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _AUTH_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -217,6 +217,9 @@ class ClusterConfig:
     ``adapter = "redis"`` turns it on (the default "memory" is one process);
     ``mode`` is the Node adapter the cluster speaks: "classic"
     (``createAdapter``) or "sharded" (``createShardedAdapter``).
+    ``adapter = "redis-streams"`` speaks @socket.io/redis-streams-adapter
+    instead (``mode`` is ignored): ``stream`` and ``stream_maxlen`` are its
+    stream name and MAXLEN; it recovers sessions across nodes.
     """
 
     adapter: str = "memory"
@@ -224,6 +227,8 @@ class ClusterConfig:
     key: str = "socket.io"
     mode: str = "classic"
     request_timeout: float = 5.0
+    stream: str = "socket.io"
+    stream_maxlen: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -407,7 +412,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "max_body": "integer",
     },
     "cluster": {"adapter": "string", "url": "string", "key": "string", "mode": "string",
-                "request_timeout": "number"},
+                "request_timeout": "number", "stream": "string", "stream_maxlen": "integer"},
 }
 _NAMESPACE_SCHEMA = {
     "name": "string",
@@ -525,6 +530,9 @@ def _build(raw: dict, where: str) -> Config:
         raise ConfigError(f"cluster.url must be a redis://, rediss:// or unix:// URL, "
                           f"got {cluster.url!r}")
     _at_least("cluster.request_timeout", cluster.request_timeout, 0, strict=True)
+    if not cluster.stream:
+        raise ConfigError("cluster.stream must not be empty")
+    _at_least("cluster.stream_maxlen", cluster.stream_maxlen, 1)
 
     metrics = MetricsConfig(**sections["metrics"])
     _check_listen("metrics.listen", metrics.listen)

@@ -101,12 +101,14 @@ def adapter_factory(config: Config) -> Any:
     roomd.cluster (and with it coredis) is imported only here, only then.
     """
     cluster = config.cluster
-    if cluster.adapter != "redis":
+    if cluster.adapter not in ("redis", "redis-streams"):
         return None
     from ..cluster.factory import RedisAdapterFactory
 
-    return RedisAdapterFactory(cluster.url, key=cluster.key, mode=cluster.mode,
-                               request_timeout=cluster.request_timeout)
+    mode = "streams" if cluster.adapter == "redis-streams" else cluster.mode
+    return RedisAdapterFactory(cluster.url, key=cluster.key, mode=mode,
+                               request_timeout=cluster.request_timeout, stream=cluster.stream,
+                               stream_maxlen=cluster.stream_maxlen)
 
 
 def server_options(config: Config) -> dict[str, Any]:

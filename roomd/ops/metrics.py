@@ -44,7 +44,8 @@ METRICS_PATH = "/metrics"
 
 CLUSTER_KEYS = """What is read of a cluster adapter factory's ``status()`` (all optional
 but ``adapter``): ``adapter``, ``mode``, ``redis`` ("up" when connected; or a boolean
-``redis_connected``), ``published``, ``dropped``, ``connects``, and per request type
+``redis_connected``), ``published``, ``dropped``, ``connects``, ``stream_appended``,
+``stream_read``, ``stream_failed``, and per request type
 ``requests``, ``request_seconds``, ``request_timeouts`` ({type: number}). The server
 count comes from the factory's ``async server_count()``, asked at scrape time (bounded
 by SERVER_COUNT_TIMEOUT). The in-memory adapter reports ``{"adapter": "memory"}``: no
@@ -181,6 +182,12 @@ class RoomdCollector(Collector):
             ("dropped", "roomd_cluster_dropped",
              "Messages that could not be published (Redis down)"),
             ("connects", "roomd_cluster_connects", "Connections made to Redis"),
+            ("stream_appended", "roomd_cluster_stream_appended",
+             "Entries this node appended to the Redis stream (streams adapter)"),
+            ("stream_read", "roomd_cluster_stream_read",
+             "Entries read from the Redis stream (streams adapter)"),
+            ("stream_failed", "roomd_cluster_stream_failed",
+             "Stream and session commands that failed (streams adapter)"),
         ):
             if isinstance(c.get(key), (int, float)):
                 yield _counter(name, doc, c[key])

@@ -205,11 +205,15 @@ class PacketLog:
         return len(self.entries)
 
     def append(self, parts: list[str | bytes], rooms: frozenset[str],
-               except_rooms: frozenset[str]) -> OutgoingMessage:
-        """Log an event (its Socket.IO parts); returns it encoded with its offset."""
+               except_rooms: frozenset[str], offset: str | None = None) -> OutgoingMessage:
+        """Log an event (its Socket.IO parts); returns it encoded with its offset.
+
+        ``offset`` is the one clients are given (a cluster's, such as a Redis
+        stream entry id, made of safe characters); by default this log's own.
+        """
         seq = self.last_seq + 1
         self.last_seq = seq
-        message = OutgoingMessage(with_offset(parts, f"{self.epoch}-{seq}"))
+        message = OutgoingMessage(with_offset(parts, offset or f"{self.epoch}-{seq}"))
         size = message_size(message)
         now = self.clock()
         self.entries.append(_Entry(seq, rooms, except_rooms, message, size, now))

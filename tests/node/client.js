@@ -37,6 +37,8 @@
 //               socket.recovered and the connection state recovery fields the client keeps
 //   reconnect   {sock}                 -> {} socket.connect() again after a disconnect (the
 //               client's own reconnection path: CONNECT with its pid and offset)
+//   retarget    {sock, url}            -> {} the Manager's next (re)connection goes to url
+//               (another node of a cluster: cross-node connection state recovery)
 //   cut         {sock, silent=false}                      -> {}
 //               cut the socket's Engine.IO transport as a network failure would, so the
 //               client reconnects (when reconnection is on). silent=false destroys the TCP
@@ -295,6 +297,11 @@ const handlers = {
 
   async reconnect(cmd) {
     getEntry(cmd).socket.connect();
+    return {};
+  },
+
+  async retarget(cmd) {
+    getEntry(cmd).socket.io.uri = cmd.url;
     return {};
   },
 

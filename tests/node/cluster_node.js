@@ -2,10 +2,14 @@
 // A Node.js Socket.IO server in a Redis cluster, for roomd's mixed-cluster tests
 // (tests/cluster_harness.py, NodePeer). Also drives @socket.io/redis-emitter.
 //
-//   node cluster_node.js --redis redis://127.0.0.1:PORT [--mode classic|sharded]
+//   node cluster_node.js --redis redis://127.0.0.1:PORT [--mode classic|sharded|streams]
 //        [--cluster] [--key socket.io] [--nsp /a --nsp /b] [--no-server]
-//        [--requests-timeout 5000]
+//        [--requests-timeout 5000] [--recovery MS]
 //
+// --mode streams uses @socket.io/redis-streams-adapter (stream "socket.io", channelPrefix
+// --key); --recovery MS turns connectionStateRecovery on with maxDisconnectionDuration MS.
+// The "whoami" client event is answered with {sid, rooms, data, recovered}; the "publish"
+// client event (room, n) emits "msg" n to that room and is answered "ok".
 // --cluster uses node-redis' createCluster (rootNodes from --redis); --no-server runs only the
 // emitter (no Socket.IO server, so it is not counted as a node). Prints one
 // {"event": "listening", "port": N} line once the server listens on 127.0.0.1 (or
@@ -33,6 +37,7 @@
 //   localRooms {nsp}                              -> {rooms: {room: [sid...]}}
 //   emitter {op, target, event, args, rooms, close}  op: emit | socketsJoin | socketsLeave |
 //                                                 disconnectSockets | serverSideEmit
+//   cut {nsp, sid}                                destroy the TCP connection under a socket
 //   close {}                                      -> {} then exit
 // Clients: on connection socket.data = {node: true, ...auth.data}; client events "join" (rooms)
 // and "leave" (rooms) are answered with the socket's rooms. The process exits when stdin closes
@@ -44,6 +49,7 @@ const readline = require("readline");
 const { Server } = require("socket.io");
 const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
 const { Emitter } = require("@socket.io/redis-emitter");
+const { createAdapter: createStreamsAdapter } = require("@socket.io/redis-streams-adapter");
 const { createClient, createCluster } = require("redis");
 
 const WATCHDOG_MS = Number(process.env.ROOMD_CLIENT_WATCHDOG_MS || 120000);
@@ -86,7 +92,7 @@ function decode(v) {
 // ---- arguments ---------------------------------------------------------------------------
 const argv = process.argv.slice(2);
 const opts = { mode: "classic", key: "socket.io", nsps: [], cluster: false, server: true,
-               requestsTimeout: 5000, redis: null };
+               requestsTimeout: 5000, redis: null, recovery: 0 };
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
   if (a === "--redis") opts.redis = argv[++i];
@@ -96,6 +102,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === "--cluster") opts.cluster = true;
   else if (a === "--no-server") opts.server = false;
   else if (a === "--requests-timeout") opts.requestsTimeout = Number(argv[++i]);
+  else if (a === "--recovery") opts.recovery = Number(argv[++i]);
   else { process.stderr.write(`unknown argument ${a}\n`); process.exit(2); }
 }
 
@@ -130,7 +137,21 @@ function namespace(name) {
   nsp.__roomdSetUp = true;
   nsp.on("connection", (socket) => {
     const auth = socket.handshake.auth || {};
-    socket.data = Object.assign({ node: true }, auth.data || {});
+    if (!socket.recovered) {
+      socket.data = Object.assign({ node: true }, auth.data || {});
+      if (auth.room) {
+        socket.join(auth.room);
+        socket.data.joined = auth.room;
+      }
+    }
+    socket.on("whoami", (ack) => {
+      ack({ sid: socket.id, rooms: [...socket.rooms].sort(), data: socket.data,
+            recovered: socket.recovered });
+    });
+    socket.on("publish", (room, n, ack) => {
+      socket.to(room).emit("msg", n);
+      if (typeof ack === "function") ack("ok");
+    });
     socket.on("join", (rooms, ack) => {
       socket.join(rooms);
       if (typeof ack === "function") ack([...socket.rooms]);
@@ -231,6 +252,17 @@ const handlers = {
     }
     return {};
   },
+  async cut(cmd) {
+    // Shut the TCP connection under a socket, as a dead network would.
+    const s = io.of(cmd.nsp || "/").sockets.get(cmd.sid);
+    if (!s) throw new Error(`no socket ${cmd.sid}`);
+    const transport = s.conn.transport;
+    const raw = transport.socket && transport.socket._socket ? transport.socket._socket
+      : (transport.req && transport.req.socket) || null;
+    if (raw) raw.destroy();
+    else s.conn.close();
+    return {};
+  },
   async close() { return {}; },
 };
 
@@ -265,11 +297,22 @@ async function main() {
     const sub = pub.duplicate();
     sub.on("error", (e) => process.stderr.write(`redis error: ${e && e.message}\n`));
     await sub.connect();
-    const adapter = opts.mode === "sharded"
-      ? createShardedAdapter(pub, sub, { channelPrefix: opts.key })
-      : createAdapter(pub, sub, { key: opts.key, requestsTimeout: opts.requestsTimeout });
+    let adapter;
+    if (opts.mode === "sharded") {
+      adapter = createShardedAdapter(pub, sub, { channelPrefix: opts.key });
+    } else if (opts.mode === "streams") {
+      adapter = createStreamsAdapter(pub, { channelPrefix: opts.key });
+    } else {
+      adapter = createAdapter(pub, sub, { key: opts.key, requestsTimeout: opts.requestsTimeout });
+    }
     const httpServer = http.createServer();
-    io = new Server(httpServer, { adapter, cors: { origin: "*" } });
+    const serverOpts = { adapter, cors: { origin: "*" } };
+    if (opts.recovery > 0) {
+      serverOpts.connectionStateRecovery = { maxDisconnectionDuration: opts.recovery };
+      serverOpts.pingInterval = 500;
+      serverOpts.pingTimeout = 500;
+    }
+    io = new Server(httpServer, serverOpts);
     for (const name of ["/", ...opts.nsps]) {
       const nsp = namespace(name);
       listenServerEvents(nsp);
