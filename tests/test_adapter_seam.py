@@ -239,3 +239,41 @@ async def test_a_local_broadcast_stays_on_its_server(start_server, node):
     await b.next_event("marker")
     with pytest.raises(trio.TooSlowError):  # the marker came after: "here" never will
         await b.next_event("here", timeout=0.2)
+
+
+class RecordingSession:
+    """A session that records what delivery puts in its outbox."""
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.closed = False
+        self.sent: list = []
+
+    def send(self, message, volatile: bool = False) -> bool:
+        self.sent.append(message.eio_parts[0])
+        return True
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+
+
+async def test_the_connect_reply_comes_before_anything_else(nursery):
+    """Registration and the CONNECT reply are one actor command: a broadcast that races
+    with a connecting socket reaches it after its CONNECT reply, never before."""
+    from roomd.rooms.acks import AckRegistry
+    from roomd.rooms.adapter import AdapterContext, Member
+    from roomd.rooms.delivery import Delivery
+    from roomd.rooms.manager import RoomManager
+    from roomd.rooms.taps import Taps
+    from roomd.transport.outbox import OutgoingMessage
+
+    manager = RoomManager()
+    await nursery.start(manager.run)
+    adapter = InMemoryAdapter("/", AdapterContext(manager, Delivery(), Taps(), AckRegistry()))
+    session = RecordingSession("s1")
+    member = Member("sock1", "/", session, owner=None)  # type: ignore[arg-type]
+    async with trio.open_nursery() as racers:
+        racers.start_soon(adapter.add_member, member, None, OutgoingMessage(['0{"sid":"sock1"}']))
+        racers.start_soon(adapter.broadcast, Emission("/", ["hello"]), BroadcastOptions())
+    assert session.sent[0] == '40{"sid":"sock1"}'
+    assert all(part.startswith("42") for part in session.sent[1:])
