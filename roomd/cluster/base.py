@@ -132,6 +132,21 @@ class RedisAdapterBase(InMemoryAdapter):
         self.requests: dict[str, PendingRequest] = {}
         self.ack_requests: dict[str, PendingAcks] = {}
 
+    # -- broadcasting: publish to the other nodes, then deliver here --------------------
+    async def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
+        """Put a broadcast on the wire in this mode's format."""
+        raise NotImplementedError
+
+    async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
+        if not opts.local:
+            await self._publish_broadcast(emission, opts)
+        await super().broadcast(emission, opts)
+
+    async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
+        if not opts.local:
+            await self._publish_broadcast(emission, opts)
+        return await super().broadcast_count(emission, opts)
+
     def status(self) -> dict[str, Any]:
         return {"adapter": "redis", "mode": self.mode, "uid": self.uid,
                 "requests_waiting": len(self.requests) + len(self.ack_requests)}

@@ -121,16 +121,6 @@ class ShardedRedisAdapter(RedisAdapterBase):
             "opts": self._opts(opts)}, channel)
 
     # -- the operations ----------------------------------------------------------------
-    async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
-        if not opts.local:
-            await self._publish_broadcast(emission, opts)
-        await super().broadcast(emission, opts)
-
-    async def broadcast_count(self, emission: Emission, opts: BroadcastOptions) -> int:
-        if not opts.local:
-            await self._publish_broadcast(emission, opts)
-        return await super().broadcast_count(emission, opts)
-
     async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
                                  on_count: Callable[[int], None],
                                  on_ack: Callable[[str, list], None]) -> Callable[[], None]:
