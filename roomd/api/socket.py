@@ -308,17 +308,13 @@ class Socket:
         await self._connection.close_socket(self, "server namespace disconnect")
 
     async def registered(self) -> None:
-        """Make the socket a member of the namespace and send the CONNECT reply.
+        """Make the socket a member of the namespace (its own room included).
 
-        The reply is the first packet the client gets in this namespace:
-        anything emitted to the socket (a recovered socket's missed packets
-        included) comes after it. The socket counts as connected from then on.
+        A recovered socket rejoins its rooms and is sent what it missed.
         """
-        restored, self._restored = self._restored, None
-        reply = sio.Packet(sio.PacketType.CONNECT, self.namespace.name, self.connect_reply())
-        await self._adapter.add_member(self._member, restored,
-                                       OutgoingMessage(sio.encode(reply)))
         self.connected = True
+        restored, self._restored = self._restored, None
+        await self._adapter.add_member(self._member, restored)
 
     async def give_back_session(self) -> None:
         """Keep a restored session again when the socket was not registered after all

@@ -119,16 +119,13 @@ class InMemoryAdapter:
         return {"sessions": len(sessions), "packets": len(log), "bytes": log.bytes}
 
     # -- membership of one local socket ------------------------------------
-    async def add_member(self, member: Member, restored: RestoredSession | None = None,
-                         welcome: OutgoingMessage | None = None) -> None:
+    async def add_member(self, member: Member, restored: RestoredSession | None = None) -> None:
         """Register a socket; it joins the room named by its own id.
 
-        ``welcome`` (the CONNECT reply) is sent first, in the same command, so
-        that nothing reaches the client before it. A ``restored`` session's
-        rooms are joined and its missed packets replayed in that command too,
-        so no broadcast falls between.
+        A ``restored`` session's rooms are joined and its missed packets
+        replayed in the same command, so no broadcast falls between.
         """
-        await self._manager.call(self._add_member, member, restored, welcome)
+        await self._manager.call(self._add_member, member, restored)
 
     async def add_all(self, member: Member, rooms: Iterable[str]) -> None:
         await self._manager.call(self._join, member, tuple(rooms))
@@ -272,10 +269,7 @@ class InMemoryAdapter:
         return len(self.members), rooms
 
     # -- command bodies (run in the manager task) -----------------------------
-    def _add_member(self, member: Member, restored: RestoredSession | None = None,
-                    welcome: OutgoingMessage | None = None) -> None:
-        if welcome is not None:
-            self._delivery.send_one(member, welcome)
+    def _add_member(self, member: Member, restored: RestoredSession | None = None) -> None:
         self.members[member.id] = member
         self._join(member, (member.id,))
         log = self._log
