@@ -298,6 +298,7 @@ class Connection:
         self.ever_connected = True
         self.sockets[name] = socket
         await socket.registered()
+        # no checkpoint between these two: see Socket.registered
         await socket.send_packet(sio.Packet(sio.PacketType.CONNECT, name, socket.connect_reply()))
         await namespace.connected(socket)
 

@@ -310,11 +310,14 @@ class Socket:
     async def registered(self) -> None:
         """Make the socket a member of the namespace (its own room included).
 
-        A recovered socket rejoins its rooms and is sent what it missed.
+        A recovered socket rejoins its rooms and is sent what it missed. The
+        socket counts as connected once this returns: the caller queues the
+        CONNECT reply at once (no await between), so nothing emitted to a
+        connected socket (a ``token_expired``, say) can overtake that reply.
         """
-        self.connected = True
         restored, self._restored = self._restored, None
         await self._adapter.add_member(self._member, restored)
+        self.connected = True
 
     async def give_back_session(self) -> None:
         """Keep a restored session again when the socket was not registered after all
