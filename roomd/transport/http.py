@@ -200,7 +200,17 @@ class _HttpConnection:
         fd = stream.socket.fileno()
         try:
             data = os.read(fd, RECEIVE_SIZE)
-        except OSError:  # nothing yet (or an error trio's read reports): h11 reads
+        except BlockingIOError:
+            # Not here yet (two connections in three in the idle bench): wait for it.
+            with trio.move_on_after(self.engine.options.head_timeout) as scope:
+                await trio.lowlevel.wait_readable(fd)
+            if scope.cancelled_caught:
+                return True  # nothing came: the connection ends, as on h11's path
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except OSError:  # woken for nothing, or an error trio's read reports: h11 reads
+                return False
+        except OSError:
             return False
         parsed = self._fast_parse(data)
         if parsed is None:
