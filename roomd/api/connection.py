@@ -49,6 +49,9 @@ QUEUE_LIMIT = 64
 # is let in when the queue is empty): docs/limits.md counts on it.
 
 
+_NO_QUEUE: collections.deque = collections.deque(maxlen=0)  # shared, always empty
+
+
 class ConnectionCounters:
     """Counts kept by every connection of a server, read at scrape time."""
 
@@ -99,7 +102,9 @@ class Connection:
         self.sockets: dict[str, Socket] = {}
         self.decoder = sio.Decoder(max_bytes=session.engine.options.max_payload)
         self.ever_connected = False
-        self._queue: collections.deque[tuple[sio.Packet, int]] = collections.deque()
+        # Made for the first packet and dropped when the last worker is done: an idle
+        # connection holds no queue (600 bytes each; docs/performance.md, issue 12).
+        self._queue: collections.deque[tuple[sio.Packet, int]] = _NO_QUEUE
         # Wire bytes of the client's input held here (counted in the engine's budget).
         self._queued_bytes = 0
         self._handling_bytes = 0
@@ -144,6 +149,8 @@ class Connection:
             await self._room.wait()
         if self.session.closed:
             return
+        if self._queue is _NO_QUEUE:
+            self._queue = collections.deque()
         self._queue.append((packet, size))
         self._queued_bytes += size
         if (not self._starting and self._workers < self.context.max_concurrent_handlers
@@ -203,6 +210,8 @@ class Connection:
             session.account_input()  # what was handled leaves the budget
         finally:
             self._workers -= 1
+            if not self._workers and not queue:
+                self._queue = _NO_QUEUE
 
     def _handler_failed(self, packet: sio.Packet) -> None:
         self.context.counters.handler_errors += 1
