@@ -89,10 +89,19 @@ class _HttpConnection:
     def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str) -> None:
         self.engine = engine
         self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._conn: h11.Connection | None = None
         self.websocket: tuple[bytes, RequestInfo, str | None] | None = None
         self.address = address
         self.half_open = True  # counted in engine.admission from accept
+
+    @property
+    def conn(self) -> h11.Connection:
+        """The h11 parser, made on first use (a fast upgrade never needs one)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = h11.Connection(h11.SERVER,
+                                               max_incomplete_event_size=MAX_HEAD_BYTES)
+        return conn
 
     def _set_half_open(self, half_open: bool) -> bool:
         """Count this connection as half-open (reading a request) or not; False when full."""
