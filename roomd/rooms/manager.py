@@ -14,6 +14,12 @@ to one socket leave in one write.
 
 Readers of membership may look at it directly: trio runs one task at a
 time and only the manager task mutates it.
+
+A :meth:`RoomManager.call` made while the manager is idle (no command
+queued or being handed to it) runs at once in the caller's task: with
+nothing ahead of it, running it there keeps every order the actor
+guarantees, and saves the two task switches and the Event of the round trip
+(docs/performance.md, issue 12: a connection's CONNECT makes one).
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ class RoomManager:
     def __init__(self, write_batch: WriteBatch | None = None) -> None:
         self.batch = write_batch or WriteBatch()
         self._send, self._receive = trio.open_memory_channel[tuple](COMMAND_QUEUE)
+        # Commands sent to run() and not executed yet (queued, or handed to the
+        # parked receiver); while it is 0 a call may run in the caller's task.
+        self._pending = 0
+        self._running = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Execute commands until cancelled.
@@ -60,27 +70,32 @@ class RoomManager:
         (``cast``); the manager keeps running.
         """
         task_status.started()
+        self._running = True
         try:
             receive = self._receive
             async for command in receive:
                 if not receive.statistics().current_buffer_used:
+                    self._pending -= 1
                     self._execute(*command)
                     del command  # a departed socket must not stay alive until the next one
                     continue
                 # A backlog: run it all, then write once per socket.
                 self.batch.open = True
                 try:
+                    self._pending -= 1
                     self._execute(*command)
                     while True:
                         try:
                             command = receive.receive_nowait()
                         except trio.WouldBlock:
                             break
+                        self._pending -= 1
                         self._execute(*command)
                 finally:
                     self.batch.close()
                 del command
         finally:
+            self._running = False
             # Finish the commands already queued so that no caller waits forever.
             self._send.close()
             while True:
@@ -115,7 +130,14 @@ class RoomManager:
             try:
                 self._send.send_nowait(command)
             except trio.WouldBlock:
-                await self._send.send(command)
+                self._pending += 1
+                try:
+                    await self._send.send(command)
+                except BaseException:
+                    self._pending -= 1
+                    raise
+                return
+            self._pending += 1
         except trio.ClosedResourceError:
             self._execute(function, args, None)
 
@@ -123,12 +145,21 @@ class RoomManager:
         """Queue a command and return its result (or raise its error).
 
         Cancelling the caller does not cancel the command: it still runs.
+        When the manager is idle the command runs here and now, without a
+        checkpoint (like :meth:`cast`).
         """
+        if self._running and not self._pending:
+            return function(*args)
         reply = _Reply()
         try:
+            self._pending += 1
             await self._send.send((function, args, reply))
         except trio.ClosedResourceError:
+            self._pending -= 1
             self._execute(function, args, reply)
+        except BaseException:
+            self._pending -= 1
+            raise
         await reply.done.wait()
         if reply.error is not None:
             raise reply.error
