@@ -33,6 +33,7 @@ import trio
 from .._errors import ConnectRefused, ProtocolError
 from ..protocol import sio
 from ..rooms.adapter import InMemoryAdapter
+from ..rooms.manager import RoomManager
 from ..rooms.recovery import RestoredSession
 from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
@@ -80,6 +81,7 @@ class ConnectionContext:
     max_concurrent_handlers: int = 16
     disconnect_on_handler_error: bool = False
     counters: ConnectionCounters = dataclasses.field(default_factory=ConnectionCounters)
+    manager: RoomManager | None = None  # told of each client message (RoomManager.new_turn)
 
 
 async def restore_session(adapter: InMemoryAdapter, auth: Any) -> RestoredSession | None:
@@ -119,6 +121,9 @@ class Connection:
 
     async def on_message(self, data: str | bytes) -> None:
         """Decode one message; raises ProtocolError when it is malformed."""
+        manager = self.context.manager
+        if manager is not None:
+            manager.new_turn()  # the reader was woken: the scheduler ran since the last cast
         packet = self.decoder.feed(data)
         if packet is None:
             self._incoming += len(data)

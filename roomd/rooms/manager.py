@@ -15,11 +15,17 @@ to one socket leave in one write.
 Readers of membership may look at it directly: trio runs one task at a
 time and only the manager task mutates it.
 
-A :meth:`RoomManager.call` made while the manager is idle (no command
-queued or being handed to it) runs at once in the caller's task: with
-nothing ahead of it, running it there keeps every order the actor
-guarantees, and saves the two task switches and the Event of the round trip
-(docs/performance.md, issue 12: a connection's CONNECT makes one).
+A command sent while the manager is idle (no command queued or being
+handed to it) runs at once in the caller's task: with nothing ahead of it,
+running it there keeps every order the actor guarantees, and saves the task
+switches of the trip through the actor (two and an Event for a
+:meth:`RoomManager.call`, one for a :meth:`RoomManager.cast`; measured in
+docs/performance.md, issue 12). Only the first cast of a turn runs so: a
+task that casts several commands without yielding (a burst of emits) still
+hands the rest to the manager, which runs them as one backlog and writes
+once per socket. A turn ends when the manager runs or when
+:meth:`RoomManager.new_turn` says so (a client message arrived, so the
+scheduler has run since).
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class RoomManager:
         # parked receiver); while it is 0 a call may run in the caller's task.
         self._pending = 0
         self._running = False
+        # A cast ran in its caller's task in this turn: the next ones queue (and batch).
+        self._inlined = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Execute commands until cancelled.
@@ -74,6 +82,7 @@ class RoomManager:
         try:
             receive = self._receive
             async for command in receive:
+                self._inlined = False
                 if not receive.statistics().current_buffer_used:
                     self._pending -= 1
                     self._execute(*command)
@@ -119,12 +128,21 @@ class RoomManager:
         if reply is not None:
             reply.done.set()
 
+    def new_turn(self) -> None:
+        """The scheduler has run since the last cast: the next one may run at once."""
+        self._inlined = False
+
     async def cast(self, function: Callable[..., Any], *args: Any) -> None:
-        """Queue a command; a stopped manager runs it at once.
+        """Queue a command; a stopped manager, or an idle one (first cast of a turn),
+        runs it at once.
 
         Yields only when the command queue is full (backpressure): an emit
         need not cost its task a trip through the scheduler.
         """
+        if self._running and not self._pending and not self._inlined:
+            self._inlined = True
+            self._execute(function, args, None)
+            return
         command = (function, args, None)
         try:
             try:
