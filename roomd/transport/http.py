@@ -198,8 +198,8 @@ class _HttpConnection:
         and passes every check of the h11 path, it is answered here with the
         same 101; anything else is fed to h11, which answers as ever. This
         saves h11's parser and state machine, two cancel scopes and a trip
-        through trio's send_all: about a quarter of the CPU of a connection
-        (docs/performance.md, issue 12). A check with a side effect (the
+        through trio's send_all: most of what halved the instructions of a
+        new connection (docs/performance.md, issue 12). Not over TLS. A check with a side effect (the
         per-address session rate) that refuses is answered by the h11 path's
         refusal, never run twice.
         """
