@@ -199,9 +199,9 @@ class _HttpConnection:
         same 101; anything else is fed to h11, which answers as ever. This
         saves h11's parser and state machine, two cancel scopes and a trip
         through trio's send_all: most of what halved the instructions of a
-        new connection (docs/performance.md, issue 12). Not over TLS. A check with a side effect (the
-        per-address session rate) that refuses is answered by the h11 path's
-        refusal, never run twice.
+        new connection (docs/performance.md, issue 12). Not over TLS. A check
+        with a side effect (the per-address session rate) that refuses is
+        answered by the h11 path's refusal, never run twice.
         """
         stream = self.stream
         if not isinstance(stream, trio.SocketStream):
