@@ -33,6 +33,7 @@ import trio
 from .._errors import ConnectRefused, ProtocolError
 from ..protocol import sio
 from ..rooms.adapter import InMemoryAdapter
+from ..rooms.manager import RoomManager
 from ..rooms.recovery import RestoredSession
 from ..transport.engine import EngineSession
 from ..transport.outbox import OutgoingMessage
@@ -47,6 +48,9 @@ CLEANUP_TIMEOUT = 10.0
 QUEUE_LIMIT = 64
 # The queue also holds at most maxPayload bytes of wire data (any one packet
 # is let in when the queue is empty): docs/limits.md counts on it.
+
+
+_NO_QUEUE: collections.deque = collections.deque(maxlen=0)  # shared, always empty
 
 
 class ConnectionCounters:
@@ -77,6 +81,7 @@ class ConnectionContext:
     max_concurrent_handlers: int = 16
     disconnect_on_handler_error: bool = False
     counters: ConnectionCounters = dataclasses.field(default_factory=ConnectionCounters)
+    manager: RoomManager | None = None  # told of each client message (RoomManager.new_turn)
 
 
 async def restore_session(adapter: InMemoryAdapter, auth: Any) -> RestoredSession | None:
@@ -99,7 +104,9 @@ class Connection:
         self.sockets: dict[str, Socket] = {}
         self.decoder = sio.Decoder(max_bytes=session.engine.options.max_payload)
         self.ever_connected = False
-        self._queue: collections.deque[tuple[sio.Packet, int]] = collections.deque()
+        # Made for the first packet and dropped when the last worker is done: an idle
+        # connection holds no queue (600 bytes each; docs/performance.md, issue 12).
+        self._queue: collections.deque[tuple[sio.Packet, int]] = _NO_QUEUE
         # Wire bytes of the client's input held here (counted in the engine's budget).
         self._queued_bytes = 0
         self._handling_bytes = 0
@@ -114,6 +121,9 @@ class Connection:
 
     async def on_message(self, data: str | bytes) -> None:
         """Decode one message; raises ProtocolError when it is malformed."""
+        manager = self.context.manager
+        if manager is not None:
+            manager.new_turn()  # the reader was woken: the scheduler ran since the last cast
         packet = self.decoder.feed(data)
         if packet is None:
             self._incoming += len(data)
@@ -144,6 +154,8 @@ class Connection:
             await self._room.wait()
         if self.session.closed:
             return
+        if self._queue is _NO_QUEUE:
+            self._queue = collections.deque()
         self._queue.append((packet, size))
         self._queued_bytes += size
         if (not self._starting and self._workers < self.context.max_concurrent_handlers
@@ -203,6 +215,8 @@ class Connection:
             session.account_input()  # what was handled leaves the budget
         finally:
             self._workers -= 1
+            if not self._workers and not queue:
+                self._queue = _NO_QUEUE
 
     def _handler_failed(self, packet: sio.Packet) -> None:
         self.context.counters.handler_errors += 1

@@ -155,7 +155,8 @@ class Server:
         self._connections: dict[str, Connection] = {}
         self._connection_context = ConnectionContext(
             self._resolve_namespace, self._spawn, self._connections, self._timers,
-            self.connect_timeout, max_concurrent_handlers, disconnect_on_handler_error)
+            self.connect_timeout, max_concurrent_handlers, disconnect_on_handler_error,
+            manager=self.manager)
         if json_default is not None:
             sio.set_json_default(json_default)
         self.engine.allow_request = allow_request

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import json
 import logging
 import os
 import resource
@@ -183,7 +184,7 @@ class EngineSession:
     """
 
     def __init__(self, engine: Engine, sid: str, state: SessionState,
-                 request: RequestInfo) -> None:
+                 request: RequestInfo, outbox: WebSocketOutbox | None = None) -> None:
         self.engine = engine
         self.sid = sid
         self.state = state
@@ -191,7 +192,7 @@ class EngineSession:
         self.request = request
         self.connected_at = time.time()
         options = engine.options
-        self.outbox: PollingOutbox | WebSocketOutbox = PollingOutbox(
+        self.outbox: PollingOutbox | WebSocketOutbox = outbox or PollingOutbox(
             options.outbox_limit, options.outbox_bytes, engine.budget)
         self.handler: SessionHandler | None = None
         self.close_reason = ""
@@ -420,6 +421,7 @@ class Engine:
         self.sessions_opened = 0
         self.refusals: dict[tuple[int, str], int] = {}  # (HTTP status, Engine.IO message)
         self.messages_in = 0  # Engine.IO MESSAGE packets received
+        self._open_templates: dict[bool, tuple[str, str]] = {}  # see open_packet
         self.bytes_in = 0  # bytes read from WebSockets and polling POST bodies
 
     async def refusal_of(self, request: RequestInfo) -> str | None:
@@ -446,10 +448,22 @@ class Engine:
                 logger.exception("connection_error listener failed")
 
     def open_packet(self, sid: str, websocket: bool) -> eio.Packet:
-        o = self.options
-        upgrades = [] if websocket or "websocket" not in o.transports else ["websocket"]
-        return eio.encode_open(sid, upgrades, int(o.ping_interval * 1000),
-                                int(o.ping_timeout * 1000), o.max_payload)
+        """The OPEN packet of a new session.
+
+        Only the sid differs between sessions (ids are URL-safe base64, never
+        escaped in JSON): the rest is encoded once per transport and reused.
+        """
+        cached = self._open_templates.get(websocket)
+        if cached is None:
+            o = self.options
+            upgrades = [] if websocket or "websocket" not in o.transports else ["websocket"]
+            marker = "\x00sid\x00"
+            text = eio.encode_open(marker, upgrades, int(o.ping_interval * 1000),
+                                   int(o.ping_timeout * 1000), o.max_payload).data
+            assert isinstance(text, str)
+            head, _, tail = text.partition(json.dumps(marker))
+            cached = self._open_templates[websocket] = (head + '"', '"' + tail)
+        return eio.Packet(eio.PacketType.OPEN, cached[0] + sid + cached[1])
 
     def full(self) -> bool:
         limit = self.options.max_connections
@@ -459,9 +473,7 @@ class Engine:
                     outbox: WebSocketOutbox | None = None) -> EngineSession:
         sid = sio.new_id()
         state = SessionState.POLLING if outbox is None else SessionState.WEBSOCKET
-        session = EngineSession(self, sid, state, request)
-        if outbox is not None:
-            session.outbox = outbox
+        session = EngineSession(self, sid, state, request, outbox)
         self.sessions[sid] = session
         self.sessions_opened += 1
         session.handler = self.on_session(session)

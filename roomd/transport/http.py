@@ -26,6 +26,8 @@ import http
 import json
 import logging
 import math
+import os
+import re
 import ssl
 import time
 import urllib.parse
@@ -55,6 +57,13 @@ RECEIVE_SIZE = 64 * 1024
 # the refusal is read rather than lost to a TCP reset.
 REFUSAL_LINGER = 1.0
 
+# The fast path of a new WebSocket (see _HttpConnection._fast_upgrade): the
+# request line and header lines it takes without h11. Anything else (other
+# methods, obs-text, folded or repeated headers, a body) goes to h11.
+_FAST_REQUEST_LINE = re.compile(r"GET (/[!-~]*) HTTP/1\.1")
+_FAST_HEADER = re.compile(
+    r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[!-~](?:[ \t!-~]*[!-~])?)?)[ \t]*")
+
 
 class _Refusal(Exception):
     def __init__(self, status: int, code: ErrorCode, detail: str = "",
@@ -80,10 +89,19 @@ class _HttpConnection:
     def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str) -> None:
         self.engine = engine
         self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._conn: h11.Connection | None = None
         self.websocket: tuple[bytes, RequestInfo, str | None] | None = None
         self.address = address
         self.half_open = True  # counted in engine.admission from accept
+
+    @property
+    def conn(self) -> h11.Connection:
+        """The h11 parser, made on first use (a fast upgrade never needs one)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = h11.Connection(h11.SERVER,
+                                               max_incomplete_event_size=MAX_HEAD_BYTES)
+        return conn
 
     def _set_half_open(self, half_open: bool) -> bool:
         """Count this connection as half-open (reading a request) or not; False when full."""
@@ -144,6 +162,8 @@ class _HttpConnection:
     async def serve(self) -> None:
         options = self.engine.options
         timeout = options.head_timeout
+        if await self._fast_upgrade():
+            return
         while True:
             if not self._set_half_open(True):
                 return  # the half-open cap is reached: an idle keep-alive connection ends
@@ -168,6 +188,129 @@ class _HttpConnection:
             except h11.LocalProtocolError:
                 return
             timeout = options.keepalive_timeout
+
+    async def _fast_upgrade(self) -> bool:
+        """Answer a plain WebSocket upgrade without h11; False when h11 must serve.
+
+        A new WebSocket's request has usually arrived by the time its
+        connection is served. When it is complete and plain (a GET of
+        HTTP/1.1, strict header syntax, no repeated header, a Host, no body)
+        and passes every check of the h11 path, it is answered here with the
+        same 101; anything else is fed to h11, which answers as ever. This
+        saves h11's parser and state machine, two cancel scopes and a trip
+        through trio's send_all: most of what halved the instructions of a
+        new connection (docs/performance.md, issue 12). Not over TLS. A check
+        with a side effect (the per-address session rate) that refuses is
+        answered by the h11 path's refusal, never run twice.
+        """
+        stream = self.stream
+        if not isinstance(stream, trio.SocketStream):
+            return False  # TLS: the bytes on the socket are not the request's
+        fd = stream.socket.fileno()
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            # Not here yet (two connections in three in the idle bench): wait for it.
+            with trio.move_on_after(self.engine.options.head_timeout) as scope:
+                await trio.lowlevel.wait_readable(fd)
+            if scope.cancelled_caught:
+                return True  # nothing came: the connection ends, as on h11's path
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except OSError:  # woken for nothing, or an error trio's read reports: h11 reads
+                return False
+        except OSError:
+            return False
+        parsed = self._fast_parse(data)
+        if parsed is None:
+            self.conn.receive_data(data)
+            return False
+        target, headers, received = parsed
+        info = self._fast_checks(target, headers)
+        if info is None:
+            self.conn.receive_data(data)
+            return False
+        sid = info.query.get("sid")
+        try:
+            if sid is None:
+                self._admit_session(info.address)
+        except _Refusal as refusal:
+            # Refused by a check that counts: answer through h11, as the slow path does.
+            self.conn.receive_data(data)
+            if isinstance(self.conn.next_event(), h11.Request):
+                await self._refused(refusal, "GET", target, [])
+            else:
+                await self._send_raw(_canned(refusal.status, refusal.code))
+            return True
+        self._set_half_open(False)
+        response = ("HTTP/1.1 101 \r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Accept: {accept_token(headers['sec-websocket-key'])}"
+                    "\r\n\r\n").encode()
+        try:
+            sent = os.write(fd, response)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise trio.BrokenResourceError from None
+        if sent < len(response):
+            with trio.fail_after(self.engine.options.send_timeout):
+                await self.stream.send_all(response[sent:])
+        self.websocket = (received, info, sid)
+        return True
+
+    @staticmethod
+    def _fast_parse(data: bytes) -> tuple[str, dict[str, str], bytes] | None:
+        """(target, headers, bytes after the head) of a plain GET, else None."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        try:
+            lines = data[:end].decode("ascii").split("\r\n")
+        except UnicodeDecodeError:
+            return None
+        match = _FAST_REQUEST_LINE.fullmatch(lines[0])
+        if match is None:
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            header = _FAST_HEADER.fullmatch(line)
+            if header is None:
+                return None
+            headers[header.group(1).lower()] = header.group(2)
+        if len(headers) != len(lines) - 1 or "host" not in headers:
+            return None
+        if end + len(lines) > MAX_HEAD_BYTES:  # at or near the bound: h11's path measures it
+            return None
+        return match.group(1), headers, data[end + 4:]
+
+    def _fast_checks(self, target: str, headers: dict[str, str]) -> RequestInfo | None:
+        """The request a new (or upgrading) WebSocket makes, if every check of the h11
+        path without a side effect passes; else None (h11 will answer)."""
+        engine = self.engine
+        options = engine.options
+        if ("content-length" in headers or "transfer-encoding" in headers
+                or engine.allow_request is not None):
+            return None
+        path, _, query_string = target.partition("?")
+        if path.rstrip("/") + "/" != options.path:
+            return None
+        if options.cors_origins and "origin" in headers:
+            return None
+        query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
+        if query.get("EIO") != "4" or query.get("transport") != "websocket" or (
+                "websocket" not in options.transports):
+            return None
+        if headers.get("upgrade", "").lower() != "websocket":
+            return None
+        if headers.get("sec-websocket-version") != "13" or handshake_error(headers) is not None:
+            return None
+        sid = query.get("sid")
+        if sid is not None and sid not in engine.sessions:
+            return None
+        address = client_address(self.address, headers.get("x-forwarded-for"),
+                                 engine.trusted_proxies)
+        return RequestInfo(headers=headers, query=query, address=address, time=time.time(),
+                           url=target)
 
     async def _bad_http(self, exc: h11.RemoteProtocolError) -> None:
         self.engine.ratelog.note("malformed HTTP", self.address, str(exc))
@@ -199,19 +342,24 @@ class _HttpConnection:
                 # A body h11 cannot parse (bad chunk header, say), or the client left mid-body.
                 raise _Refusal(400, ErrorCode.BAD_REQUEST, f"malformed body: {exc}") from None
         except _Refusal as refusal:
-            if refusal.code is ErrorCode.UNKNOWN_SID:
-                # A late request of a session that has just closed is routine: DEBUG.
-                logger.debug("%s: %s %s refused: %s", self.address, method, target[:200],
-                             refusal)
-            else:
-                self.engine.ratelog.note(f"HTTP {refusal.status} refusal", self.address,
-                                         f"{method} {target[:200]}: {refusal}")
-            if self.engine.error_listeners:
-                self.engine.report_error(ConnectionRefusal(
-                    int(refusal.code), refusal.message, refusal.detail or refusal.message,
-                    self.address, target))
-            await self.refuse(refusal, cors if refusal.status != 403 else [])
+            await self._refused(refusal, method, target, cors)
             return False
+
+    async def _refused(self, refusal: _Refusal, method: str, target: str,
+                       cors: list[tuple[str, str]]) -> None:
+        """Count, log (rate-limited), report and answer a refused request."""
+        if refusal.code is ErrorCode.UNKNOWN_SID:
+            # A late request of a session that has just closed is routine: DEBUG.
+            logger.debug("%s: %s %s refused: %s", self.address, method, target[:200],
+                         refusal)
+        else:
+            self.engine.ratelog.note(f"HTTP {refusal.status} refusal", self.address,
+                                     f"{method} {target[:200]}: {refusal}")
+        if self.engine.error_listeners:
+            self.engine.report_error(ConnectionRefusal(
+                int(refusal.code), refusal.message, refusal.detail or refusal.message,
+                self.address, target))
+        await self.refuse(refusal, cors if refusal.status != 403 else [])
 
     async def _route(self, request: h11.Request, headers: dict[str, str], target: str,
                      path: str, query: dict[str, str], method: str,

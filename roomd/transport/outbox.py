@@ -119,7 +119,8 @@ class WebSocketOutbox:
         self._limit = limit
         self._max_bytes = max_bytes  # 0: unlimited
         self._budget = budget or Budget(0)
-        self._queue: collections.deque[bytes] = collections.deque()
+        # Only appended to and cleared: a list (an empty deque is 600 bytes per connection).
+        self._queue: list[bytes] = []
         self._queued = 0  # bytes held, queued or being sent; counted in the budget
         self._inflight = 0
         self._flushing = False

@@ -46,9 +46,13 @@ class Timers:
 
         A pending entry then holds only a weak reference: a closed session or
         connection is freed at once instead of when its timer comes due, and
-        the callback is skipped if the object is gone by then.
+        the callback is skipped if the object is gone by then. The entry holds
+        a plain weak reference to the object (CPython shares one per object)
+        and the function: a WeakMethod per entry cost about 400 bytes per
+        connection (docs/performance.md, issue 12).
         """
-        self.call_later(delay, _call_weak, weakref.WeakMethod(method), args)
+        self.call_later(delay, _call_weak, weakref.ref(method.__self__),  # type: ignore[attr-defined]
+                        method.__func__, args)  # type: ignore[attr-defined]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fire due callbacks until cancelled."""
@@ -68,7 +72,7 @@ class Timers:
             self._sleep = None
 
 
-def _call_weak(method_ref: weakref.WeakMethod, args: tuple) -> None:
-    method = method_ref()
-    if method is not None:
-        method(*args)
+def _call_weak(owner_ref: weakref.ref, function: Callable[..., Any], args: tuple) -> None:
+    owner = owner_ref()
+    if owner is not None:
+        function(owner, *args)
