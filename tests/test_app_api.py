@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 import trio
+from churn_client import RawClient
 from harness import AckTimeout, ConnectError, raw_http
 
 import roomd
@@ -96,6 +97,71 @@ async def test_handlers_start_in_arrival_order(start_server, node):
         while len(started) < 31:
             await trio.sleep(0.01)
     assert started == list(range(31))
+
+
+def count_tasks() -> int:
+    """Every task of this trio run (trio's public introspection)."""
+    def count(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(count(child) for nursery in task.child_nurseries
+                       for child in nursery.child_tasks)
+    return count(trio.lowlevel.current_root_task())
+
+
+async def wait_for_tasks(expected: int, timeout: float = 5) -> None:
+    with trio.fail_after(timeout):
+        while count_tasks() > expected:
+            await trio.sleep(0.05)
+
+
+async def test_events_after_a_pause_keep_their_order_and_the_idle_worker_goes(start_server,
+                                                                                node):
+    """A worker parks after an EVENT (docs/performance.md, issue 12): events that
+    wake it are handled in arrival order, and it exits about a second after the
+    client went quiet, so an idle connection holds no task."""
+    io = roomd.Server()
+    seen: list[int] = []
+
+    @io.on("n")
+    async def n(socket, i):
+        seen.append(i)
+        if i % 7 == 0:
+            await trio.sleep(0)  # some handlers yield: the next one may start meanwhile
+        return i
+
+    srv = await start_server(io)
+    a = await node.connect(srv.url, transports=WS)
+    await trio.sleep(0.2)
+    idle = count_tasks()
+    for i in range(60):
+        await a.emit("n", i)
+        if i % 10 == 9:
+            await trio.sleep(0.05)  # the worker parks, the next event wakes it
+    assert await a.emit_with_ack("n", 60) == [60]
+    assert seen == list(range(61))
+    await wait_for_tasks(idle)  # the lingering worker is gone within two sweeps
+    assert await a.emit_with_ack("n", 61) == [61]  # and a new one starts for the next
+    await wait_for_tasks(idle)
+
+
+async def test_a_connection_dropped_while_its_worker_lingers_frees_it(start_server):
+    io = roomd.Server()
+
+    @io.on("ping")
+    async def ping(socket):
+        return "pong"
+
+    srv = await start_server(io)
+    await trio.sleep(0.2)
+    idle = count_tasks()
+    for reset in (False, True):
+        raw = await RawClient.connect(srv.port)
+        await raw.open_namespace("/")
+        assert await raw.call(1, "ping") == ["pong"]
+        await raw.drop(reset=reset)  # no DISCONNECT packet: only the close can wake it
+        with trio.fail_after(5):
+            while io.connections:
+                await trio.sleep(0.02)
+        await wait_for_tasks(idle, timeout=0.9)  # woken by the close, not by a sweep
 
 
 async def test_a_failing_handler_is_logged_and_keeps_the_connection(start_server, node,

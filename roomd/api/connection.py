@@ -4,6 +4,10 @@ The task reading the transport decodes each message (:meth:`Connection.on_messag
 ACKs are resolved there at once, so a handler may await an acknowledgement
 from its own client. Every other packet is queued and handled by worker
 tasks that exist only while there is work: an idle connection costs no task.
+A worker that handled an EVENT stays parked for about a second
+(``WORKER_LINGER``) before it exits, so a client that keeps emitting wakes
+it instead of paying for a new task per event (docs/performance.md, issue
+12); a connection that only connected or went quiet holds none.
 
 Ordering: packets are taken from the queue in arrival order, and a handler
 runs until its first ``await`` before the next packet is taken, so handlers
@@ -28,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import outcome
 import trio
 
 from .._errors import ConnectRefused, ProtocolError
@@ -46,6 +51,9 @@ logger = logging.getLogger("roomd.api")
 
 CLEANUP_TIMEOUT = 10.0
 QUEUE_LIMIT = 64
+# Seconds an idle worker stays parked after an EVENT (it exits between one and
+# two of them after the last packet).
+WORKER_LINGER = 1.0
 # The queue also holds at most maxPayload bytes of wire data (any one packet
 # is let in when the queue is empty): docs/limits.md counts on it.
 
@@ -62,6 +70,40 @@ class ConnectionCounters:
         self.events_received = 0  # client EVENTs
         self.handler_errors = 0  # handlers that raised (each is logged)
         self.connect_errors = 0  # CONNECT_ERROR replies (unknown namespace, middleware)
+
+
+class IdleWorkers:
+    """Connections whose worker is parked after an EVENT, and the sweep that ends them.
+
+    One timer entry serves every connection: each sweep, every
+    ``WORKER_LINGER`` seconds while anything is parked, ends the workers that
+    were already parked at the sweep before (so a worker lingers between one
+    and two periods after its last packet).
+    """
+
+    def __init__(self, timers: Timers) -> None:
+        self._timers = timers
+        self._parked: dict[Connection, int] = {}  # -> the sweep count when it parked
+        self._sweeps = 0
+        self._scheduled = False
+
+    def add(self, connection: Connection) -> None:
+        self._parked[connection] = self._sweeps
+        if not self._scheduled:
+            self._scheduled = True
+            self._timers.call_later(WORKER_LINGER, self._sweep)
+
+    def discard(self, connection: Connection) -> None:
+        self._parked.pop(connection, None)
+
+    def _sweep(self) -> None:
+        self._sweeps += 1
+        expired = [c for c, parked_at in self._parked.items() if parked_at < self._sweeps - 1]
+        for connection in expired:
+            connection.end_idle_worker()  # discards it
+        self._scheduled = bool(self._parked)
+        if self._scheduled:
+            self._timers.call_later(WORKER_LINGER, self._sweep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +124,7 @@ class ConnectionContext:
     disconnect_on_handler_error: bool = False
     counters: ConnectionCounters = dataclasses.field(default_factory=ConnectionCounters)
     manager: RoomManager | None = None  # told of each client message (RoomManager.new_turn)
+    idle_workers: IdleWorkers | None = None  # None: a worker exits when its queue is empty
 
 
 async def restore_session(adapter: InMemoryAdapter, auth: Any) -> RestoredSession | None:
@@ -113,7 +156,8 @@ class Connection:
         self._incoming = 0  # of the binary packet being decoded (its attachments)
         self._queue_bytes = session.engine.options.max_payload
         self._workers = 0
-        self._starting = 0  # workers started that have not taken a packet yet
+        self._starting = 0  # workers started or woken that have not taken a packet yet
+        self._parked: trio.lowlevel.Task | None = None  # a worker waiting for packets
         self._room: trio.Event | None = None
         self._cleaned = False
         context.live[session.sid] = self
@@ -158,7 +202,11 @@ class Connection:
             self._queue = collections.deque()
         self._queue.append((packet, size))
         self._queued_bytes += size
-        if (not self._starting and self._workers < self.context.max_concurrent_handlers
+        if self._starting:
+            return  # a worker is about to take it
+        if self._parked is not None:
+            self._wake_worker(True)
+        elif (self._workers < self.context.max_concurrent_handlers
                 and (not self._workers or kind is sio.PacketType.EVENT
                      or kind is sio.PacketType.BINARY_EVENT)):
             # Every worker is inside a handler (or there is none): one more.
@@ -181,6 +229,8 @@ class Connection:
         self._queued_bytes = 0
         if self._room is not None:
             self._room.set()
+        if self._parked is not None:
+            self._wake_worker(False)
         if not self._cleaned:
             self._cleaned = True
             self.context.spawn(functools.partial(self._cleanup, left))
@@ -190,32 +240,68 @@ class Connection:
         self._starting += 1
         self.context.spawn(self._work)
 
+    def _wake_worker(self, go_on: bool) -> None:
+        task, self._parked = self._parked, None
+        assert task is not None and self.context.idle_workers is not None
+        self.context.idle_workers.discard(self)
+        if go_on:
+            self._starting += 1
+        trio.lowlevel.reschedule(task, outcome.Value(go_on))
+
+    def end_idle_worker(self) -> None:
+        """The worker parked here has lingered long enough: it exits."""
+        if self._parked is not None:
+            self._wake_worker(False)
+
+    async def _park(self) -> bool:
+        """Wait for the next packet; False when the sweep or the close came first."""
+        idle_workers = self.context.idle_workers
+        if idle_workers is None or self._parked is not None:
+            return False  # lingering is off, or another worker already waits
+        self._parked = trio.lowlevel.current_task()
+        idle_workers.add(self)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked = None
+            idle_workers.discard(self)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        go_on: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+        return go_on
+
     async def _work(self) -> None:
-        queue = self._queue
         session = self.session
         self._starting -= 1
         try:
-            while queue and not session.closed:
-                packet, size = queue.popleft()
-                self._queued_bytes -= size
-                self._handling_bytes += size  # still held (and counted) until handled
-                if self._room is not None and (len(queue) < QUEUE_LIMIT // 2 or not queue):
-                    self._room.set()
-                    self._room = None
-                try:
-                    await self.handle(packet)
-                except ProtocolError as exc:
-                    session.engine.ratelog.note("malformed packet", session.request.address,
-                                                f"session {session.sid}: {exc}")
-                    session.close("parse error")
-                except Exception:
-                    self._handler_failed(packet)
-                finally:
-                    self._handling_bytes -= size
-            session.account_input()  # what was handled leaves the budget
+            while True:
+                queue = self._queue
+                handled_event = False
+                while queue and not session.closed:
+                    packet, size = queue.popleft()
+                    self._queued_bytes -= size
+                    self._handling_bytes += size  # still held (and counted) until handled
+                    if self._room is not None and (len(queue) < QUEUE_LIMIT // 2 or not queue):
+                        self._room.set()
+                        self._room = None
+                    handled_event = handled_event or packet.type is sio.PacketType.EVENT
+                    try:
+                        await self.handle(packet)
+                    except ProtocolError as exc:
+                        session.engine.ratelog.note("malformed packet", session.request.address,
+                                                    f"session {session.sid}: {exc}")
+                        session.close("parse error")
+                    except Exception:
+                        self._handler_failed(packet)
+                    finally:
+                        self._handling_bytes -= size
+                session.account_input()  # what was handled leaves the budget
+                # Linger (one parked worker at most) when the client is emitting.
+                if not handled_event or session.closed or not await self._park():
+                    break
+                self._starting -= 1
         finally:
             self._workers -= 1
-            if not self._workers and not queue:
+            if not self._workers and not self._queue:
                 self._queue = _NO_QUEUE
 
     def _handler_failed(self, packet: sio.Packet) -> None:

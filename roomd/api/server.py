@@ -33,7 +33,7 @@ from ..transport.engine import (
 from ..transport.http import handle_connection
 from ..transport.timers import Timers
 from .broadcast import BroadcastOperator, FetchedSocket
-from .connection import Connection, ConnectionContext
+from .connection import Connection, ConnectionContext, IdleWorkers
 from .namespace import Namespace, NamespaceFamily
 from .socket import Handler
 
@@ -156,7 +156,7 @@ class Server:
         self._connection_context = ConnectionContext(
             self._resolve_namespace, self._spawn, self._connections, self._timers,
             self.connect_timeout, max_concurrent_handlers, disconnect_on_handler_error,
-            manager=self.manager)
+            manager=self.manager, idle_workers=IdleWorkers(self._timers))
         if json_default is not None:
             sio.set_json_default(json_default)
         self.engine.allow_request = allow_request

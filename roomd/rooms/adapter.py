@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import trio
@@ -42,6 +43,8 @@ from .recovery import PacketLog, RecoveryOptions, RestoredSession, SessionRecord
 from .taps import Taps, tap_record
 
 logger = logging.getLogger("roomd.rooms")
+# The members of a room that does not exist (shared, never mutated).
+_NOBODY: frozenset = frozenset()
 
 # The values adapters handle live in records.py; importing them from here keeps working.
 __all__ = [
@@ -364,25 +367,24 @@ class InMemoryAdapter:
                     del all_rooms[room]
             member.rooms.discard(room)
 
+    def _members_of(self, rooms: AbstractSet[str]) -> AbstractSet[Member]:
+        """The members of any of ``rooms`` (one room: its live set, do not mutate)."""
+        if len(rooms) == 1:
+            (room,) = rooms
+            return self.rooms.get(room, _NOBODY)
+        union: set[Member] = set()
+        for room in rooms:
+            union.update(self.rooms.get(room, ()))
+        return union
+
     def _targets(self, opts: BroadcastOptions) -> Iterable[Member]:
         """The members ``opts`` selects, each once (may be a live set: do not mutate)."""
-        rooms = opts.rooms
         found: Iterable[Member]
-        if not rooms:
-            found = self.members.values()
-        elif len(rooms) == 1:
-            (room,) = rooms
-            found = self.rooms.get(room, ())
-        else:
-            union: set[Member] = set()
-            for room in rooms:
-                union.update(self.rooms.get(room, ()))
-            found = union
+        found = self._members_of(opts.rooms) if opts.rooms else self.members.values()
         if opts.except_rooms:
-            excluded: set[Member] = set()
-            for room in opts.except_rooms:
-                excluded.update(self.rooms.get(room, ()))
-            if excluded:
+            excluded = self._members_of(opts.except_rooms)
+            # Usually the sender, often not in the target rooms: then nothing to filter.
+            if excluded and not excluded.isdisjoint(found):
                 found = [m for m in found if m not in excluded]
         return found
 
