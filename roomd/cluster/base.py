@@ -17,6 +17,7 @@ While Redis is down the count is 1 (this node): every operation is local.
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -116,8 +117,11 @@ class RequestStats:
                 "request_timeouts": dict(self.request_timeouts)}
 
 
-class RedisAdapterBase(InMemoryAdapter):
-    """The request bookkeeping and the local application of remote operations."""
+class RedisAdapterBase(InMemoryAdapter, abc.ABC):
+    """The request bookkeeping and the local application of remote operations.
+
+    A protocol's adapter provides the wire calls marked abstract below.
+    """
 
     mode = ""  # "classic" / "sharded"
     uid = ""   # this node's id in the protocol, set by the subclass
@@ -133,9 +137,9 @@ class RedisAdapterBase(InMemoryAdapter):
         self.ack_requests: dict[str, PendingAcks] = {}
 
     # -- broadcasting: publish to the other nodes, then deliver here --------------------
+    @abc.abstractmethod
     async def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         """Put a broadcast on the wire in this mode's format."""
-        raise NotImplementedError
 
     async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         if not opts.local:
@@ -152,8 +156,10 @@ class RedisAdapterBase(InMemoryAdapter):
                 "requests_waiting": len(self.requests) + len(self.ack_requests)}
 
     # -- to be provided by the protocol ----------------------------------------------
+    @abc.abstractmethod
     async def count_channel_subscribers(self) -> int | None:
-        raise NotImplementedError
+        """The subscribers of the channel every node of this namespace listens to; None
+        while Redis does not answer."""
 
     # -- shared operations -----------------------------------------------------------
     async def server_count(self) -> int:
