@@ -187,16 +187,17 @@ def unpack(data: bytes) -> Any:
         raise
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"invalid msgpack: {exc}") from None
-    return _dates_to_strings(value) if _has_date(value) else value
+    return _dates_to_strings(value) if _holds(value, datetime.datetime) else value
 
 
-def _has_date(value: Any) -> bool:
-    if isinstance(value, datetime.datetime):
+def _holds(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """Whether ``value`` is, or its lists, tuples and dict values hold, one of ``kinds``."""
+    if isinstance(value, kinds):
         return True
-    if isinstance(value, list):
-        return any(_has_date(v) for v in value)
+    if isinstance(value, list | tuple):
+        return any(_holds(v, kinds) for v in value)
     if isinstance(value, dict):
-        return any(_has_date(v) for v in value.values())
+        return any(_holds(v, kinds) for v in value.values())
     return False
 
 
@@ -228,13 +229,7 @@ def load(data: bytes) -> Any:
 
 
 def has_binary(value: Any) -> bool:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return True
-    if isinstance(value, list | tuple):
-        return any(has_binary(v) for v in value)
-    if isinstance(value, dict):
-        return any(has_binary(v) for v in value.values())
-    return False
+    return _holds(value, (bytes, bytearray, memoryview))
 
 
 # -- shared shapes --------------------------------------------------------------------
