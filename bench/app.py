@@ -2,21 +2,32 @@
 
 The protocol (../shared/bench/README.md): ``join(room)`` joins the room and
 acks ``true``; ``pub(room, payload)`` emits ``msg(payload)`` to the room,
-except the sender. Run it with ``roomd serve --app bench.app:io``.
+except the sender. Run it with ``roomd serve --app bench.app:io``;
+:func:`make_app` makes it with more Server options (``bench/cluster_app.py``
+adds a cluster adapter).
 """
+
+from typing import Any
 
 import roomd
 
-io = roomd.Server(ping_interval=25, ping_timeout=20, max_payload=1_000_000,
-                  transports=["websocket"])
 
-
-@io.on("join")
 async def join(socket: roomd.Socket, room: str) -> bool:
     await socket.join(room)
     return True
 
 
-@io.on("pub")
 async def pub(socket: roomd.Socket, room: str, payload: object) -> None:
     await socket.to(room).emit("msg", payload)
+
+
+def make_app(**options: Any) -> roomd.Server:
+    """The bench app on a Server with the yardstick's engine options and ``options``."""
+    io = roomd.Server(ping_interval=25, ping_timeout=20, max_payload=1_000_000,
+                      transports=["websocket"], **options)
+    io.on("join", join)
+    io.on("pub", pub)
+    return io
+
+
+io = make_app()

@@ -1,6 +1,6 @@
 """The yardstick's bench app on a Redis cluster adapter, for ``bench/cluster_bench.py``.
 
-Same protocol as ``bench/app.py`` (``join(room)`` acks ``true``; ``pub(room,
+The app of ``bench/app.py`` (``join(room)`` acks ``true``; ``pub(room,
 payload)`` emits ``msg(payload)`` to the room except the sender), but the
 server shares its rooms through Redis with the classic (or sharded) protocol
 of @socket.io/redis-adapter:
@@ -14,22 +14,9 @@ relay app; an application passes the adapter to its Server, as here.)
 
 import os
 
-import roomd
+from bench.app import make_app
 from roomd.cluster import RedisAdapterFactory
 
-io = roomd.Server(
-    ping_interval=25, ping_timeout=20, max_payload=1_000_000, transports=["websocket"],
-    adapter=RedisAdapterFactory(os.environ["ROOMD_BENCH_REDIS"],
-                                key=os.environ.get("ROOMD_BENCH_KEY", "socket.io"),
-                                mode=os.environ.get("ROOMD_BENCH_MODE", "classic")))
-
-
-@io.on("join")
-async def join(socket: roomd.Socket, room: str) -> bool:
-    await socket.join(room)
-    return True
-
-
-@io.on("pub")
-async def pub(socket: roomd.Socket, room: str, payload: object) -> None:
-    await socket.to(room).emit("msg", payload)
+io = make_app(adapter=RedisAdapterFactory(os.environ["ROOMD_BENCH_REDIS"],
+                                          key=os.environ.get("ROOMD_BENCH_KEY", "socket.io"),
+                                          mode=os.environ.get("ROOMD_BENCH_MODE", "classic")))

@@ -19,17 +19,17 @@ Clients connect with ``auth: {token}``; a bad token is refused with a short
 CONNECT_ERROR message ("token expired", "invalid signature", ...). The socket
 answers ``refresh`` (a new token; acked ``{"exp": N}``) and is disconnected
 after a ``token_expired`` event when its token runs out. See
-docs/security.md and ``roomd.apps.tokens``, where all of it lives.
+docs/security.md, ``roomd.apps.tokens`` (keys, verification, grants) and
+``roomd.apps.jwtauth`` (the middleware), where all of it lives.
 """
 
 from __future__ import annotations
 
+from .apps.jwtauth import JWTAuth, jwt
 from .apps.tokens import (
     ALGORITHMS,
     Grant,
-    JWTAuth,
     TokenVerifier,
-    jwt,
     load_jwks,
     load_private_key,
     load_public_key,

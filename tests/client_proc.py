@@ -1,8 +1,8 @@
 """Child processes for the ``roomd client`` tests: the command itself, and a Node.js server.
 
 - :func:`client_running` starts ``roomd client ARGS`` with its stdout read line by line
-  (``await c.line()``, ``await c.line_with("ack join")``, ``await c.wait_exit()``); it is
-  stopped by its PID at the end.
+  (a :class:`children.LineReader`: ``await c.line()``, ``await c.line_with("ack join")``,
+  ``await c.wait_exit()``); it is stopped by its PID at the end.
 - :func:`node_server` starts ``node tests/node/sio_server.js [--tls CERT KEY]`` (the
   socket.io npm server, with relay-like join/publish events; see the script's header),
   reads its ``{"port": N}`` line and yields its base URL; stdin is closed and the process
@@ -20,116 +20,24 @@ import functools
 import json
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 import trustme
-from daemon_proc import ROOMD, stop
+from children import LineReader, reading
+from daemon_proc import ROOMD
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-
-
-class LineReader:
-    """A child process whose stdout lines (and stderr bytes) are collected as they come."""
-
-    def __init__(self, proc: trio.Process, what: str) -> None:
-        self.proc = proc
-        self.what = what
-        self.lines: list[str] = []
-        self.stderr = b""
-        self.eof = False
-        self._taken = 0
-        self._changed = trio.Event()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def _read_stdout(self) -> None:
-        buf = b""
-        while True:
-            chunk = await self.proc.stdout.receive_some(65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                self.lines.append(line.decode(errors="replace"))
-                self._wake()
-        self.eof = True
-        self._wake()
-
-    async def _read_stderr(self) -> None:
-        while True:
-            chunk = await self.proc.stderr.receive_some(65536)
-            if not chunk:
-                break
-            self.stderr += chunk
-            self._wake()
-
-    def describe(self) -> str:
-        stderr = self.stderr.decode(errors="replace")
-        return f"{self.what}: stdout {self.lines!r}, stderr {stderr!r}, exit {self.proc.returncode}"
-
-    async def line(self, timeout: float = 10) -> str:
-        """The next stdout line not taken yet."""
-        with trio.fail_after(timeout):
-            while self._taken >= len(self.lines):
-                if self.eof:
-                    raise AssertionError(f"no more lines: {self.describe()}")
-                await self._changed.wait()
-        self._taken += 1
-        return self.lines[self._taken - 1]
-
-    async def line_with(self, text: str, timeout: float = 10) -> str:
-        """The next stdout line containing ``text`` (lines before it are taken too)."""
-        with trio.fail_after(timeout):
-            while True:
-                line = await self.line(timeout)
-                if text in line:
-                    return line
-
-    async def stderr_with(self, text: str, timeout: float = 10) -> None:
-        with trio.fail_after(timeout):
-            while text.encode() not in self.stderr:
-                if self.eof and self.proc.returncode is not None:
-                    raise AssertionError(f"{text!r} never came: {self.describe()}")
-                await self._changed.wait()
-
-    async def wait_exit(self, timeout: float = 15) -> int:
-        with trio.fail_after(timeout):
-            code = await self.proc.wait()
-            while not self.eof:
-                await self._changed.wait()
-        return code
-
-
-@asynccontextmanager
-async def _reading(argv: Sequence[str], what: str, **popen) -> AsyncIterator[LineReader]:
-    proc = await trio.lowlevel.open_process(list(argv), stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, **popen)
-    reader = LineReader(proc, what)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader._read_stdout)
-            nursery.start_soon(reader._read_stderr)
-            try:
-                yield reader
-            finally:
-                await stop(proc)
-    finally:
-        await stop(proc)
-        print(f"--- {reader.describe()}")  # shown by pytest when the test fails
 
 
 @asynccontextmanager
 async def client_running(*args: str) -> AsyncIterator[LineReader]:
     """``roomd client ARGS`` as a child process."""
-    async with _reading([ROOMD, "client", *args], f"roomd client {' '.join(args)}",
-                        stdin=subprocess.DEVNULL) as reader:
+    async with reading([ROOMD, "client", *args], f"roomd client {' '.join(args)}",
+                       stdin=subprocess.DEVNULL) as reader:
         yield reader
 
 
@@ -145,7 +53,7 @@ async def node_server(tls: tuple[Path, Path] | None = None) -> AsyncIterator[Nod
     argv = ["node", str(NODE_DIR / "sio_server.js")]
     if tls is not None:
         argv += ["--tls", str(tls[0]), str(tls[1])]
-    async with _reading(argv, "sio_server.js", stdin=subprocess.PIPE, cwd=str(NODE_DIR)) as reader:
+    async with reading(argv, "sio_server.js", stdin=subprocess.PIPE, cwd=str(NODE_DIR)) as reader:
         port = json.loads(await reader.line(timeout=30))["port"]
         scheme = "https" if tls is not None else "http"
         try:

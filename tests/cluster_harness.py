@@ -15,9 +15,9 @@ Every wait is bounded. Only processes started here are ended, each by its PID.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 import trio
-from harness import NODE_DIR, HarnessError, Received, _Inbox, from_wire, to_wire
+from children import stop
+from harness import NODE_DIR, HarnessError, JsonLinesChild, Received, from_wire, to_wire
 
 CLUSTER_NODE_JS = NODE_DIR / "cluster_node.js"
 HOST = "127.0.0.1"
@@ -97,10 +98,8 @@ class RedisServer:
     async def stop(self) -> None:
         """Kill it (by PID) and wait until it is gone."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await proc.wait()
+        if proc is not None:
+            await stop(proc, signal.SIGKILL, timeout=10)
 
     async def cli(self, *args: str) -> str:
         result = await trio.run_process([_need("redis-cli"), "-h", HOST, "-p", str(self.port),
@@ -166,14 +165,17 @@ async def redis_cluster() -> AsyncIterator[RedisClusterServers]:
         shutil.rmtree(cluster.workdir, ignore_errors=True)
 
 
-class NodePeer:
+class NodePeer(JsonLinesChild):
     """A Node.js Socket.IO server (or only an emitter) on the same Redis."""
+
+    name = "cluster_node.js"
 
     def __init__(self, redis_url: str, *, mode: str = "classic", cluster: bool = False,
                  key: str = "socket.io", namespaces: tuple[str, ...] = (),
                  server: bool = True, requests_timeout: float = 5.0,
                  command_timeout: float = 15, watchdog: float = 120,
                  recovery: float = 0) -> None:
+        super().__init__(command_timeout)
         self.args = ["--redis", redis_url, "--mode", mode, "--key", key,
                      "--requests-timeout", str(int(requests_timeout * 1000))]
         if recovery:
@@ -185,14 +187,8 @@ class NodePeer:
         if not server:
             self.args.append("--no-server")
         self.watchdog = watchdog
-        self.command_timeout = command_timeout
-        self.inbox = _Inbox()
         self.port: int | None = None
-        self.proc: trio.Process | None = None
-        self._waiting: dict[int, trio.MemorySendChannel] = {}
-        self._next_id = 0
         self._ready = trio.Event()
-        self._dead: str | None = None
 
     @property
     def url(self) -> str:
@@ -214,40 +210,13 @@ class NodePeer:
 
     async def kill(self) -> None:
         """End the node process (by its PID) and wait for it."""
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await proc.wait()
+        if self.proc is not None:
+            await stop(self.proc, signal.SIGKILL, timeout=10)
 
-    async def _reader(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        buf = b""
-        try:
-            while True:
-                chunk = await self.proc.stdout.receive_some(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        self._dispatch(json.loads(line))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-        self._dead = f"cluster_node.js exited (code {self.proc.poll()})"
+    def _on_exit(self) -> None:
         self._ready.set()
-        for ch in list(self._waiting.values()):
-            ch.close()
-        self._waiting.clear()
 
-    def _dispatch(self, msg: dict) -> None:
-        if msg.get("id") is not None:
-            ch = self._waiting.pop(msg["id"], None)
-            if ch is not None:
-                ch.send_nowait(msg)
-                ch.close()
-            return
+    def _on_event(self, msg: dict) -> None:
         kind = msg.get("event")
         if kind == "listening":
             self.port = msg["port"]
@@ -259,23 +228,7 @@ class NodePeer:
                                      namespace=msg.get("nsp"), raw=msg))
 
     async def command(self, cmd: str, **fields: Any) -> dict:
-        if self._dead:
-            raise HarnessError(self._dead)
-        assert self.proc is not None and self.proc.stdin is not None
-        self._next_id += 1
-        cid = self._next_id
-        send, recv = trio.open_memory_channel[dict](1)
-        self._waiting[cid] = send
-        line = json.dumps({"id": cid, "cmd": cmd, **to_wire(fields)}).encode() + b"\n"
-        try:
-            with trio.fail_after(self.command_timeout):
-                await self.proc.stdin.send_all(line)
-                try:
-                    reply = await recv.receive()
-                except trio.EndOfChannel:
-                    raise HarnessError(f"{cmd}: {self._dead}") from None
-        finally:
-            self._waiting.pop(cid, None)
+        reply = await self._exchange(cmd, to_wire(fields))
         if not reply.get("ok"):
             raise HarnessError(f"{cmd}: {reply.get('error')}", reply)
         return from_wire(reply)

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from children import LineReader, reading, stop
 
 ROOMD = str(Path(sys.executable).with_name("roomd"))
 LISTENING_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -127,20 +127,6 @@ async def wait_for_log(log_path: Path, pattern: str | re.Pattern, proc: trio.Pro
             await trio.sleep(0.02)
 
 
-async def stop(proc: trio.Process, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
-    """Signal our child by PID and wait (bounded) for it; SIGKILL if it does not exit."""
-    with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.send_signal(sig)
-            with trio.move_on_after(timeout):
-                await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            with trio.move_on_after(5):
-                await proc.wait()
-    return proc.returncode
-
-
 @asynccontextmanager
 async def running_daemon(directory: Path, config: str | None = None, *,
                          args: Sequence[str] = (), env: dict | None = None,
@@ -183,62 +169,22 @@ async def running_daemon(directory: Path, config: str | None = None, *,
         print(f"--- roomd serve log (exit status {proc.returncode}):\n{log_text}")
 
 
-class Tail:
-    """``roomd tail ARGS`` as a child process, its stdout read line by line."""
-
-    def __init__(self, proc: trio.Process, args: Sequence[str]) -> None:
-        self.proc = proc
-        self.args = list(args)
-        self.lines: list[str] = []  # every stdout line, probes included
-        self.stderr = b""
-        self._pending: list[str] = []
-        self._changed = trio.Event()
-        self.eof = False
-
-    async def _read_stdout(self) -> None:
-        buf = b""
-        while True:
-            chunk = await self.proc.stdout.receive_some(65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                self.lines.append(text)
-                self._pending.append(text)
-                self._changed.set()
-                self._changed = trio.Event()
-        self.eof = True
-        self._changed.set()
-
-    async def _read_stderr(self) -> None:
-        while True:
-            chunk = await self.proc.stderr.receive_some(65536)
-            if not chunk:
-                break
-            self.stderr += chunk
+class Tail(LineReader):
+    """``roomd tail ARGS`` as a child process, its stdout read line by line; the probe lines
+    of :meth:`sync` are in :attr:`lines` but never returned by :meth:`line`."""
 
     async def line(self, timeout: float = 5) -> str:
         """The next stdout line that is not a probe."""
-        with trio.fail_after(timeout):
-            while True:
-                while self._pending:
-                    text = self._pending.pop(0)
-                    if PROBE not in text:
-                        return text
-                if self.eof:
-                    raise AssertionError(f"roomd tail {self.args} ended: {self.stderr!r}")
-                await self._changed.wait()
+        return await self.line_where(lambda text: PROBE not in text, timeout)
 
     async def no_line(self, wait: float = 0.3) -> None:
         with trio.move_on_after(wait):
             while True:
-                extra = [t for t in self._pending if PROBE not in t]
-                assert not extra, f"roomd tail {self.args} printed {extra}"
+                extra = [t for t in self.untaken if PROBE not in t]
+                assert not extra, f"{self.what} printed {extra}"
                 if self.eof:
                     return
-                await self._changed.wait()
+                await self.changed()
 
     async def sync(self, socket: str, namespace: str = "/", room: str | None = None,
                    event: str | None = None, timeout: float = 10) -> None:
@@ -255,28 +201,14 @@ class Tail:
                     while not any(PROBE in t for t in self.lines):
                         if self.eof:
                             raise AssertionError(f"roomd tail ended: {self.stderr!r}")
-                        await self._changed.wait()
+                        await self.changed()
                     return
-
-    async def wait_exit(self, timeout: float = 5) -> int:
-        with trio.fail_after(timeout):
-            return await self.proc.wait()
 
 
 @asynccontextmanager
 async def tailing(socket: str, *args: str) -> AsyncIterator[Tail]:
     """``async with tailing(sock, "/orders", "--room", "eu") as t:`` — stopped by PID on exit."""
-    argv = [ROOMD, "tail", *args, "--socket", socket]
-    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tail = Tail(proc, args)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(tail._read_stdout)
-            nursery.start_soon(tail._read_stderr)
-            try:
-                yield tail
-            finally:
-                await stop(proc)
-    finally:
-        await stop(proc)
+    async with reading([ROOMD, "tail", *args, "--socket", socket], f"roomd tail {list(args)}",
+                       reader=Tail, stdin=subprocess.DEVNULL) as tail:
+        assert isinstance(tail, Tail)
+        yield tail

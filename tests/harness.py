@@ -13,12 +13,14 @@ Python side (``{"$bytes": base64}`` on the wire to client.js).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import functools
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import threading
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from children import read_lines, stop
 
 TESTS_DIR = Path(__file__).resolve().parent
 NODE_DIR = TESTS_DIR / "node"
@@ -111,7 +114,7 @@ def from_wire(value: Any) -> Any:
     return value
 
 
-class _Inbox:
+class Inbox:
     """Events seen by a client, consumed in order by ``next_event`` (trio side only)."""
 
     def __init__(self) -> None:
@@ -160,6 +163,88 @@ def _matcher(name: str | None, **attrs: Any) -> Callable[[Received], bool]:
         return all(v is None or getattr(ev, k) == v for k, v in attrs.items())
 
     return match
+
+
+# ---------------------------------------------------------------------------------------------
+# A Node.js driver in a child process, spoken to in JSON lines (tests/node/lines.js)
+# ---------------------------------------------------------------------------------------------
+
+class JsonLinesChild(abc.ABC):
+    """The Python side of tests/node/lines.js: commands with an id on the child's stdin, each
+    answered by the stdout line with that id; every other line is an event, handed to
+    :meth:`_on_event` (a line that is not JSON is recorded as ``__garbage__``). Subclasses
+    start :attr:`proc` and run :meth:`_reader` beside it."""
+
+    name = "child"  # the script, in messages
+
+    def __init__(self, command_timeout: float) -> None:
+        self.command_timeout = command_timeout
+        self.inbox = Inbox()
+        self.proc: trio.Process | None = None
+        self._next_id = 0
+        self._waiting: dict[int, trio.MemorySendChannel] = {}
+        self._send_lock = trio.Lock()
+        self._dead: str | None = None
+
+    @abc.abstractmethod
+    def _on_event(self, msg: dict) -> None:
+        """A line that is not a reply: an event of the child's."""
+
+    @abc.abstractmethod
+    def _on_exit(self) -> None:
+        """The child's stdout ended (it exited): no command will be answered."""
+
+    async def _reader(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            await read_lines(self.proc.stdout, self._on_line)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        self._dead = f"{self.name} exited (code {self.proc.poll()})"
+        for ch in list(self._waiting.values()):
+            ch.close()
+        self._waiting.clear()
+        self._on_exit()
+
+    def _on_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            self.inbox.push(Received("__garbage__", [line.decode("utf-8", "replace")]))
+            return
+        if msg.get("id") is not None:
+            ch = self._waiting.pop(msg["id"], None)
+            if ch is not None:
+                ch.send_nowait(msg)
+                ch.close()
+            return
+        self._on_event(msg)
+
+    async def _exchange(self, cmd: str, fields: dict, deadline: float | None = None) -> dict:
+        """Send one command and return its reply, ``ok`` or not."""
+        if self._dead:
+            raise HarnessError(self._dead)
+        assert self.proc is not None and self.proc.stdin is not None
+        self._next_id += 1
+        cid = self._next_id
+        send, recv = trio.open_memory_channel[dict](1)
+        self._waiting[cid] = send
+        line = json.dumps({"id": cid, "cmd": cmd, **fields}).encode() + b"\n"
+        try:
+            with trio.fail_after(deadline if deadline is not None else self.command_timeout):
+                async with self._send_lock:
+                    await self.proc.stdin.send_all(line)
+                try:
+                    return await recv.receive()
+                except trio.EndOfChannel:
+                    raise HarnessError(f"{cmd}: {self._dead or f'{self.name} went away'}"
+                                       ) from None
+        except trio.TooSlowError:
+            raise trio.TooSlowError(f"{self.name} did not answer {cmd!r} in time") from None
+        finally:
+            self._waiting.pop(cid, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +312,7 @@ def _handle(sock: NodeSocket | str) -> str:
     return sock.handle if isinstance(sock, NodeSocket) else sock
 
 
-class NodeClient:
+class NodeClient(JsonLinesChild):
     """``async with NodeClient() as c:`` one node process, any number of sockets.
 
     ``await c.connect(url, namespace, transports=[...], auth=..., force_new=..., multiplex=...,
@@ -236,17 +321,13 @@ class NodeClient:
     and acks asked for by the server are answered with ``{"echo": args}``.
     """
 
+    name = "client.js"
+
     def __init__(self, *, watchdog: float = 120, command_timeout: float = 10) -> None:
+        super().__init__(command_timeout)
         self.watchdog = watchdog
-        self.command_timeout = command_timeout
-        self.inbox = _Inbox()
-        self._proc: trio.Process | None = None
         self._nursery: trio.Nursery | None = None
         self._cm = None
-        self._next_id = 0
-        self._waiting: dict[int, trio.MemorySendChannel] = {}
-        self._send_lock = trio.Lock()
-        self._dead: str | None = None
 
     async def __aenter__(self) -> NodeClient:
         self._cm = self._run()
@@ -268,7 +349,7 @@ class NodeClient:
             [node, str(CLIENT_JS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             cwd=str(NODE_DIR), env=env,
         )
-        self._proc = proc
+        self.proc = proc
         body_exc: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -284,13 +365,10 @@ class NodeClient:
             if body_exc is not None:
                 raise body_exc
         finally:
-            if proc.returncode is None:  # only the process we started, by its PID
-                proc.kill()
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await proc.wait()
+            await stop(proc, signal.SIGKILL)  # only the process we started, by its PID
 
     async def _stop(self) -> None:
-        proc = self._proc
+        proc = self.proc
         assert proc is not None
         with trio.CancelScope(shield=True):
             try:
@@ -299,48 +377,16 @@ class NodeClient:
                 pass
             with trio.move_on_after(5):
                 await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                with trio.move_on_after(5):
-                    await proc.wait()
+        await stop(proc, signal.SIGKILL)
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self.proc.pid if self.proc else None
 
-    async def _reader(self) -> None:
-        buf = b""
-        stream = self._proc.stdout
-        try:
-            while True:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        self._dispatch(line)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-        self._dead = f"client.js exited (code {self._proc.poll()})"
-        for ch in list(self._waiting.values()):
-            ch.close()
-        self._waiting.clear()
+    def _on_exit(self) -> None:
         self.inbox.push(Received("__exit__", [self._dead]))
 
-    def _dispatch(self, line: bytes) -> None:
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            self.inbox.push(Received("__garbage__", [line.decode("utf-8", "replace")]))
-            return
-        if "id" in msg and msg.get("id") is not None:
-            ch = self._waiting.pop(msg["id"], None)
-            if ch is not None:
-                ch.send_nowait(msg)
-                ch.close()
-            return
+    def _on_event(self, msg: dict) -> None:
         kind = msg.get("event")
         sock = msg.get("sock")
         if kind == "recv":
@@ -365,25 +411,7 @@ class NodeClient:
 
         ``deadline``: seconds to wait for the reply (default ``command_timeout``).
         """
-        if self._dead:
-            raise HarnessError(self._dead)
-        self._next_id += 1
-        cid = self._next_id
-        send, recv = trio.open_memory_channel(1)
-        self._waiting[cid] = send
-        line = json.dumps({"id": cid, "cmd": cmd, **fields}).encode() + b"\n"
-        try:
-            with trio.fail_after(deadline if deadline is not None else self.command_timeout):
-                async with self._send_lock:
-                    await self._proc.stdin.send_all(line)
-                try:
-                    reply = await recv.receive()
-                except trio.EndOfChannel:
-                    raise HarnessError(f"{cmd}: {self._dead or 'client.js went away'}") from None
-        except trio.TooSlowError:
-            raise trio.TooSlowError(f"client.js did not answer {cmd!r} in time") from None
-        finally:
-            self._waiting.pop(cid, None)
+        reply = await self._exchange(cmd, fields, deadline)
         if not reply.get("ok"):
             err = str(reply.get("error"))
             if cmd == "connect":
@@ -520,7 +548,7 @@ class PyClient:
         self._client_kwargs = dict(reconnection=reconnection, **client_kwargs)
         if ssl_ca is not None:
             self._client_kwargs["http_session"] = functools.partial(_tls_session, ssl_ca)
-        self.inbox = _Inbox()
+        self.inbox = Inbox()
         self.sio: Any = None  # socketio.AsyncClient, lives in the asyncio thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

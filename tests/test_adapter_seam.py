@@ -239,3 +239,13 @@ async def test_a_local_broadcast_stays_on_its_server(start_server, node):
     await b.next_event("marker")
     with pytest.raises(trio.TooSlowError):  # the marker came after: "here" never will
         await b.next_event("here", timeout=0.2)
+
+
+def test_a_cluster_adapter_without_its_wire_calls_cannot_be_made():
+    from roomd.cluster.base import RedisAdapterBase
+
+    class Forgetful(RedisAdapterBase):  # no _publish_broadcast, no count_channel_subscribers
+        mode = "forgetful"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Forgetful("/", None, None)

@@ -490,9 +490,9 @@ async def test_expiry_while_still_connecting(start_server, node):
 
 async def test_expiry_watch_forgets_sockets_that_left(start_server, node, monkeypatch):
     """Sockets that disconnect long before their token's exp do not pile up in the watch."""
-    from roomd.apps import tokens
+    from roomd.apps import jwtauth
 
-    monkeypatch.setattr(tokens, "COMPACT_MIN", 4)
+    monkeypatch.setattr(jwtauth, "COMPACT_MIN", 4)
     io = roomd.Server()
     auth = roomd.auth.jwt(io, secret=SECRET, audience="roomd")
     io.use(auth)

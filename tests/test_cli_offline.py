@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from children import stop
 from click.testing import CliRunner
 from test_admin import FakeBackend, running
 
@@ -274,9 +275,7 @@ async def test_tail_ctrl_c_exits_quietly(tmp_path):
                 assert await proc.wait() == 0
                 assert await proc.stderr.receive_some(4096) == b""
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await stop(proc, signal.SIGKILL)
 
 
 def test_hash_password():

@@ -10,10 +10,12 @@ receives packets in publication order from one publisher).
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
 import trio
+from children import stop
 from cluster_harness import NodePeer
 
 import roomd
@@ -356,17 +358,12 @@ async def _silent_subscriber(port: int, task_status: Any = trio.TASK_STATUS_IGNO
         task_status.started(proc)
         await proc.wait()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await proc.wait()
+        await stop(proc, signal.SIGKILL)
 
 
 async def test_node_hung_then_killed_mid_request(start_server, node, node_peer, redis_server):
     """A real Node.js node stops answering (SIGSTOP), then dies (SIGKILL): the other nodes get
     partial results within request_timeout, then a whole cluster again."""
-    import signal
-
     a = make_roomd(redis_server.url, request_timeout=1.5)
     b = make_roomd(redis_server.url, request_timeout=1.5)
     srv_a, srv_b = await start_server(a), await start_server(b)

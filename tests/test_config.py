@@ -12,7 +12,6 @@ from roomd.ops.config import (
     Config,
     NamespaceConfig,
     config_to_toml,
-    default_admin_socket,
     load_config,
 )
 
@@ -44,20 +43,6 @@ def test_defaults_without_a_file(monkeypatch):
     assert config.app.module is None
     assert config.namespaces == (NamespaceConfig(name="/"),)
     assert config.source is None
-
-
-def test_default_admin_socket_order():
-    # systemd gives each unit its own RuntimeDirectory: the name stays roomd.sock there
-    both = {"RUNTIME_DIRECTORY": "/run/roomd", "XDG_RUNTIME_DIR": "/run/user/1"}
-    assert default_admin_socket("3000", both) == "/run/roomd/roomd.sock"
-    several = {"RUNTIME_DIRECTORY": "/run/a:/run/b"}
-    assert default_admin_socket("eu1", several) == "/run/a/roomd.sock"
-    # elsewhere one socket per instance (by default named by its port)
-    assert default_admin_socket("3000", {"XDG_RUNTIME_DIR": "/run/user/1"}) == (
-        "/run/user/1/roomd/3000.sock")
-    import os
-
-    assert default_admin_socket("3001", {}) == f"/tmp/roomd-{os.geteuid()}/3001.sock"
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", "-x", "x" * 65, "a b"])

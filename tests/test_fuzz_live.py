@@ -96,6 +96,17 @@ async def _drain(stream: trio.SocketStream) -> None:
             return
 
 
+async def _send_and_drain(stream: trio.SocketStream, data: bytes) -> None:
+    """Send ``data`` and the end of our side, then drain the server's answer; closed after."""
+    async with stream:
+        try:
+            await stream.send_all(data)
+            await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await _drain(stream)
+
+
 def _run_case(attack) -> None:
     """Run one example: server, healthy client, ``await attack(port)``, then the checks."""
     errors = _ErrorLog()
@@ -172,14 +183,7 @@ def _mutated(draw) -> bytes:
 @given(st.one_of(_mutated(), st.binary(max_size=3000)))
 def test_fuzz_http_front_door(data: bytes) -> None:
     async def attack(port: int) -> None:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            try:
-                await stream.send_all(data)
-                await stream.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            await _drain(stream)
+        await _send_and_drain(await trio.open_tcp_stream("127.0.0.1", port), data)
 
     _run_case(attack)
 
@@ -208,13 +212,7 @@ def _frames(draw) -> bytes:
 def test_fuzz_websocket_frames(data: bytes) -> None:
     async def attack(port: int) -> None:
         stream, _ = await _upgrade(port)
-        async with stream:
-            try:
-                await stream.send_all(data)
-                await stream.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            await _drain(stream)
+        await _send_and_drain(stream, data)
 
     _run_case(attack)
 

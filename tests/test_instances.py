@@ -15,7 +15,7 @@ import pytest
 import trio
 from daemon_proc import roomd, running_daemon, short_dir
 
-from roomd.ops.admin_proto import running_instances
+from roomd.ops.admin_proto import default_admin_socket, running_instances
 
 
 @pytest.fixture
@@ -31,6 +31,18 @@ def home():
 
 async def cli(env: dict, *args: str, **more: str):
     return await roomd(*args, env=dict(env, **more))
+
+
+def test_default_admin_socket_order():
+    # systemd gives each unit its own RuntimeDirectory: the name stays roomd.sock there
+    both = {"RUNTIME_DIRECTORY": "/run/roomd", "XDG_RUNTIME_DIR": "/run/user/1"}
+    assert default_admin_socket("3000", both) == "/run/roomd/roomd.sock"
+    several = {"RUNTIME_DIRECTORY": "/run/a:/run/b"}
+    assert default_admin_socket("eu1", several) == "/run/a/roomd.sock"
+    # elsewhere one socket per instance (by default named by its port)
+    assert default_admin_socket("3000", {"XDG_RUNTIME_DIR": "/run/user/1"}) == (
+        "/run/user/1/roomd/3000.sock")
+    assert default_admin_socket("3001", {}) == f"/tmp/roomd-{os.geteuid()}/3001.sock"
 
 
 async def test_two_instances_each_their_own_socket(home):

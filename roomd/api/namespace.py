@@ -9,6 +9,7 @@ Socket.IO's parent namespaces.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import logging
 import re
@@ -38,12 +39,12 @@ class _Handlers:
         self.middlewares: list[Middleware] = []
 
 
-class _Target:
+class _Target(abc.ABC):
     """The broadcast shortcuts every namespace-like object offers."""
 
+    @abc.abstractmethod
     def adapters(self) -> Iterable[InMemoryAdapter]:
         """The adapters an operation on this object covers."""
-        raise NotImplementedError
 
     def _operator(self) -> BroadcastOperator:
         return BroadcastOperator(self.adapters)

@@ -1,4 +1,5 @@
-"""The Server: namespaces, the listener, and the operations on live state."""
+"""The Server: namespaces, the listener, and the operations on live state (its figures and
+listings are :mod:`.introspection`'s)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Any, overload
 import trio
 
 from .._errors import ConfigError
-from .._version import VERSION
 from ..protocol import sio
 from ..rooms.acks import AckRegistry
 from ..rooms.adapter import AdapterContext, AdapterFactory, InMemoryAdapter
@@ -34,6 +34,7 @@ from ..transport.http import handle_connection
 from ..transport.timers import Timers
 from .broadcast import BroadcastOperator, FetchedSocket
 from .connection import Connection, ConnectionContext, IdleWorkers
+from .introspection import Introspection
 from .namespace import Namespace, NamespaceFamily
 from .socket import Handler
 
@@ -176,6 +177,8 @@ class Server:
         # Read for each accepted connection, so a new context (a reloaded certificate)
         # serves new connections while the open ones keep theirs.
         self.ssl_context: ssl.SSLContext | None = None
+        self._introspection = Introspection(self, self._namespaces, self._taps, self._delivery,
+                                            self._acks, self._connection_context.counters)
         self.of("/")
 
     # -- namespaces -----------------------------------------------------
@@ -444,90 +447,14 @@ class Server:
         self._drained.set()
         await self._finished.wait()
 
-    # -- introspection (the admin socket's backend) ----------------------
+    # -- introspection (the admin socket's backend, in introspection.py) ------
     def stats(self) -> dict[str, Any]:
         """Figures for ``roomd status``."""
-        now = time.time()
-        sockets = rooms = 0
-        for namespace in self._namespaces.values():
-            n_sockets, n_rooms = namespace.adapter.counts()
-            sockets += n_sockets
-            rooms += n_rooms
-        return {
-            "version": VERSION,
-            "started_at": self.started_at,
-            "uptime": now - self.started_at if self.started_at else 0.0,
-            "listen": list(self.listen_addresses),
-            "connections": len(self.engine.sessions),
-            "sockets": sockets,
-            "namespaces": len(self._namespaces),
-            "rooms": rooms,
-            "events_total": self._taps.events_total,
-            "events_per_second": round(self._taps.rate(), 2),
-            "slow_consumers": self._delivery.slow_consumers,
-            "broadcasts_awaiting_acks": self._acks.waiting,
-            "cluster": self.adapter_factory.status(),
-            "closed": dict(self.engine.closes),  # sessions closed, by reason
-            "recovery": self._recovery_stats(),
-            **self.counters,
-        }
-
-    def _recovery_stats(self) -> dict[str, Any] | None:
-        """What the recovery stores of every namespace hold (None when off)."""
-        if self.recovery is None:
-            return None
-        total = {"namespaces": 0, "sessions": 0, "packets": 0, "bytes": 0}
-        for namespace in self._namespaces.values():
-            held = namespace.adapter.recovery_status()
-            if held is not None:
-                total["namespaces"] += 1
-                for key, value in held.items():
-                    total[key] += value
-        return total
+        return self._introspection.stats()
 
     def metrics(self) -> dict[str, Any]:
-        """Every counter and gauge, read at once (cheap: no actor round trip).
-
-        What ``roomd.ops.metrics`` exports and the Admin UI's ``server_stats``
-        are built from; docs/metrics.md says what each means. ``cluster`` is
-        the adapter factory's ``status()``.
-        """
-        engine, delivery, acks = self.engine, self._delivery, self._acks
-        counters = self._connection_context.counters
-        transports = {"polling": 0, "websocket": 0}
-        for session in engine.sessions.values():
-            transports[session.transport] = transports.get(session.transport, 0) + 1
-        namespaces = {}
-        for name, namespace in self._namespaces.items():
-            sockets, rooms = namespace.adapter.counts()
-            namespaces[name] = {"sockets": sockets, "rooms": rooms}
-        return {
-            "uptime": time.time() - self.started_at if self.started_at else 0.0,
-            "connections": transports,
-            "connections_opened": engine.sessions_opened,
-            "disconnects": dict(engine.closes),
-            "http_refusals": dict(engine.refusals),
-            # docs/limits.md: the process budget and the half-open connections now
-            "memory_budget": {"used": engine.budget.used, "peak": engine.budget.peak,
-                              "limit": engine.budget.limit},
-            "half_open": engine.admission.half_open,
-            "namespaces": namespaces,
-            "messages_received": engine.messages_in,
-            "bytes_received": engine.bytes_in,
-            "events_received": counters.events_received,
-            "events_sent": self._taps.events_total,
-            "broadcasts": delivery.broadcasts,
-            "deliveries": delivery.deliveries,
-            "bytes_sent": delivery.bytes_out,
-            "dropped": delivery.dropped,
-            "acks_received": acks.received,
-            "ack_timeouts": acks.timeouts,
-            "handler_errors": counters.handler_errors,
-            "connect_errors": counters.connect_errors,
-            "cluster": self.adapter_factory.status(),
-            "recovery": self._recovery_stats(),
-            "counters": dict(self.counters),
-        }
+        """Every counter and gauge, read at once (cheap: no actor round trip)."""
+        return self._introspection.metrics()
 
     def namespace_names(self) -> list[str]:
         return sorted(self._namespaces)
@@ -537,67 +464,25 @@ class Server:
         return self._namespaces.get(name)
 
     async def rooms_snapshot(self, namespace: str | None = None) -> list[dict]:
-        out: list[dict] = []
-        for name, ns in sorted(self._namespaces.items()):
-            if namespace is None or name == namespace:
-                out.extend(await ns.adapter.rooms_snapshot())
-        return out
+        return await self._introspection.rooms_snapshot(namespace)
 
     async def cluster_rooms(self, namespace: str | None = None) -> list[dict]:
-        """Every room of the cluster (this node's alone without a cluster adapter).
-
-        Each entry has ``local``, the members on this node, and ``private``
-        when the room is a socket's own. Raises ClusterTimeout (with what did
-        answer) when a node stays silent.
-        """
-        out: list[dict] = []
-        for name, ns in sorted(self._namespaces.items()):
-            if namespace is not None and name != namespace:
-                continue
-            rooms = await ns.adapter.all_rooms()
-            socket_ids = {s.id for s in await ns.fetch_sockets()}
-            local = {r["room"]: len(r["members"]) for r in await ns.adapter.rooms_snapshot()}
-            for room in sorted(rooms):
-                out.append({"namespace": name, "room": room, "local": local.get(room, 0),
-                            "private": room in socket_ids})
-        return out
+        """Every room of the cluster (this node's alone without a cluster adapter)."""
+        return await self._introspection.cluster_rooms(namespace)
 
     def sockets_snapshot(self, namespace: str | None = None, room: str | None = None
                          ) -> list[dict]:
-        out = []
-        for name, ns in sorted(self._namespaces.items()):
-            if namespace is not None and name != namespace:
-                continue
-            for socket in ns.sockets.values():
-                rooms = socket.rooms
-                if room is not None and room not in rooms:
-                    continue
-                out.append({"id": socket.id, "namespace": name, "rooms": sorted(rooms),
-                            "transport": socket.transport, "address": socket.handshake.address,
-                            "connected_at": socket.handshake.time})
-        return out
+        return self._introspection.sockets_snapshot(namespace, room)
 
     def open_tap(self) -> Any:
         """An async context manager yielding a channel of emitted-event dicts."""
-        return self._taps.open()
+        return self._introspection.open_tap()
 
     async def admin_emit(self, namespace: str, event: str, args: list, rooms: list[str],
                          except_rooms: list[str]) -> int:
-        """Emit from the admin socket; returns the number of local recipients.
-
-        An unknown namespace has no recipients.
-        """
-        target = self._namespaces.get(namespace)
-        if target is None:
-            return 0
-        return await target.to(rooms).except_(except_rooms).emit_counted(
-            event, *args, source="admin")
+        """Emit from the admin socket; returns the number of local recipients."""
+        return await self._introspection.admin_emit(namespace, event, args, rooms, except_rooms)
 
     async def admin_disconnect(self, sid: str) -> bool:
         """Disconnect the socket with that id (in any namespace)."""
-        for ns in self._namespaces.values():
-            socket = ns.get_socket(sid)
-            if socket is not None:
-                await socket.disconnect()
-                return True
-        return False
+        return await self._introspection.admin_disconnect(sid)

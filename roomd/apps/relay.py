@@ -53,8 +53,9 @@ from ..api.broadcast import RESERVED_EVENTS
 from ..api.namespace import NamespaceFamily
 from ..api.server import Server
 from ..api.socket import Socket
+from .jwtauth import JWTAuth
 from .ratelimit import DEFAULT_STRIKES, Limits, TokenBucket, default_burst
-from .tokens import Grant, JWTAuth, TokenVerifier
+from .tokens import Grant, TokenVerifier
 
 logger = logging.getLogger("roomd.relay")
 

@@ -6,8 +6,9 @@
             print(event.name, event.args)
 
 Layout: :mod:`._client` holds :func:`connect`, :class:`Client` and
-:class:`ReceivedEvent`; :mod:`._transports` the WebSocket (trio-websocket)
-and long-polling (h11) transports and the URL checks. The protocol state
+:class:`ReceivedEvent`; :mod:`._handshake` opens a connection (transport,
+Engine.IO OPEN, namespace CONNECT); :mod:`._transports` the WebSocket
+(trio-websocket) and long-polling (h11) transports and the URL checks. The protocol state
 machine is sans-IO, in :mod:`roomd.protocol.client`. The client's errors are
 part of roomd's one hierarchy (:mod:`roomd._errors`). docs/client.md is the
 guide.

@@ -1,9 +1,9 @@
 """The trio Socket.IO client: :func:`connect` and :class:`Client`.
 
 One :class:`Client` is one Engine.IO connection and one namespace (the path of
-the URL). Its protocol state is a sans-IO :class:`~roomd.protocol.client.ClientProtocol`;
-this module only moves bytes and runs two tasks in the nursery that
-:func:`connect` opens:
+the URL), opened by :mod:`._handshake`. Its protocol state is a sans-IO
+:class:`~roomd.protocol.client.ClientProtocol`; this module only moves bytes and
+runs two tasks in the nursery that :func:`connect` opens:
 
 - the reader: receives from the transport, feeds the protocol, sends what it
   queued (a PONG for each PING), resolves acks at once (so a handler may await
@@ -44,14 +44,8 @@ import trio
 
 from .._errors import AckTimeout, ConnectError, Disconnected
 from ..protocol import client as proto
-from ..protocol import eio
-from ._transports import (
-    PollingTransport,
-    Target,
-    TransportGone,
-    WebSocketTransport,
-    parse_url,
-)
+from ._handshake import CLOSE_TIMEOUT, Opening, feed, make_ssl_context, open_connection
+from ._transports import Target, TransportGone, close_quietly, parse_url
 
 logger = logging.getLogger("roomd.client")
 
@@ -60,8 +54,6 @@ DEFAULT_ACK_TIMEOUT = 10.0
 DEFAULT_INBOX_SIZE = 256
 # trio-websocket's own default; a Socket.IO server's maxPayload is 1 MB by default.
 DEFAULT_MAX_MESSAGE_SIZE = 2**20
-# How long a graceful disconnect may take before the transport is just dropped.
-CLOSE_TIMEOUT = 2.0
 # Events travel from the reader to the dispatcher through this many slots.
 _HANDOFF_SIZE = 16
 
@@ -107,13 +99,12 @@ class _PendingAck:
 class Client:
     """A connected Socket.IO client; made by :func:`connect`, not directly."""
 
-    def __init__(self, target: Target, transport: WebSocketTransport | PollingTransport,
-                 protocol: proto.ClientProtocol, sid: str, inbox_size: int) -> None:
+    def __init__(self, target: Target, opening: Opening, inbox_size: int) -> None:
         self.target = target
         self.namespace = target.namespace
-        self.sid = sid
-        self._transport = transport
-        self._proto = protocol
+        self.sid = opening.sid
+        self._transport = opening.transport
+        self._proto = opening.protocol
         self._send_lock = trio.StrictFIFOLock()
         self._acks: dict[int, _PendingAck] = {}
         self._handlers: dict[str, Handler] = {}
@@ -124,7 +115,7 @@ class Client:
             max(inbox_size, 0))
         self._drop_unhandled = inbox_size <= 0
         self._closed = trio.Event()
-        self._early: list[proto.Event] = []
+        self._early = opening.early  # the reader's first work
         self.disconnect_reason: Disconnected | None = None
 
     # ---- public
@@ -226,14 +217,9 @@ class Client:
         if self._closed.is_set():
             return
         events = self._proto.close()
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            scope.shield = True
-            try:
-                await self._flush()
-            except Disconnected:
-                pass
+        await self._flush_before_close()
         self._on_closed(events)
-        await self._close_transport()
+        await close_quietly(self._transport, CLOSE_TIMEOUT)
 
     # ---- internals
 
@@ -253,19 +239,19 @@ class Client:
             if not packets:
                 return
             try:
-                if isinstance(self._transport, PollingTransport):
-                    await self._transport.send(eio.encode_payload(packets))
-                else:
-                    await self._transport.send([eio.encode_packet(p) for p in packets])
+                await self._transport.send_packets(packets)
             except TransportGone as exc:
                 self._on_closed(self._proto.transport_closed(exc.detail, error=exc.error))
                 raise self.disconnect_reason or Disconnected("transport close") from None
 
-    def _feed(self, item: str | bytes) -> list[proto.Event]:
-        if isinstance(self._transport, PollingTransport):
-            assert isinstance(item, str)
-            return self._proto.receive_payload(item)
-        return self._proto.receive_message(item)
+    async def _flush_before_close(self) -> None:
+        """Send what the protocol queued last (its DISCONNECT), bounded by CLOSE_TIMEOUT."""
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            scope.shield = True
+            try:
+                await self._flush()
+            except Disconnected:
+                pass
 
     async def _reader(self) -> None:
         try:
@@ -283,7 +269,7 @@ class Client:
                     except TransportGone as exc:
                         events = self._proto.transport_closed(exc.detail, error=exc.error)
                     else:
-                        events = self._feed(item)
+                        events = feed(self._proto, self._transport, item)
                 if scope.cancelled_caught:
                     events = self._proto.heartbeat_expired()
                 try:
@@ -308,16 +294,11 @@ class Client:
         elif isinstance(event, proto.NamespaceDisconnected):
             self.disconnect_reason = Disconnected("io server disconnect")
             self._on_closed(self._proto.close())
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                scope.shield = True
-                try:
-                    await self._flush()
-                except Disconnected:
-                    pass
-            await self._close_transport()
+            await self._flush_before_close()
+            await close_quietly(self._transport, CLOSE_TIMEOUT)
         elif isinstance(event, proto.Closed):
             self._on_closed([event])
-            await self._close_transport()
+            await close_quietly(self._transport, CLOSE_TIMEOUT)
 
     def _on_closed(self, events: list[proto.Event]) -> None:
         """Record why the connection ended (the first reason wins) and wake everyone."""
@@ -337,14 +318,6 @@ class Client:
             pending.closed = closed
             pending.done.set()
         self._closed.set()
-
-    async def _close_transport(self) -> None:
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            scope.shield = True
-            try:
-                await self._transport.aclose()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     async def _dispatcher(self) -> None:
         try:
@@ -368,74 +341,6 @@ class Client:
                 await event.ack(*args)
             except Disconnected:
                 pass
-
-
-def _ssl_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | None:
-    if cafile is None and not insecure:
-        return None
-    context = ssl.create_default_context(cafile=cafile)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-async def _handshake(nursery: trio.Nursery, target: Target, *, transport: str,
-                     auth: dict | None, ssl_context: ssl.SSLContext | None,
-                     max_message_size: int, inbox_size: int) -> Client:
-    """Open the transport, read OPEN, connect the namespace; raises ConnectError."""
-    opener = PollingTransport if transport == "polling" else WebSocketTransport
-    link = await opener.open(nursery, target, ssl_context, max_message_size)
-    protocol = proto.ClientProtocol()
-    try:
-        while True:
-            try:
-                item = await link.receive()
-            except TransportGone as exc:
-                protocol.transport_closed(exc.detail, error=exc.error)
-                item = None
-            events = protocol.receive_payload(item) if isinstance(item, str) and link.polling \
-                else protocol.receive_message(item) if item is not None else []
-            for index, event in enumerate(events):
-                if isinstance(event, proto.Opened):
-                    if isinstance(link, PollingTransport):
-                        link.handshake_done(event.info.sid)
-                    protocol.connect(target.namespace, auth)
-                elif isinstance(event, proto.Connected):
-                    client = Client(target, link, protocol, event.sid, inbox_size)
-                    # what came in the same payload is the reader's first work
-                    client._early = events[index + 1:]
-                    return client
-                elif isinstance(event, proto.ConnectFailed):
-                    raise ConnectError(event.message, event.data, refused=True)
-            if protocol.state is proto.ClientState.CLOSED:
-                closed = protocol.close_reason
-                detail = f"{closed.reason}: {closed.detail}" if closed and closed.detail \
-                    else closed.reason if closed else "closed"
-                raise ConnectError(f"connection to {target.origin} ended during the "
-                                   f"handshake ({detail})")
-            packets = protocol.packets_to_send()
-            if packets:
-                if isinstance(link, PollingTransport):
-                    await link.send(eio.encode_payload(packets))
-                else:
-                    await link.send([eio.encode_packet(p) for p in packets])
-    except TransportGone as exc:
-        await _drop(link)
-        raise ConnectError(f"connection to {target.origin} ended during the handshake "
-                           f"({exc.detail})") from None
-    except BaseException:
-        await _drop(link)
-        raise
-
-
-async def _drop(link: WebSocketTransport | PollingTransport) -> None:
-    with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-        scope.shield = True
-        try:
-            await link.aclose()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
 
 @asynccontextmanager
@@ -479,17 +384,18 @@ async def connect(
     if ssl_context is not None and (cafile is not None or insecure):
         raise ValueError("give ssl_context, or cafile / insecure, not both")
     target = parse_url(url, path=path, query=query, headers=headers)
-    context = ssl_context or _ssl_context(cafile, insecure)
+    context = ssl_context or make_ssl_context(cafile, insecure)
     try:
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(connect_timeout):
-                    client = await _handshake(
+                    opening = await open_connection(
                         nursery, target, transport=transport, auth=auth, ssl_context=context,
-                        max_message_size=max_message_size, inbox_size=inbox_size)
+                        max_message_size=max_message_size)
             except trio.TooSlowError:
                 raise ConnectError(f"no Socket.IO connection to {target.origin} within "
                                    f"{connect_timeout:g} s") from None
+            client = Client(target, opening, inbox_size)
             nursery.start_soon(client._reader)
             nursery.start_soon(client._dispatcher)
             try:

@@ -31,6 +31,7 @@ import trio
 import trio_websocket
 
 from .._errors import ConnectError
+from ..protocol import eio
 
 logger = logging.getLogger("roomd.client")
 
@@ -135,9 +136,9 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _close_quietly(stream: trio.abc.AsyncResource) -> None:
-    """Close a stream we are giving up on, bounded, whatever state it is in."""
-    with trio.move_on_after(1) as scope:
+async def close_quietly(stream: trio.abc.AsyncResource | Transport, timeout: float = 1) -> None:
+    """Close a stream (or transport) we are giving up on, bounded, whatever state it is in."""
+    with trio.move_on_after(timeout) as scope:
         scope.shield = True
         try:
             await stream.aclose()
@@ -217,13 +218,13 @@ class WebSocketTransport:
                     max_message_size=max_message_size)
             watcher.scope = None
         except trio_websocket.ConnectionRejected as exc:
-            await _close_quietly(stream)
+            await close_quietly(stream)
             raise ConnectError(f"{failed}: {_refusal(exc.status_code, exc.body or b'')}") from None
         except (OSError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
-            await _close_quietly(stream)
+            await close_quietly(stream)
             raise ConnectError(f"{failed}: {_describe(_unwrap(exc))}") from None
         if scope.cancelled_caught:
-            await _close_quietly(stream)
+            await close_quietly(stream)
             error = watcher.error
             if isinstance(error, trio_websocket.ConnectionRejected):
                 refusal = _refusal(error.status_code, error.body or b"")
@@ -254,6 +255,10 @@ class WebSocketTransport:
                 await self._ws.send_message(message)
         except trio_websocket.ConnectionClosed:
             raise TransportGone("WebSocket closed") from None
+
+    async def send_packets(self, packets: list[eio.Packet]) -> None:
+        """One WebSocket message per packet."""
+        await self.send([eio.encode_packet(packet) for packet in packets])
 
     async def aclose(self) -> None:
         await self._ws.aclose()
@@ -364,7 +369,7 @@ class _HTTPConnection:
         if stream is not None:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
-                await _close_quietly(stream)
+                await close_quietly(stream)
 
 
 class PollingTransport:
@@ -428,6 +433,14 @@ class PollingTransport:
     async def send(self, payload: str) -> None:
         await self._request(self._post, "POST", payload.encode("utf-8"))
 
+    async def send_packets(self, packets: list[eio.Packet]) -> None:
+        """The packets as one payload, in one POST."""
+        await self.send(eio.encode_payload(packets))
+
     async def aclose(self) -> None:
         await self._get.aclose()
         await self._post.aclose()
+
+
+# What a connected client moves its packets over.
+Transport = WebSocketTransport | PollingTransport

@@ -1,9 +1,11 @@
-"""What the two Redis adapters share: requests that wait for other nodes.
+"""What the Redis adapters share: the operations, and requests that wait for other nodes.
 
 A cluster adapter is an :class:`~roomd.rooms.adapter.InMemoryAdapter` for
 its own sockets that also publishes each operation not flagged ``local``
 (publish first, then deliver locally, as Socket.IO's adapters do), and
-applies what other nodes publish with ``local`` set.
+applies what other nodes publish with ``local`` set. The operations are
+written once here, over abstract wire calls (``_publish_*``,
+``new_request_id``) that each protocol's adapter supplies.
 
 Requests that expect answers (fetch_sockets, all_rooms, server-side emits
 with replies, broadcasts with acks) are kept by request id until every
@@ -17,8 +19,9 @@ While Redis is down the count is 1 (this node): every operation is local.
 
 from __future__ import annotations
 
+import abc
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -70,11 +73,25 @@ class PendingAcks:
         self.on_ack = on_ack
         self.acks = 0
 
+    def count(self, value: Any) -> None:
+        """A node's count of the sockets the broadcast reached there."""
+        self.on_count(value if isinstance(value, int) else 0)
+
     def ack(self, request_id: str, value: Any) -> None:
         # Remote acks carry no socket id (the Node adapters send only the
         # first ack argument); a per-request counter keeps them apart.
         self.acks += 1
         self.on_ack(f"{request_id}:{self.acks}", [value])
+
+
+def ack_window(opts: Any, default: float) -> float:
+    """How long to relay the acks of a broadcast another node asked for: its
+    ``opts.flags.timeout`` (milliseconds), at most an hour, else ``default``."""
+    flags = opts.get("flags") if isinstance(opts, dict) else None
+    timeout = flags.get("timeout") if isinstance(flags, dict) else None
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+        return min(float(timeout) / 1000, 3600.0)
+    return default
 
 
 def options_local(target: wire.Target) -> BroadcastOptions:
@@ -116,8 +133,11 @@ class RequestStats:
                 "request_timeouts": dict(self.request_timeouts)}
 
 
-class RedisAdapterBase(InMemoryAdapter):
-    """The request bookkeeping and the local application of remote operations."""
+class RedisAdapterBase(InMemoryAdapter, abc.ABC):
+    """The request bookkeeping and the local application of remote operations.
+
+    A protocol's adapter provides the wire calls marked abstract below.
+    """
 
     mode = ""  # "classic" / "sharded"
     uid = ""   # this node's id in the protocol, set by the subclass
@@ -133,9 +153,9 @@ class RedisAdapterBase(InMemoryAdapter):
         self.ack_requests: dict[str, PendingAcks] = {}
 
     # -- broadcasting: publish to the other nodes, then deliver here --------------------
+    @abc.abstractmethod
     async def _publish_broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         """Put a broadcast on the wire in this mode's format."""
-        raise NotImplementedError
 
     async def broadcast(self, emission: Emission, opts: BroadcastOptions) -> None:
         if not opts.local:
@@ -152,8 +172,114 @@ class RedisAdapterBase(InMemoryAdapter):
                 "requests_waiting": len(self.requests) + len(self.ack_requests)}
 
     # -- to be provided by the protocol ----------------------------------------------
+    @abc.abstractmethod
     async def count_channel_subscribers(self) -> int | None:
-        raise NotImplementedError
+        """The subscribers of the channel every node of this namespace listens to; None
+        while Redis does not answer."""
+
+    @abc.abstractmethod
+    def new_request_id(self) -> str:
+        """A request id in this protocol's format."""
+
+    @abc.abstractmethod
+    async def _publish_broadcast_with_ack(self, emission: Emission, request_id: str,
+                                          opts: dict[str, Any]) -> None:
+        """Put a broadcast whose acks the other nodes relay on the wire (``opts``: its
+        encoded options, with the ack timeout in the flags)."""
+
+    @abc.abstractmethod
+    async def _publish_fetch_sockets(self, opts: BroadcastOptions, request_id: str) -> None:
+        """Ask the other nodes for their sockets that ``opts`` selects."""
+
+    @abc.abstractmethod
+    async def _publish_sockets_join(self, opts: BroadcastOptions, rooms: list[str]) -> None:
+        """Have the other nodes' sockets that ``opts`` selects join ``rooms``."""
+
+    @abc.abstractmethod
+    async def _publish_sockets_leave(self, opts: BroadcastOptions, rooms: list[str]) -> None:
+        """Have the other nodes' sockets that ``opts`` selects leave ``rooms``."""
+
+    @abc.abstractmethod
+    async def _publish_disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        """Have the other nodes disconnect their sockets that ``opts`` selects."""
+
+    @abc.abstractmethod
+    async def _publish_server_side_emit(self, args: list, request_id: str | None) -> None:
+        """Send a server-side event to the other nodes (with a request id: answer it)."""
+
+    # -- the operations: publish (unless local), then do it here ------------------------
+    async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
+                                 on_count: Callable[[int], None],
+                                 on_ack: Callable[[str, list], None]) -> Callable[[], None]:
+        request_id = None
+        if not opts.local:
+            emission.parts()  # an argument that cannot be encoded fails before anything is sent
+            request_id = self.new_request_id()
+            self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
+            self.factory.stats.sent("broadcast_with_ack")
+            flags = {"timeout": int(self.request_timeout * 1000)}
+            await self._publish_broadcast_with_ack(emission, request_id, wire.encode_opts(
+                opts.rooms, opts.except_rooms, opts.volatile, flags))
+        try:
+            stop_local = await super().broadcast_with_ack(emission, opts, on_count, on_ack)
+        except BaseException:
+            if request_id is not None:
+                self.ack_requests.pop(request_id, None)
+            raise
+
+        def stop() -> None:
+            stop_local()
+            if request_id is not None:
+                self.ack_requests.pop(request_id, None)
+        return stop
+
+    async def fetch_sockets(self, opts: BroadcastOptions) -> list[Member | RemoteSocketRecord]:
+        local = await super().fetch_sockets(opts)
+        if opts.local:
+            return local
+        others = await self.server_count() - 1
+        if others <= 0:
+            return local
+        request_id = self.new_request_id()
+        request = self.requests[request_id] = PendingRequest(others)
+        self.factory.stats.sent("fetch_sockets")
+        await self._publish_fetch_sockets(opts, request_id)
+        return await self.gather_sockets(request_id, request, local)
+
+    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
+        rooms = list(rooms)
+        if not opts.local:
+            await self._publish_sockets_join(opts, rooms)
+        await super().add_sockets(opts, rooms)
+
+    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
+        rooms = list(rooms)
+        if not opts.local:
+            await self._publish_sockets_leave(opts, rooms)
+        await super().del_sockets(opts, rooms)
+
+    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        if not opts.local:
+            await self._publish_disconnect_sockets(opts, close)
+        await super().disconnect_sockets(opts, close)
+
+    async def server_side_emit(self, args: list,
+                               on_reply: Callable[[list], None] | None = None) -> int:
+        """Send to the other nodes; with ``on_reply``, return how many will answer (each
+        answer's ``data`` is relayed)."""
+        if on_reply is None:
+            await self._publish_server_side_emit(args, None)
+            return 0
+        others = await self.server_count() - 1
+        if others <= 0:
+            return 0
+        request_id = self.new_request_id()
+        self.requests[request_id] = PendingRequest(
+            others, lambda answer: on_reply([answer.get("data")]))
+        self.factory.stats.sent("server_side_emit")
+        await self._publish_server_side_emit(args, request_id)
+        self.expire_later("server_side_emit", request_id, self.requests[request_id])
+        return others
 
     # -- shared operations -----------------------------------------------------------
     async def server_count(self) -> int:

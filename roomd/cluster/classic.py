@@ -18,13 +18,12 @@ node subscribes to) rather than to every node.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..rooms.adapter import InMemoryAdapter
-from ..rooms.records import BroadcastOptions, Emission, Member, RemoteSocketRecord
+from ..rooms.records import BroadcastOptions, Emission
 from . import wire
-from .base import PendingAcks, PendingRequest, RedisAdapterBase, first
+from .base import PendingRequest, RedisAdapterBase, ack_window, first
 from .wire import RequestType
 
 logger = logging.getLogger("roomd.cluster")
@@ -78,54 +77,45 @@ class ClassicRedisAdapter(RedisAdapterBase):
     def _opts(opts: BroadcastOptions) -> dict[str, Any]:
         return {"rooms": list(opts.rooms), "except": list(opts.except_rooms)}
 
-    # -- the operations ----------------------------------------------------------------
-    async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
-                                 on_count: Callable[[int], None],
-                                 on_ack: Callable[[str, list], None]) -> Callable[[], None]:
-        request_id = None
-        if not opts.local:
-            emission.parts()
-            request_id = wire.request_id()
-            self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
-            self.factory.stats.sent("broadcast_with_ack")
-            await self._request({
-                "requestId": request_id, "type": int(RequestType.BROADCAST),
-                "packet": wire.encode_packet(self.namespace, emission.data),
-                "opts": wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile,
-                                         {"timeout": int(self.request_timeout * 1000)})})
-        try:
-            stop_local = await super().broadcast_with_ack(emission, opts, on_count, on_ack)
-        except BaseException:
-            if request_id is not None:
-                self.ack_requests.pop(request_id, None)
-            raise
+    def new_request_id(self) -> str:
+        return wire.request_id()
 
-        def stop() -> None:
-            stop_local()
-            if request_id is not None:
-                self.ack_requests.pop(request_id, None)
-        return stop
+    async def _publish_broadcast_with_ack(self, emission: Emission, request_id: str,
+                                          opts: dict[str, Any]) -> None:
+        await self._request({
+            "requestId": request_id, "type": int(RequestType.BROADCAST),
+            "packet": wire.encode_packet(self.namespace, emission.data), "opts": opts})
 
-    async def fetch_sockets(self, opts: BroadcastOptions) -> list[Member | RemoteSocketRecord]:
-        local = await super().fetch_sockets(opts)
-        if opts.local:
-            return local
-        servers = await self.server_count()
-        if servers <= 1:
-            return local
-        request_id = wire.request_id()
-        request = self.requests[request_id] = PendingRequest(servers - 1)
-        self.factory.stats.sent("fetch_sockets")
+    async def _publish_fetch_sockets(self, opts: BroadcastOptions, request_id: str) -> None:
         await self._request({"requestId": request_id, "type": int(RequestType.REMOTE_FETCH),
                              "opts": self._opts(opts)})
-        return await self.gather_sockets(request_id, request, local)
 
+    async def _publish_sockets_join(self, opts: BroadcastOptions, rooms: list[str]) -> None:
+        await self._request({"type": int(RequestType.REMOTE_JOIN), "opts": self._opts(opts),
+                             "rooms": rooms})
+
+    async def _publish_sockets_leave(self, opts: BroadcastOptions, rooms: list[str]) -> None:
+        await self._request({"type": int(RequestType.REMOTE_LEAVE), "opts": self._opts(opts),
+                             "rooms": rooms})
+
+    async def _publish_disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        await self._request({"type": int(RequestType.REMOTE_DISCONNECT),
+                             "opts": self._opts(opts), "close": bool(close)})
+
+    async def _publish_server_side_emit(self, args: list, request_id: str | None) -> None:
+        if request_id is None:
+            await self._request({"type": int(RequestType.SERVER_SIDE_EMIT), "data": list(args)})
+        else:
+            await self._request({"requestId": request_id,
+                                 "type": int(RequestType.SERVER_SIDE_EMIT), "data": list(args)})
+
+    # -- the operations this protocol has beyond the shared ones --------------------------
     async def all_rooms(self) -> set[str]:
         rooms = await super().all_rooms()
         servers = await self.server_count()
         if servers <= 1:
             return rooms
-        request_id = wire.request_id()
+        request_id = self.new_request_id()
         request = self.requests[request_id] = PendingRequest(servers - 1)
         self.factory.stats.sent("all_rooms")
         await self._request({"requestId": request_id, "type": int(RequestType.ALL_ROOMS)})
@@ -134,43 +124,6 @@ class ClassicRedisAdapter(RedisAdapterBase):
         if not complete:
             raise self.timed_out("all_rooms", request, sorted(rooms))
         return rooms
-
-    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
-        rooms = list(rooms)
-        if not opts.local:
-            await self._request({"type": int(RequestType.REMOTE_JOIN), "opts": self._opts(opts),
-                                 "rooms": rooms})
-        await super().add_sockets(opts, rooms)
-
-    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
-        rooms = list(rooms)
-        if not opts.local:
-            await self._request({"type": int(RequestType.REMOTE_LEAVE), "opts": self._opts(opts),
-                                 "rooms": rooms})
-        await super().del_sockets(opts, rooms)
-
-    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
-        if not opts.local:
-            await self._request({"type": int(RequestType.REMOTE_DISCONNECT),
-                                 "opts": self._opts(opts), "close": bool(close)})
-        await super().disconnect_sockets(opts, close)
-
-    async def server_side_emit(self, args: list,
-                               on_reply: Callable[[list], None] | None = None) -> int:
-        if on_reply is None:
-            await self._request({"type": int(RequestType.SERVER_SIDE_EMIT), "data": list(args)})
-            return 0
-        others = await self.server_count() - 1
-        if others <= 0:
-            return 0
-        request_id = wire.request_id()
-        self.requests[request_id] = PendingRequest(
-            others, lambda answer: on_reply([answer.get("data")]))
-        self.factory.stats.sent("server_side_emit")
-        await self._request({"requestId": request_id, "type": int(RequestType.SERVER_SIDE_EMIT),
-                             "data": list(args)})
-        self.expire_later("server_side_emit", request_id, self.requests[request_id])
-        return others
 
     # -- what arrives -------------------------------------------------------------------
     async def _on_broadcast(self, channel: str, payload: bytes) -> None:
@@ -264,15 +217,8 @@ class ClassicRedisAdapter(RedisAdapterBase):
             self._answer(request, {"type": int(RequestType.BROADCAST_ACK),
                                    "requestId": request_id, "packet": value})
 
-        await self.apply_broadcast_with_ack(data, target, self._ack_window(request),
-                                            on_count, on_ack)
-
-    def _ack_window(self, request: dict[str, Any]) -> float:
-        flags = (request.get("opts") or {}).get("flags") or {}
-        timeout = flags.get("timeout") if isinstance(flags, dict) else None
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
-            return min(float(timeout) / 1000, 3600.0)
-        return self.request_timeout
+        await self.apply_broadcast_with_ack(
+            data, target, ack_window(request.get("opts"), self.request_timeout), on_count, on_ack)
 
     async def _on_response(self, channel: str, payload: bytes) -> None:
         try:
@@ -287,8 +233,7 @@ class ClassicRedisAdapter(RedisAdapterBase):
         if acks is not None:
             kind = response.get("type")
             if kind == RequestType.BROADCAST_CLIENT_COUNT:
-                count = response.get("clientCount")
-                acks.on_count(count if isinstance(count, int) else 0)
+                acks.count(response.get("clientCount"))
             elif kind == RequestType.BROADCAST_ACK:
                 acks.ack(request_id, response.get("packet"))
             return

@@ -24,7 +24,8 @@ from .base import RedisAdapterBase, RequestStats
 from .classic import ClassicRedisAdapter
 from .link import RedisLink
 from .sharded import ShardedRedisAdapter
-from .streams import DEFAULT_MAXLEN, DEFAULT_STREAM, RedisStreamsAdapter, StreamLink
+from .streamlink import DEFAULT_MAXLEN, DEFAULT_STREAM, StreamLink
+from .streams import RedisStreamsAdapter
 
 logger = logging.getLogger("roomd.cluster")
 

@@ -116,7 +116,7 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """One line for the log, out of an exception or an exception group."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
@@ -232,7 +232,7 @@ class RedisLink:
                 else:
                     counts = await client.pubsub_numsub(channel)
         except Exception as exc:  # any failure of Redis: the caller works without it
-            logger.debug("subscriber count of %s failed: %s", channel, _describe(exc))
+            logger.debug("subscriber count of %s failed: %s", channel, describe(exc))
             return None
         return int(sum(counts.values()))
 
@@ -256,7 +256,7 @@ class RedisLink:
                 await trio.lowlevel.checkpoint()
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
-                self._set_down(_describe(exc))
+                self._set_down(describe(exc))
             else:
                 self._set_down("connection closed")
             if self.connects != connects:  # it was up: start the backoff anew

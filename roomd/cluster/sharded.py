@@ -19,14 +19,13 @@ PUBLISH only, so it cannot reach a sharded cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from ..rooms.records import BroadcastOptions, Emission, Member, RemoteSocketRecord
+from ..rooms.records import BroadcastOptions, Emission, Member
 from . import wire
-from .base import PendingAcks, PendingRequest, RedisAdapterBase, first
+from .base import RedisAdapterBase, ack_window, first
 from .wire import MessageType
 
 logger = logging.getLogger("roomd.cluster")
@@ -120,84 +119,37 @@ class ShardedRedisAdapter(RedisAdapterBase):
             "packet": wire.encode_packet(None, emission.data),
             "opts": self._opts(opts)}, channel)
 
-    # -- the operations ----------------------------------------------------------------
-    async def broadcast_with_ack(self, emission: Emission, opts: BroadcastOptions,
-                                 on_count: Callable[[int], None],
-                                 on_ack: Callable[[str, list], None]) -> Callable[[], None]:
-        request_id = None
-        if not opts.local:
-            emission.parts()
-            request_id = wire.cluster_uid()
-            self.ack_requests[request_id] = PendingAcks(on_count, on_ack)
-            self.factory.stats.sent("broadcast_with_ack")
-            flags = {"timeout": int(self.request_timeout * 1000)}
-            await self._send_message(MessageType.BROADCAST, {
-                "packet": wire.encode_packet(None, emission.data),
-                "requestId": request_id,
-                "opts": wire.encode_opts(opts.rooms, opts.except_rooms, opts.volatile, flags)})
-        try:
-            stop_local = await super().broadcast_with_ack(emission, opts, on_count, on_ack)
-        except BaseException:
-            if request_id is not None:
-                self.ack_requests.pop(request_id, None)
-            raise
+    def new_request_id(self) -> str:
+        return wire.cluster_uid()
 
-        def stop() -> None:
-            stop_local()
-            if request_id is not None:
-                self.ack_requests.pop(request_id, None)
-        return stop
+    async def _publish_broadcast_with_ack(self, emission: Emission, request_id: str,
+                                          opts: dict[str, Any]) -> None:
+        await self._send_message(MessageType.BROADCAST, {
+            "packet": wire.encode_packet(None, emission.data), "requestId": request_id,
+            "opts": opts})
 
-    async def fetch_sockets(self, opts: BroadcastOptions) -> list[Member | RemoteSocketRecord]:
-        local = await super().fetch_sockets(opts)
-        if opts.local:
-            return local
-        others = await self.server_count() - 1
-        if others <= 0:
-            return local
-        request_id = wire.cluster_uid()
-        request = self.requests[request_id] = PendingRequest(others)
-        self.factory.stats.sent("fetch_sockets")
+    async def _publish_fetch_sockets(self, opts: BroadcastOptions, request_id: str) -> None:
         await self._send_message(MessageType.FETCH_SOCKETS,
                                  {"opts": self._opts(opts), "requestId": request_id})
-        return await self.gather_sockets(request_id, request, local)
 
-    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
-        rooms = list(rooms)
-        if not opts.local:
-            await self._send_message(MessageType.SOCKETS_JOIN,
-                                     {"opts": self._opts(opts), "rooms": rooms})
-        await super().add_sockets(opts, rooms)
+    async def _publish_sockets_join(self, opts: BroadcastOptions, rooms: list[str]) -> None:
+        await self._send_message(MessageType.SOCKETS_JOIN,
+                                 {"opts": self._opts(opts), "rooms": rooms})
 
-    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
-        rooms = list(rooms)
-        if not opts.local:
-            await self._send_message(MessageType.SOCKETS_LEAVE,
-                                     {"opts": self._opts(opts), "rooms": rooms})
-        await super().del_sockets(opts, rooms)
+    async def _publish_sockets_leave(self, opts: BroadcastOptions, rooms: list[str]) -> None:
+        await self._send_message(MessageType.SOCKETS_LEAVE,
+                                 {"opts": self._opts(opts), "rooms": rooms})
 
-    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
-        if not opts.local:
-            await self._send_message(MessageType.DISCONNECT_SOCKETS,
-                                     {"opts": self._opts(opts), "close": bool(close)})
-        await super().disconnect_sockets(opts, close)
+    async def _publish_disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        await self._send_message(MessageType.DISCONNECT_SOCKETS,
+                                 {"opts": self._opts(opts), "close": bool(close)})
 
-    async def server_side_emit(self, args: list,
-                               on_reply: Callable[[list], None] | None = None) -> int:
-        if on_reply is None:
+    async def _publish_server_side_emit(self, args: list, request_id: str | None) -> None:
+        if request_id is None:
             await self._send_message(MessageType.SERVER_SIDE_EMIT, {"packet": list(args)})
-            return 0
-        others = await self.server_count() - 1
-        if others <= 0:
-            return 0
-        request_id = wire.cluster_uid()
-        self.requests[request_id] = PendingRequest(
-            others, lambda answer: on_reply([(answer.get("data") or {}).get("packet")]))
-        self.factory.stats.sent("server_side_emit")
-        await self._send_message(MessageType.SERVER_SIDE_EMIT,
-                                 {"requestId": request_id, "packet": list(args)})
-        self.expire_later("server_side_emit", request_id, self.requests[request_id])
-        return others
+        else:
+            await self._send_message(MessageType.SERVER_SIDE_EMIT,
+                                     {"requestId": request_id, "packet": list(args)})
 
     # -- what arrives -------------------------------------------------------------------
     async def _on_message(self, channel: str, payload: bytes) -> None:
@@ -256,12 +208,8 @@ class ShardedRedisAdapter(RedisAdapterBase):
             self._answer(requester, MessageType.BROADCAST_ACK,
                          {"requestId": request_id, "packet": value})
 
-        flags = (opts or {}).get("flags") if isinstance(opts, dict) else None
-        timeout = (flags or {}).get("timeout") if isinstance(flags, dict) else None
-        window = self.request_timeout
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
-            window = min(float(timeout) / 1000, 3600.0)
-        await self.apply_broadcast_with_ack(event, target, window, on_count, on_ack)
+        await self.apply_broadcast_with_ack(
+            event, target, ack_window(opts, self.request_timeout), on_count, on_ack)
 
     def _on_response(self, kind: int, data: dict[str, Any]) -> None:
         request_id = data.get("requestId")
@@ -272,8 +220,7 @@ class ShardedRedisAdapter(RedisAdapterBase):
             if acks is None:
                 return
             if kind == MessageType.BROADCAST_CLIENT_COUNT:
-                count = data.get("clientCount")
-                acks.on_count(count if isinstance(count, int) else 0)
+                acks.count(data.get("clientCount"))
             else:
                 acks.ack(request_id, data.get("packet"))
             return
@@ -282,6 +229,6 @@ class ShardedRedisAdapter(RedisAdapterBase):
             return
         if kind == MessageType.FETCH_SOCKETS_RESPONSE:
             sockets = data.get("sockets")
-            request.add({"data": data}, sockets if isinstance(sockets, list) else None)
+            request.add(data, sockets if isinstance(sockets, list) else None)
         elif kind == MessageType.SERVER_SIDE_EMIT_RESPONSE:
-            request.add({"data": data})
+            request.add({"data": data.get("packet")})

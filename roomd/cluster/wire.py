@@ -187,16 +187,17 @@ def unpack(data: bytes) -> Any:
         raise
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"invalid msgpack: {exc}") from None
-    return _dates_to_strings(value) if _has_date(value) else value
+    return _dates_to_strings(value) if _holds(value, datetime.datetime) else value
 
 
-def _has_date(value: Any) -> bool:
-    if isinstance(value, datetime.datetime):
+def _holds(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """Whether ``value`` is, or its lists, tuples and dict values hold, one of ``kinds``."""
+    if isinstance(value, kinds):
         return True
-    if isinstance(value, list):
-        return any(_has_date(v) for v in value)
+    if isinstance(value, list | tuple):
+        return any(_holds(v, kinds) for v in value)
     if isinstance(value, dict):
-        return any(_has_date(v) for v in value.values())
+        return any(_holds(v, kinds) for v in value.values())
     return False
 
 
@@ -228,13 +229,7 @@ def load(data: bytes) -> Any:
 
 
 def has_binary(value: Any) -> bool:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return True
-    if isinstance(value, list | tuple):
-        return any(has_binary(v) for v in value)
-    if isinstance(value, dict):
-        return any(has_binary(v) for v in value.values())
-    return False
+    return _holds(value, (bytes, bytearray, memoryview))
 
 
 # -- shared shapes --------------------------------------------------------------------
@@ -355,6 +350,25 @@ def decode_classic_broadcast(payload: bytes) -> ClassicBroadcast:
     return ClassicBroadcast(str(uid), namespace, data, decode_opts(opts))
 
 
+# -- requests and answers: the framing both protocols share ---------------------------------
+def _load_object(payload: bytes, what: str) -> dict[str, Any]:
+    """A JSON or msgpack object; raises WireError for anything else."""
+    value = load(payload)
+    if not isinstance(value, dict):
+        raise WireError(f"{what} must be an object")
+    return value
+
+
+def _check_type(kind: Any, what: str) -> None:
+    if isinstance(kind, bool) or not isinstance(kind, int):
+        raise WireError(f"invalid {what} type {kind!r}")
+
+
+def _check_request_id(fields: dict[str, Any]) -> None:
+    if not isinstance(fields.get("requestId"), str | int | None):
+        raise WireError("requestId must be a string")
+
+
 def encode_request(request: dict[str, Any]) -> bytes:
     """A classic request or response: msgpack for types 7 and 9, else JSON."""
     if request.get("type") in (RequestType.BROADCAST, RequestType.BROADCAST_ACK):
@@ -364,26 +378,29 @@ def encode_request(request: dict[str, Any]) -> bytes:
 
 def decode_request(payload: bytes) -> dict[str, Any]:
     """A classic request or response; raises WireError."""
-    value = load(payload)
-    if not isinstance(value, dict):
-        raise WireError("a request must be an object")
-    kind = value.get("type")
-    if kind is not None and (isinstance(kind, bool) or not isinstance(kind, int)):
-        raise WireError(f"invalid request type {kind!r}")
-    if not isinstance(value.get("requestId"), str | int | None):
-        raise WireError("requestId must be a string")
+    value = _load_object(payload, "a request")
+    if value.get("type") is not None:
+        _check_type(value["type"], "request")
+    _check_request_id(value)
     return value
 
 
 # -- the cluster (sharded) protocol -------------------------------------------------------
-def encode_cluster_message(uid: str, namespace: str, kind: MessageType,
-                           data: dict[str, Any] | None = None) -> bytes:
+def _cluster_message(uid: str, namespace: str, kind: MessageType,
+                     data: dict[str, Any] | None) -> dict[str, Any]:
     # The key order of the Node.js adapter, so that the bytes are the same.
     message: dict[str, Any] = {"type": int(kind)}
     if data is not None:
         message["data"] = data
     message["uid"] = uid
     message["nsp"] = namespace
+    return message
+
+
+def encode_cluster_message(uid: str, namespace: str, kind: MessageType,
+                           data: dict[str, Any] | None = None) -> bytes:
+    """``{type, data, uid, nsp}``: JSON, or msgpack when the data holds binary."""
+    message = _cluster_message(uid, namespace, kind, data)
     if kind in MAY_HOLD_BINARY and has_binary(data):
         return pack(message)
     return dump_json(message)
@@ -391,19 +408,15 @@ def encode_cluster_message(uid: str, namespace: str, kind: MessageType,
 
 def decode_cluster_message(payload: bytes) -> dict[str, Any]:
     """``{uid, nsp, type, data}``; raises WireError."""
-    value = load(payload)
-    if not isinstance(value, dict):
-        raise WireError("a cluster message must be an object")
-    kind = value.get("type")
-    if isinstance(kind, bool) or not isinstance(kind, int):
-        raise WireError(f"invalid message type {kind!r}")
+    value = _load_object(payload, "a cluster message")
+    _check_type(value.get("type"), "message")
     if not isinstance(value.get("uid"), str) or not isinstance(value.get("nsp"), str):
         raise WireError("a cluster message needs uid and nsp")
     data = value.get("data")
-    if data is not None and not isinstance(data, dict):
-        raise WireError("message data must be an object")
-    if data is not None and not isinstance(data.get("requestId"), str | int | None):
-        raise WireError("requestId must be a string")
+    if data is not None:
+        if not isinstance(data, dict):
+            raise WireError("message data must be an object")
+        _check_request_id(data)
     return value
 
 
@@ -472,12 +485,7 @@ def decode_stream_entry(fields: Any) -> dict[str, Any]:
 def encode_pubsub_message(uid: str, namespace: str, kind: MessageType,
                           data: dict[str, Any] | None = None) -> bytes:
     """A request or an answer of the streams adapter: always msgpack."""
-    message: dict[str, Any] = {"type": int(kind)}
-    if data is not None:
-        message["data"] = data
-    message["uid"] = uid
-    message["nsp"] = namespace
-    return pack(message)
+    return pack(_cluster_message(uid, namespace, kind, data))
 
 
 def parse_stream_id(value: Any) -> tuple[int, int] | None:

@@ -52,13 +52,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import AdminError
-from .config import SYSTEMD_SOCKET_NAME, admin_socket_dir
 
 __all__ = [
     "AdminClient",
     "PEERCRED_FORMAT",
     "Instance",
     "InstanceChoiceError",
+    "admin_socket_dir",
+    "default_admin_socket",
     "resolve_admin_socket",
     "running_instances",
     "decode_line",
@@ -154,6 +155,34 @@ def preview_args(args: Any, limit: int = PREVIEW_CHARS) -> str:
     return text
 
 
+# -- where the admin socket is --------------------------------------------------
+SYSTEMD_SOCKET_NAME = "roomd.sock"  # in $RUNTIME_DIRECTORY, which systemd gives each unit
+
+
+def admin_socket_dir(env: Mapping[str, str] | None = None) -> str:
+    """Where a daemon outside systemd puts its default admin socket, and where the CLI
+    (in the same environment) looks for it: ``$XDG_RUNTIME_DIR/roomd`` when that variable
+    is set, else ``/tmp/roomd-<uid>``."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    return os.path.join(xdg, "roomd") if xdg else f"/tmp/roomd-{os.geteuid()}"
+
+
+def default_admin_socket(instance: str, env: Mapping[str, str] | None = None) -> str:
+    """The admin socket path of instance ``instance`` when the config names none.
+
+    Under systemd, ``$RUNTIME_DIRECTORY/roomd.sock`` (``RuntimeDirectory=``: each unit has
+    its own directory; a colon-separated list uses the first); otherwise
+    ``<dir>/<instance>.sock`` in :func:`admin_socket_dir`, so that several instances (by
+    default named by their port) have a socket each.
+    """
+    env = os.environ if env is None else env
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return os.path.join(runtime, SYSTEMD_SOCKET_NAME)
+    return os.path.join(admin_socket_dir(env), f"{instance}.sock")
+
+
 @dataclass(frozen=True)
 class Instance:
     """A daemon's admin socket found by :func:`running_instances`, and its instance name."""
@@ -207,7 +236,7 @@ def running_instances(env: Mapping[str, str] | None = None,
                       system_dir: str = SYSTEM_DIR) -> list[Instance]:
     """The daemons answering on default admin sockets.
 
-    Looked for: ``*.sock`` in :func:`~roomd.ops.config.admin_socket_dir` (named by the
+    Looked for: ``*.sock`` in :func:`admin_socket_dir` (named by the
     file: ``3000.sock`` is instance 3000), ``/run/roomd/roomd.sock`` (roomd.service:
     instance "roomd") and ``/run/roomd/NAME/roomd.sock`` (roomd@NAME.service).
     """

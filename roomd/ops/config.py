@@ -66,8 +66,6 @@ __all__ = [
     "RecoveryConfig",
     "ServerConfig",
     "config_to_toml",
-    "admin_socket_dir",
-    "default_admin_socket",
     "load_config",
 ]
 
@@ -85,33 +83,6 @@ JWT_ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 
 
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-SYSTEMD_SOCKET_NAME = "roomd.sock"  # in $RUNTIME_DIRECTORY, which systemd gives each unit
-
-
-def admin_socket_dir(env: Mapping[str, str] | None = None) -> str:
-    """Where a daemon outside systemd puts its default admin socket, and where the CLI
-    (in the same environment) looks for it: ``$XDG_RUNTIME_DIR/roomd`` when that variable
-    is set, else ``/tmp/roomd-<uid>``."""
-    env = os.environ if env is None else env
-    xdg = env.get("XDG_RUNTIME_DIR", "")
-    return os.path.join(xdg, "roomd") if xdg else f"/tmp/roomd-{os.geteuid()}"
-
-
-def default_admin_socket(instance: str, env: Mapping[str, str] | None = None) -> str:
-    """The admin socket path of instance ``instance`` when the config names none.
-
-    Under systemd, ``$RUNTIME_DIRECTORY/roomd.sock`` (``RuntimeDirectory=``: each unit has
-    its own directory; a colon-separated list uses the first); otherwise
-    ``<dir>/<instance>.sock`` in :func:`admin_socket_dir`, so that several instances (by
-    default named by their port) have a socket each.
-    """
-    env = os.environ if env is None else env
-    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if runtime:
-        return os.path.join(runtime, SYSTEMD_SOCKET_NAME)
-    return os.path.join(admin_socket_dir(env), f"{instance}.sock")
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"

@@ -45,7 +45,8 @@ from ..apps.tokens import TokenVerifier
 from ..transport.tls import server_context
 from . import systemd
 from .admin import serve_admin
-from .config import AuthConfig, Config, ServerConfig, default_admin_socket, load_config
+from .admin_proto import default_admin_socket
+from .config import AuthConfig, Config, ServerConfig, load_config
 from .http_api import read_key, serve_http_api
 from .metrics import serve_metrics
 

@@ -50,45 +50,11 @@
 // (ROOMD_CLIENT_WATCHDOG_MS, default 120000 ms) whatever happens.
 "use strict";
 
-const readline = require("readline");
 const { io } = require("socket.io-client");
+const { decode, encode, exitOnCrash, out, serveCommands, startWatchdog } = require("./lines");
 
-const WATCHDOG_MS = Number(process.env.ROOMD_CLIENT_WATCHDOG_MS || 120000);
-setTimeout(() => {
-  process.stderr.write(`client.js: watchdog fired after ${WATCHDOG_MS} ms, exiting\n`);
-  process.exit(3);
-}, WATCHDOG_MS).unref();
-
-function out(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-// ---- binary <-> {"$bytes": base64} -------------------------------------------------------
-function encode(v) {
-  if (v === undefined) return null;
-  if (v === null || typeof v !== "object") return v;
-  if (Buffer.isBuffer(v)) return { $bytes: v.toString("base64") };
-  if (v instanceof ArrayBuffer) return { $bytes: Buffer.from(v).toString("base64") };
-  if (ArrayBuffer.isView(v)) {
-    return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
-  }
-  if (Array.isArray(v)) return v.map(encode);
-  const o = {};
-  for (const k of Object.keys(v)) o[k] = encode(v[k]);
-  return o;
-}
-
-function decode(v) {
-  if (v === null || typeof v !== "object") return v;
-  if (Array.isArray(v)) return v.map(decode);
-  const keys = Object.keys(v);
-  if (keys.length === 1 && keys[0] === "$bytes" && typeof v.$bytes === "string") {
-    return Buffer.from(v.$bytes, "base64");
-  }
-  const o = {};
-  for (const k of keys) o[k] = decode(v[k]);
-  return o;
-}
+startWatchdog("client.js");
+exitOnCrash("client.js", { onRejection: true });
 
 function errInfo(err) {
   if (err === null || err === undefined) return { error: String(err) };
@@ -336,30 +302,6 @@ const handlers = {
 
 const abandoned = []; // TCP connections left open by silent cuts, destroyed at exit
 
-async function handleLine(line) {
-  if (!line.trim()) return;
-  let cmd;
-  try {
-    cmd = JSON.parse(line);
-  } catch (e) {
-    out({ id: null, ok: false, error: `bad JSON: ${e.message}` });
-    return;
-  }
-  const id = cmd.id === undefined ? null : cmd.id;
-  const fn = Object.prototype.hasOwnProperty.call(handlers, cmd.cmd) ? handlers[cmd.cmd] : null;
-  if (!fn) {
-    out({ id, ok: false, error: `unknown cmd ${JSON.stringify(cmd.cmd)}` });
-    return;
-  }
-  try {
-    const result = await fn(cmd);
-    out(Object.assign({ id, ok: true }, result));
-  } catch (e) {
-    out(Object.assign({ id, ok: false }, e.info || { error: String(e && e.message ? e.message : e) }));
-  }
-  if (cmd.cmd === "close") shutdown(0);
-}
-
 function shutdown(code) {
   for (const raw of abandoned) {
     try { raw.destroy(); } catch (e) { /* exiting anyway */ }
@@ -370,14 +312,4 @@ function shutdown(code) {
   process.exit(code);
 }
 
-const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-rl.on("line", (line) => { handleLine(line); });
-rl.on("close", () => shutdown(0));
-process.on("uncaughtException", (e) => {
-  process.stderr.write(`client.js: uncaught ${e && e.stack ? e.stack : e}\n`);
-  process.exit(1);
-});
-process.on("unhandledRejection", (e) => {
-  process.stderr.write(`client.js: unhandled rejection ${e && e.stack ? e.stack : e}\n`);
-  process.exit(1);
-});
+serveCommands(handlers, shutdown);

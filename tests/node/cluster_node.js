@@ -45,49 +45,16 @@
 "use strict";
 
 const http = require("http");
-const readline = require("readline");
 const { Server } = require("socket.io");
 const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
 const { Emitter } = require("@socket.io/redis-emitter");
 const { createAdapter: createStreamsAdapter } = require("@socket.io/redis-streams-adapter");
 const { createClient, createCluster } = require("redis");
 
-const WATCHDOG_MS = Number(process.env.ROOMD_CLIENT_WATCHDOG_MS || 120000);
-setTimeout(() => {
-  process.stderr.write(`cluster_node.js: watchdog fired after ${WATCHDOG_MS} ms, exiting\n`);
-  process.exit(3);
-}, WATCHDOG_MS).unref();
+const { decode, encode, exitOnCrash, out, serveCommands, startWatchdog } = require("./lines");
 
-function out(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-function encode(v) {
-  if (v === undefined) return null;
-  if (v === null || typeof v !== "object") return v;
-  if (Buffer.isBuffer(v)) return { $bytes: v.toString("base64") };
-  if (v instanceof ArrayBuffer) return { $bytes: Buffer.from(v).toString("base64") };
-  if (ArrayBuffer.isView(v)) {
-    return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
-  }
-  if (v instanceof Set) return [...v].map(encode);
-  if (Array.isArray(v)) return v.map(encode);
-  const o = {};
-  for (const k of Object.keys(v)) o[k] = encode(v[k]);
-  return o;
-}
-
-function decode(v) {
-  if (v === null || typeof v !== "object") return v;
-  if (Array.isArray(v)) return v.map(decode);
-  const keys = Object.keys(v);
-  if (keys.length === 1 && keys[0] === "$bytes" && typeof v.$bytes === "string") {
-    return Buffer.from(v.$bytes, "base64");
-  }
-  const o = {};
-  for (const k of keys) o[k] = decode(v[k]);
-  return o;
-}
+startWatchdog("cluster_node.js");
+exitOnCrash("cluster_node.js", { onRejection: false });
 
 // ---- arguments ---------------------------------------------------------------------------
 const argv = process.argv.slice(2);
@@ -117,9 +84,10 @@ function redisClient() {
 let io = null;
 let emitter = null;
 
-function target(cmd) {
+// The command's target as a broadcast operator of `root` (the server, or the emitter).
+function target(cmd, root = io) {
   const t = cmd.target || {};
-  let op = io.of(t.nsp || "/");
+  let op = root.of(t.nsp || "/");
   if (t.rooms && t.rooms.length) op = op.to(t.rooms);
   if (t.except && t.except.length) op = op.except(t.except);
   if (t.volatile) op = op.volatile;
@@ -237,17 +205,13 @@ const handlers = {
     return { rooms };
   },
   async emitter(cmd) {
-    const t = cmd.target || {};
-    let e = emitter.of(t.nsp || "/");
-    if (t.rooms && t.rooms.length) e = e.to(t.rooms);
-    if (t.except && t.except.length) e = e.except(t.except);
-    if (t.volatile) e = e.volatile;
+    const e = target(cmd, emitter);
     switch (cmd.op) {
       case "emit": e.emit(cmd.event, ...decode(cmd.args || [])); break;
       case "socketsJoin": e.socketsJoin(cmd.rooms); break;
       case "socketsLeave": e.socketsLeave(cmd.rooms); break;
       case "disconnectSockets": e.disconnectSockets(!!cmd.close); break;
-      case "serverSideEmit": emitter.of(t.nsp || "/").serverSideEmit(cmd.event, ...decode(cmd.args || [])); break;
+      case "serverSideEmit": emitter.of((cmd.target || {}).nsp || "/").serverSideEmit(cmd.event, ...decode(cmd.args || [])); break;
       default: throw new Error(`unknown emitter op ${cmd.op}`);
     }
     return {};
@@ -265,29 +229,6 @@ const handlers = {
   },
   async close() { return {}; },
 };
-
-async function handleLine(line) {
-  let cmd;
-  try {
-    cmd = JSON.parse(line);
-  } catch (e) {
-    out({ id: null, ok: false, error: `bad JSON: ${e.message}` });
-    return;
-  }
-  const id = cmd.id === undefined ? null : cmd.id;
-  const fn = Object.prototype.hasOwnProperty.call(handlers, cmd.cmd) ? handlers[cmd.cmd] : null;
-  if (!fn) {
-    out({ id, ok: false, error: `unknown cmd ${JSON.stringify(cmd.cmd)}` });
-    return;
-  }
-  try {
-    const result = await fn(cmd);
-    out(Object.assign({ id, ok: true }, result));
-  } catch (e) {
-    out(Object.assign({ id, ok: false }, e.info || { error: String(e && e.message ? e.message : e) }));
-  }
-  if (cmd.cmd === "close") process.exit(0);
-}
 
 async function main() {
   const pub = redisClient();
@@ -322,18 +263,9 @@ async function main() {
   } else {
     out({ event: "ready" });
   }
-  const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-  rl.on("line", (line) => { handleLine(line); });
-  rl.on("close", () => process.exit(0));
+  serveCommands(handlers, process.exit);
 }
 
-process.on("uncaughtException", (e) => {
-  process.stderr.write(`cluster_node.js: uncaught ${e && e.stack ? e.stack : e}\n`);
-  process.exit(1);
-});
-process.on("unhandledRejection", (e) => {
-  process.stderr.write(`cluster_node.js: unhandled rejection ${e && e.stack ? e.stack : e}\n`);
-});
 main().catch((e) => {
   process.stderr.write(`cluster_node.js: ${e && e.stack ? e.stack : e}\n`);
   process.exit(1);

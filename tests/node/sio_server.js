@@ -25,12 +25,9 @@ const fs = require("fs");
 const http = require("http");
 const https = require("https");
 const { Server } = require("socket.io");
+const { startWatchdog } = require("./lines");
 
-const WATCHDOG_MS = Number(process.env.SIO_SERVER_WATCHDOG_MS || 120000);
-setTimeout(() => {
-  process.stderr.write(`sio_server.js: watchdog fired after ${WATCHDOG_MS} ms, exiting\n`);
-  process.exit(3);
-}, WATCHDOG_MS).unref();
+startWatchdog("sio_server.js", "SIO_SERVER_WATCHDOG_MS");
 
 const argv = process.argv.slice(2);
 let httpServer;
