@@ -23,6 +23,7 @@ from ..rooms.delivery import Delivery
 from ..rooms.manager import RoomManager
 from ..rooms.recovery import RecoveryOptions
 from ..rooms.taps import Taps
+from ..transport.accept import serve_tcp
 from ..transport.engine import (
     AllowRequest,
     ConnectionRefusal,
@@ -420,10 +421,10 @@ class Server:
     async def _accept(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
         assert self._accept_scope is not None
         with self._accept_scope:
-            await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
+            await serve_tcp(self._handle_tcp, listeners, nursery)
 
-    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
-        await handle_connection(self.engine, stream, self.ssl_context)
+    async def _handle_tcp(self, stream: trio.SocketStream, address: str) -> None:
+        await handle_connection(self.engine, stream, self.ssl_context, address)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop gracefully: stop accepting, disconnect every socket, drain.

@@ -647,13 +647,15 @@ async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
 
 
 async def handle_connection(engine: Engine, stream: trio.SocketStream,
-                            ssl_context: ssl.SSLContext | None = None) -> None:
+                            ssl_context: ssl.SSLContext | None = None,
+                            address: str | None = None) -> None:
     """Serve one TCP connection until it closes; over TLS with ``ssl_context``.
 
-    Errors caused by the peer end that connection only; cancellation
-    propagates.
+    ``address`` is the peer's (asked of the socket when not given). Errors
+    caused by the peer end that connection only; cancellation propagates.
     """
-    address = _peer_address(stream)
+    if address is None:
+        address = _peer_address(stream)
     admission = engine.admission
     if not admission.connect(address):
         await _refuse_early(engine, stream, address, 429, "too many connections per address",
@@ -687,4 +689,4 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream,
         logger.exception("connection handler failed")
     finally:
         admission.disconnect(address)
-    # trio.serve_listeners closes the stream when this returns.
+    # The accept loop (transport/accept.py) closes the stream when this returns.

@@ -128,4 +128,4 @@ async def close_tls(tls: trio.SSLStream[trio.SocketStream]) -> None:
             await tls.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
-    # trio.serve_listeners closes the TCP stream when the handler returns.
+    # The accept loop closes the TCP stream when the handler returns.
