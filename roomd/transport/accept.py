@@ -6,9 +6,10 @@ the kernel has queued (up to :data:`ACCEPT_BATCH`, then it yields so that
 the connections already open are served too), as Node's libuv does, and
 starts each connection's task directly in the handler nursery. trio's
 accept loop instead yields to the scheduler once per accepted connection
-and wraps each handler in a task of its own that closes the stream
-afterwards; here the handler task closes the socket itself, and the peer
-address comes with the accept (no ``getpeername``). Measured in
+and wraps each handler in a coroutine of its own that closes the stream
+afterwards (a frame each idle connection keeps); here the handler closes
+the socket itself, and the peer address comes with the accept (no
+``getpeername``). Measured in
 docs/performance.md, issue 12.
 
 Each connection is still a ``trio.SocketStream`` (TCP_NODELAY, as trio
@@ -47,13 +48,15 @@ _PEER_ERRNOS = frozenset(getattr(errno, name) for name in (
     "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
     "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
 
+# handler(stream, address): serves the connection and closes the stream. It may be a
+# plain function that returns the coroutine (one frame less per idle connection).
 Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
 
 
 async def serve_tcp(handler: Handler, listeners: list[trio.SocketListener],
                     nursery: trio.Nursery) -> None:
     """Accept on every listener until cancelled; ``handler(stream, address)`` serves
-    each connection in a task of ``nursery``, and the stream is closed after it."""
+    each connection, and closes it, in a task of ``nursery``."""
     async with trio.open_nursery() as loops:
         for listener in listeners:
             loops.start_soon(_accept_loop, handler, listener, nursery)
@@ -68,7 +71,7 @@ async def _accept_loop(handler: Handler, listener: trio.SocketListener,
     raw = socket.socket(listening.family, listening.type, listening.proto, fileno=fd)
     raw.setblocking(False)
     family, kind, proto = raw.family, raw.type, raw.proto
-    accept = raw._accept  # (descriptor, address): socket.accept's own first step
+    accept = raw._accept  # type: ignore[attr-defined]  # (descriptor, address): socket.accept's first step
     start = nursery.start_soon
     try:
         while True:
@@ -89,17 +92,10 @@ async def _accept_loop(handler: Handler, listener: trio.SocketListener,
                     break
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(
                     socket.socket(family, kind, proto, fileno=conn)))
-                start(_serve, handler, stream,
-                      peer[0] if isinstance(peer, tuple) else str(peer or ""))
+                start(handler, stream, peer[0] if isinstance(peer, tuple) else str(peer or ""))
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run first
     finally:
         raw.detach()
         await trio.aclose_forcefully(listener)  # as trio's loop does: no more connections
 
-
-async def _serve(handler: Handler, stream: trio.SocketStream, address: str) -> None:
-    try:
-        await handler(stream, address)
-    finally:
-        stream.socket.close()  # tells trio first (notify_closing), never blocks

@@ -111,17 +111,19 @@ async def receive_some(fd: int) -> bytes:
         try:
             data = os.read(fd, RECEIVE_SIZE)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                return os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
+            pass  # parked below, outside the handler: an idle connection keeps no exception
         except OSError:
             return b""
-        await trio.lowlevel.checkpoint()
-        return data
+        else:
+            await trio.lowlevel.checkpoint()
+            return data
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return b""
 
 
 async def receive_stream(stream: trio.abc.ReceiveStream) -> bytes:

@@ -649,7 +649,8 @@ async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
 async def handle_connection(engine: Engine, stream: trio.SocketStream,
                             ssl_context: ssl.SSLContext | None = None,
                             address: str | None = None) -> None:
-    """Serve one TCP connection until it closes; over TLS with ``ssl_context``.
+    """Serve one TCP connection until it closes (then close it); over TLS with
+    ``ssl_context``.
 
     ``address`` is the peer's (asked of the socket when not given). Errors
     caused by the peer end that connection only; cancellation propagates.
@@ -657,36 +658,43 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream,
     if address is None:
         address = _peer_address(stream)
     admission = engine.admission
-    if not admission.connect(address):
-        await _refuse_early(engine, stream, address, 429, "too many connections per address",
-                            tls=ssl_context is not None)
-        return
     try:
-        if not admission.open_half():
-            await _refuse_early(engine, stream, address, 503, "half-open connection cap reached",
+        if not admission.connect(address):
+            await _refuse_early(engine, stream, address, 429, "too many connections per address",
                                 tls=ssl_context is not None)
             return
-        if ssl_context is None:
-            websocket = await _serve_http(engine, stream, address)
-            if websocket is not None:
-                await engine.run_websocket(stream, *websocket)
-            return
-        tls = await start_tls(stream, ssl_context, address)
-        if tls is None:
-            admission.close_half()
-            return
         try:
-            websocket = await _serve_http(engine, tls, address)
-            if websocket is not None:
-                await engine.run_websocket(tls, *websocket)
+            if not admission.open_half():
+                await _refuse_early(engine, stream, address, 503,
+                                    "half-open connection cap reached",
+                                    tls=ssl_context is not None)
+                return
+            if ssl_context is None:
+                websocket = await _serve_http(engine, stream, address)
+                if websocket is not None:
+                    received, request, sid = websocket
+                    del websocket  # an idle connection's frames hold only what they need
+                    await engine.run_websocket(stream, received, request, sid)
+                return
+            tls = await start_tls(stream, ssl_context, address)
+            if tls is None:
+                admission.close_half()
+                return
+            try:
+                websocket = await _serve_http(engine, tls, address)
+                if websocket is not None:
+                    received, request, sid = websocket
+                    del websocket
+                    await engine.run_websocket(tls, received, request, sid)
+            finally:
+                await close_tls(tls)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except trio.TooSlowError:
+            pass
+        except Exception:
+            logger.exception("connection handler failed")
         finally:
-            await close_tls(tls)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    except trio.TooSlowError:
-        pass
-    except Exception:
-        logger.exception("connection handler failed")
+            admission.disconnect(address)
     finally:
-        admission.disconnect(address)
-    # The accept loop (transport/accept.py) closes the stream when this returns.
+        stream.socket.close()  # tells trio first (notify_closing), never blocks
