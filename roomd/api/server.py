@@ -32,6 +32,7 @@ from ..transport.engine import (
     EngineSession,
 )
 from ..transport.http import handle_connection
+from ..transport.tcp import TCPStream
 from ..transport.timers import Timers
 from .broadcast import BroadcastOperator, FetchedSocket
 from .connection import Connection, ConnectionContext, IdleWorkers
@@ -423,7 +424,7 @@ class Server:
         with self._accept_scope:
             await serve_tcp(self._handle_tcp, listeners, nursery)
 
-    def _handle_tcp(self, stream: trio.SocketStream, address: str) -> Awaitable[None]:
+    def _handle_tcp(self, stream: TCPStream, address: str) -> Awaitable[None]:
         # Not a coroutine function itself: the connection's task runs handle_connection's
         # coroutine directly (one frame less per idle connection).
         return handle_connection(self.engine, stream, self.ssl_context, address)

@@ -12,8 +12,8 @@ the socket itself, and the peer address comes with the accept (no
 ``getpeername``). Measured in
 docs/performance.md, issue 12.
 
-Each connection is still a ``trio.SocketStream`` (TCP_NODELAY, as trio
-sets it), so the rest of the transport sees no difference. Errors: an
+Each connection is a ``tcp.TCPStream``: one object over a bare socket,
+with the options trio's ``SocketStream`` sets. Errors: an
 accept that fails because the process or system is out of descriptors or
 memory is logged and retried after :data:`CAPACITY_PAUSE`, as trio does;
 the errors a peer can cause (a connection reset before it was accepted,
@@ -25,6 +25,7 @@ the handler nursery.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import os
@@ -32,6 +33,8 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import trio
+
+from .tcp import TCPStream
 
 logger = logging.getLogger("roomd.transport")
 
@@ -50,7 +53,7 @@ _PEER_ERRNOS = frozenset(getattr(errno, name) for name in (
 
 # handler(stream, address): serves the connection and closes the stream. It may be a
 # plain function that returns the coroutine (one frame less per idle connection).
-Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
+Handler = Callable[[TCPStream, str], Awaitable[None]]
 
 
 async def serve_tcp(handler: Handler, listeners: list[trio.SocketListener],
@@ -90,8 +93,7 @@ async def _accept_loop(handler: Handler, listener: trio.SocketListener,
                                  os.strerror(exc.errno), CAPACITY_PAUSE)
                     await trio.sleep(CAPACITY_PAUSE)
                     break
-                stream = trio.SocketStream(trio.socket.from_stdlib_socket(
-                    socket.socket(family, kind, proto, fileno=conn)))
+                stream = TCPStream(_socket.socket(family, kind, proto, conn))
                 start(handler, stream, peer[0] if isinstance(peer, tuple) else str(peer or ""))
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run first

@@ -50,6 +50,7 @@ from ..protocol.wsframe import encode_frames
 from .limits import Admission, Budget, RateLog
 from .options import EngineOptions
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
+from .tcp import stream_fd
 from .timers import Timers
 
 logger = logging.getLogger("roomd.transport")
@@ -136,15 +137,6 @@ async def receive_stream(stream: trio.abc.ReceiveStream) -> bytes:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return b""
     return data if isinstance(data, bytes) else bytes(data)
-
-
-def stream_fd(stream: trio.abc.Stream) -> int:
-    """The socket descriptor roomd may read and write directly, or -1.
-
-    Only a plain SocketStream has one; for any other stream (an SSLStream)
-    every byte must go through the stream's own methods.
-    """
-    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
 
 AllowRequest = Callable[[RequestInfo], Any]
@@ -626,7 +618,7 @@ class _WebSocketSession:
                 return
             outbox.close()
             stream = self.stream
-            if not isinstance(stream, trio.SocketStream):
+            if self.fd < 0 or not isinstance(stream, trio.abc.HalfCloseableStream):
                 return  # TLS: its close_notify, sent when the connection ends, says it
             try:
                 await stream.send_eof()

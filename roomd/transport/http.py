@@ -42,6 +42,7 @@ from ..protocol.websocket import accept_token, handshake_error
 from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo, SessionState
 from .limits import client_address
 from .outbox import PollingOutbox
+from .tcp import TCPStream, stream_fd
 from .tls import close_tls, start_tls
 
 logger = logging.getLogger("roomd.transport")
@@ -203,10 +204,9 @@ class _HttpConnection:
         with a side effect (the per-address session rate) that refuses is
         answered by the h11 path's refusal, never run twice.
         """
-        stream = self.stream
-        if not isinstance(stream, trio.SocketStream):
+        fd = stream_fd(self.stream)
+        if fd < 0:
             return False  # TLS: the bytes on the socket are not the request's
-        fd = stream.socket.fileno()
         try:
             data = os.read(fd, RECEIVE_SIZE)
         except BlockingIOError:
@@ -615,7 +615,7 @@ async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
     return http.websocket
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
+def _peer_address(stream: TCPStream) -> str:
     try:
         peer = stream.socket.getpeername()
     except OSError:
@@ -623,7 +623,7 @@ def _peer_address(stream: trio.SocketStream) -> str:
     return peer[0] if isinstance(peer, tuple) else str(peer)
 
 
-async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
+async def _refuse_early(engine: Engine, stream: TCPStream, address: str,
                         status: int, what: str, tls: bool = False) -> None:
     """Answer a connection refused before parsing anything: no parser, no session.
 
@@ -646,7 +646,7 @@ async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
             pass
 
 
-async def handle_connection(engine: Engine, stream: trio.SocketStream,
+async def handle_connection(engine: Engine, stream: TCPStream,
                             ssl_context: ssl.SSLContext | None = None,
                             address: str | None = None) -> None:
     """Serve one TCP connection until it closes (then close it); over TLS with
@@ -697,4 +697,4 @@ async def handle_connection(engine: Engine, stream: trio.SocketStream,
         finally:
             admission.disconnect(address)
     finally:
-        stream.socket.close()  # tells trio first (notify_closing), never blocks
+        stream.close()  # tells trio first (notify_closing), never blocks
