@@ -194,3 +194,20 @@ async def test_connect_replies_of_a_burst_all_run_in_their_callers(start_server)
         for _ in range(count):
             nursery.start_soon(one_client)
     assert greeted == [("hello", True)] * count
+
+
+async def test_the_101_and_the_open_packet_leave_in_one_write(start_server):
+    """A new session's upgrade answer is written with its OPEN packet: the first read
+    after the request gets both (one segment on the loopback)."""
+    srv = await start_server()
+    sock = trio.socket.socket()
+    try:
+        await sock.connect(("127.0.0.1", srv.port))
+        await sock.send(_upgrade_request())
+        with trio.fail_after(10):
+            first = await sock.recv(65536)
+        head, _, rest = first.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert rest.startswith(b"\x81") and b'0{"sid":"' in rest  # a text frame: OPEN
+    finally:
+        sock.close()

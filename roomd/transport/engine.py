@@ -45,7 +45,7 @@ import trio
 
 from .._errors import ProtocolError
 from ..protocol import eio, sio
-from ..protocol.websocket import CloseCode, WebSocketProtocol
+from ..protocol.websocket import CloseCode, WebSocketProtocol, upgrade_answer
 from ..protocol.wsframe import encode_frames
 from .limits import Admission, Budget, RateLog
 from .options import EngineOptions
@@ -506,11 +506,14 @@ class Engine:
         return self.sessions.get(sid) or self.closing_polls.get(sid)
 
     async def run_websocket(self, stream: trio.abc.Stream, received: bytes,
-                            request: RequestInfo, sid: str | None) -> None:
+                            request: RequestInfo, sid: str | None,
+                            answer: bool = False) -> None:
         """Serve one accepted WebSocket until it or its session closes.
 
-        ``received`` is what the client sent after the upgrade request.
-        Errors caused by the peer close this connection only.
+        ``received`` is what the client sent after the upgrade request. With
+        ``answer`` the 101 answer of a new session is still to be sent: it
+        leaves in one write with the OPEN packet (the fast upgrade). Errors
+        caused by the peer close this connection only.
         """
         assert self.nursery is not None
         options = self.options
@@ -522,7 +525,7 @@ class Engine:
         self.live_websockets += 1
         reader = _WebSocketSession(self, stream, outbox, protocol)
         try:
-            await reader.run(received, request, sid)
+            await reader.run(received, request, sid, answer)
         finally:
             # The descriptor is about to close (and may be reused): never write to it again.
             outbox.close()
@@ -545,12 +548,19 @@ class _WebSocketSession:
         self.scope = trio.CancelScope()
         self.budgeted = 0  # bytes of an incomplete message, counted in the budget
 
-    async def run(self, received: bytes, request: RequestInfo, sid: str | None) -> None:
+    async def run(self, received: bytes, request: RequestInfo, sid: str | None,
+                  answer: bool = False) -> None:
         engine = self.engine
         if sid is None:
             session = engine.new_session("websocket", request, self.outbox)
             self.upgraded = True
-            session.send_packet(engine.open_packet(session.sid, websocket=True))
+            packet = engine.open_packet(session.sid, websocket=True)
+            if answer:  # the 101 and the OPEN packet in one write (one segment)
+                self.outbox.put_bytes(upgrade_answer(request.headers["sec-websocket-key"])
+                                      + encode_frames([eio.encode_packet(packet)]))
+            else:
+                session.send_packet(packet)
+            del packet  # nothing the idle connection does not need stays in this frame
         else:
             found = engine.sessions.get(sid)
             if found is None or not found.begin_upgrade():

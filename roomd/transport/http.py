@@ -38,7 +38,7 @@ import trio
 from .._errors import ProtocolError
 from ..protocol import eio
 from ..protocol.eio import ErrorCode
-from ..protocol.websocket import accept_token, handshake_error
+from ..protocol.websocket import accept_token, handshake_error, upgrade_answer
 from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo, SessionState
 from .limits import client_address
 from .outbox import PollingOutbox
@@ -91,7 +91,8 @@ class _HttpConnection:
         self.engine = engine
         self.stream = stream
         self._conn: h11.Connection | None = None
-        self.websocket: tuple[bytes, RequestInfo, str | None] | None = None
+        # (bytes after the request, the request, its sid, whether the 101 is still to send)
+        self.websocket: tuple[bytes, RequestInfo, str | None, bool] | None = None
         self.address = address
         self.half_open = True  # counted in engine.admission from accept
 
@@ -243,9 +244,11 @@ class _HttpConnection:
                 await self._send_raw(_canned(refusal.status, refusal.code))
             return True
         self._set_half_open(False)
-        response = ("HTTP/1.1 101 \r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Accept: {accept_token(headers['sec-websocket-key'])}"
-                    "\r\n\r\n").encode()
+        if sid is None:
+            # A new session: the answer leaves with its OPEN packet, in one write.
+            self.websocket = (received, info, sid, True)
+            return True
+        response = upgrade_answer(headers["sec-websocket-key"])
         try:
             sent = os.write(fd, response)
         except BlockingIOError:
@@ -255,7 +258,7 @@ class _HttpConnection:
         if sent < len(response):
             with trio.fail_after(self.engine.options.send_timeout):
                 await self.stream.send_all(response[sent:])
-        self.websocket = (received, info, sid)
+        self.websocket = (received, info, sid, False)
         return True
 
     @staticmethod
@@ -597,12 +600,12 @@ class _HttpConnection:
             await self.stream.send_all(self.conn.send(response) or b"")
         received, _ = self.conn.trailing_data
         # Served by handle_connection once this request's frames are gone.
-        self.websocket = (received, info, sid)
+        self.websocket = (received, info, sid, False)
         return False
 
 
 async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
-                      ) -> tuple[bytes, RequestInfo, str | None] | None:
+                      ) -> tuple[bytes, RequestInfo, str | None, bool] | None:
     """Serve HTTP requests; what a WebSocket needs when the last one was an upgrade.
 
     The HTTP parser's frames are gone when this returns: a WebSocket holds none of them.
@@ -672,9 +675,9 @@ async def handle_connection(engine: Engine, stream: TCPStream,
             if ssl_context is None:
                 websocket = await _serve_http(engine, stream, address)
                 if websocket is not None:
-                    received, request, sid = websocket
+                    received, request, sid, answer = websocket
                     del websocket  # an idle connection's frames hold only what they need
-                    await engine.run_websocket(stream, received, request, sid)
+                    await engine.run_websocket(stream, received, request, sid, answer)
                 return
             tls = await start_tls(stream, ssl_context, address)
             if tls is None:
@@ -683,9 +686,9 @@ async def handle_connection(engine: Engine, stream: TCPStream,
             try:
                 websocket = await _serve_http(engine, tls, address)
                 if websocket is not None:
-                    received, request, sid = websocket
+                    received, request, sid, answer = websocket
                     del websocket
-                    await engine.run_websocket(tls, received, request, sid)
+                    await engine.run_websocket(tls, received, request, sid, answer)
             finally:
                 await close_tls(tls)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
