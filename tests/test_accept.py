@@ -13,7 +13,7 @@ import trio
 from harness import build_request
 
 import roomd
-from roomd.transport import accept
+from roomd.transport import accept, tcp
 from roomd.transport.timers import Timers
 
 WS = "/socket.io/?EIO=4&transport=websocket"
@@ -211,3 +211,28 @@ async def test_the_101_and_the_open_packet_leave_in_one_write(start_server):
         assert rest.startswith(b"\x81") and b'0{"sid":"' in rest  # a text frame: OPEN
     finally:
         sock.close()
+
+
+async def test_accepted_streams_have_trios_socket_options():
+    """TCP_NODELAY and TCP_NOTSENT_LOWAT, as trio's SocketStream sets them: on the
+    listener once (accepted sockets inherit them), else on each connection."""
+    seen: list[tuple[int, int, str]] = []
+
+    async def handler(stream: tcp.TCPStream, address: str) -> None:
+        sock = stream.socket
+        seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT), address))
+        stream.close()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept.serve_tcp, handler, listeners, nursery)
+        for _ in range(3):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.aclose()
+        with trio.fail_after(10):
+            while len(seen) < 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert seen == [(1, tcp.NOTSENT_LOWAT, "127.0.0.1")] * 3

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .tcp import TCPStream
+from .tcp import TCPStream, configure, inherits_options
 
 logger = logging.getLogger("roomd.transport")
 
@@ -73,6 +73,8 @@ async def _accept_loop(handler: Handler, listener: trio.SocketListener,
     # (detached, never closed, below: the listener owns the descriptor).
     raw = socket.socket(listening.family, listening.type, listening.proto, fileno=fd)
     raw.setblocking(False)
+    configure(raw)  # Linux hands the options on to each accepted socket: no syscalls each
+    inherited: bool | None = None  # known from the first connection
     family, kind, proto = raw.family, raw.type, raw.proto
     accept = raw._accept  # type: ignore[attr-defined]  # (descriptor, address): socket.accept's first step
     start = nursery.start_soon
@@ -93,7 +95,10 @@ async def _accept_loop(handler: Handler, listener: trio.SocketListener,
                                  os.strerror(exc.errno), CAPACITY_PAUSE)
                     await trio.sleep(CAPACITY_PAUSE)
                     break
-                stream = TCPStream(_socket.socket(family, kind, proto, conn))
+                sock = _socket.socket(family, kind, proto, conn)
+                if inherited is None:
+                    inherited = inherits_options(sock)
+                stream = TCPStream(sock, configured=inherited)
                 start(handler, stream, peer[0] if isinstance(peer, tuple) else str(peer or ""))
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run first

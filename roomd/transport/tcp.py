@@ -47,12 +47,12 @@ class TCPStream(trio.abc.HalfCloseableStream):
 
     __slots__ = ("socket", "fd", "_eof_sent")
 
-    def __init__(self, sock: _socket.socket) -> None:
+    def __init__(self, sock: _socket.socket, configured: bool = False) -> None:
+        """``configured``: the socket has its options already (inherited from a listener
+        that :func:`configure` set, as Linux accepted sockets inherit them)."""
         sock.setblocking(False)
-        with contextlib.suppress(OSError):  # not TCP (a Unix socket passed by systemd)
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            if _NOTSENT_LOWAT_OPTION is not None:
-                sock.setsockopt(_socket.IPPROTO_TCP, _NOTSENT_LOWAT_OPTION, NOTSENT_LOWAT)
+        if not configured:
+            configure(sock)
         self.socket = sock
         self.fd = sock.fileno()
         self._eof_sent = False
@@ -116,6 +116,24 @@ class TCPStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()
+
+
+def configure(sock: _socket.socket) -> None:
+    """Set the options of a connection (on a listener: of the connections it accepts)."""
+    with contextlib.suppress(OSError):  # not TCP (a Unix socket passed by systemd)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        if _NOTSENT_LOWAT_OPTION is not None:
+            sock.setsockopt(_socket.IPPROTO_TCP, _NOTSENT_LOWAT_OPTION, NOTSENT_LOWAT)
+
+
+def inherits_options(sock: _socket.socket) -> bool:
+    """Whether an accepted socket has the options :func:`configure` set on its listener."""
+    try:
+        return bool(sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY)) and (
+            _NOTSENT_LOWAT_OPTION is None
+            or sock.getsockopt(_socket.IPPROTO_TCP, _NOTSENT_LOWAT_OPTION) == NOTSENT_LOWAT)
+    except OSError:
+        return False
 
 
 def stream_fd(stream: trio.abc.SendStream | trio.abc.ReceiveStream) -> int:
