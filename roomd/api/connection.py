@@ -397,6 +397,12 @@ class Connection:
             return
         self.ever_connected = True
         self.sockets[name] = socket
+        manager = self.context.manager
+        if manager is not None:
+            # A new turn: this task did not cast since it last yielded, so its CONNECT
+            # reply may run at once instead of waking the manager (whose backlog would
+            # then make the next connections' add_member wait for it too).
+            manager.new_turn()
         await socket.registered()
         # no checkpoint between these two: see Socket.registered
         await socket.send_packet(sio.Packet(sio.PacketType.CONNECT, name, socket.connect_reply()))

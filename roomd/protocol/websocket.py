@@ -85,6 +85,13 @@ def accept_token(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+def upgrade_answer(key: str) -> bytes:
+    """The 101 answer to an upgrade request with that Sec-WebSocket-Key (no extension,
+    no subprotocol), as written without h11."""
+    return ("HTTP/1.1 101 \r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_token(key)}\r\n\r\n").encode()
+
+
 def close_frame(code: int = NORMAL, reason: str = "") -> bytes:
     """An unmasked close frame (the reason cut to 123 bytes, never mid-character)."""
     reason_bytes = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")

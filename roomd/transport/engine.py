@@ -45,11 +45,12 @@ import trio
 
 from .._errors import ProtocolError
 from ..protocol import eio, sio
-from ..protocol.websocket import CloseCode, WebSocketProtocol
+from ..protocol.websocket import CloseCode, WebSocketProtocol, upgrade_answer
 from ..protocol.wsframe import encode_frames
 from .limits import Admission, Budget, RateLog
 from .options import EngineOptions
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
+from .tcp import stream_fd
 from .timers import Timers
 
 logger = logging.getLogger("roomd.transport")
@@ -111,17 +112,19 @@ async def receive_some(fd: int) -> bytes:
         try:
             data = os.read(fd, RECEIVE_SIZE)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                return os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
+            pass  # parked below, outside the handler: an idle connection keeps no exception
         except OSError:
             return b""
-        await trio.lowlevel.checkpoint()
-        return data
+        else:
+            await trio.lowlevel.checkpoint()
+            return data
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return b""
 
 
 async def receive_stream(stream: trio.abc.ReceiveStream) -> bytes:
@@ -134,15 +137,6 @@ async def receive_stream(stream: trio.abc.ReceiveStream) -> bytes:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return b""
     return data if isinstance(data, bytes) else bytes(data)
-
-
-def stream_fd(stream: trio.abc.Stream) -> int:
-    """The socket descriptor roomd may read and write directly, or -1.
-
-    Only a plain SocketStream has one; for any other stream (an SSLStream)
-    every byte must go through the stream's own methods.
-    """
-    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
 
 AllowRequest = Callable[[RequestInfo], Any]
@@ -512,11 +506,14 @@ class Engine:
         return self.sessions.get(sid) or self.closing_polls.get(sid)
 
     async def run_websocket(self, stream: trio.abc.Stream, received: bytes,
-                            request: RequestInfo, sid: str | None) -> None:
+                            request: RequestInfo, sid: str | None,
+                            answer: bool = False) -> None:
         """Serve one accepted WebSocket until it or its session closes.
 
-        ``received`` is what the client sent after the upgrade request.
-        Errors caused by the peer close this connection only.
+        ``received`` is what the client sent after the upgrade request. With
+        ``answer`` the 101 answer of a new session is still to be sent: it
+        leaves in one write with the OPEN packet (the fast upgrade). Errors
+        caused by the peer close this connection only.
         """
         assert self.nursery is not None
         options = self.options
@@ -528,7 +525,7 @@ class Engine:
         self.live_websockets += 1
         reader = _WebSocketSession(self, stream, outbox, protocol)
         try:
-            await reader.run(received, request, sid)
+            await reader.run(received, request, sid, answer)
         finally:
             # The descriptor is about to close (and may be reused): never write to it again.
             outbox.close()
@@ -551,12 +548,19 @@ class _WebSocketSession:
         self.scope = trio.CancelScope()
         self.budgeted = 0  # bytes of an incomplete message, counted in the budget
 
-    async def run(self, received: bytes, request: RequestInfo, sid: str | None) -> None:
+    async def run(self, received: bytes, request: RequestInfo, sid: str | None,
+                  answer: bool = False) -> None:
         engine = self.engine
         if sid is None:
             session = engine.new_session("websocket", request, self.outbox)
             self.upgraded = True
-            session.send_packet(engine.open_packet(session.sid, websocket=True))
+            packet = engine.open_packet(session.sid, websocket=True)
+            if answer:  # the 101 and the OPEN packet in one write (one segment)
+                self.outbox.put_bytes(upgrade_answer(request.headers["sec-websocket-key"])
+                                      + encode_frames([eio.encode_packet(packet)]))
+            else:
+                session.send_packet(packet)
+            del packet  # nothing the idle connection does not need stays in this frame
         else:
             found = engine.sessions.get(sid)
             if found is None or not found.begin_upgrade():
@@ -624,7 +628,7 @@ class _WebSocketSession:
                 return
             outbox.close()
             stream = self.stream
-            if not isinstance(stream, trio.SocketStream):
+            if self.fd < 0 or not isinstance(stream, trio.abc.HalfCloseableStream):
                 return  # TLS: its close_notify, sent when the connection ends, says it
             try:
                 await stream.send_eof()

@@ -38,10 +38,11 @@ import trio
 from .._errors import ProtocolError
 from ..protocol import eio
 from ..protocol.eio import ErrorCode
-from ..protocol.websocket import accept_token, handshake_error
+from ..protocol.websocket import accept_token, handshake_error, upgrade_answer
 from .engine import ConnectionRefusal, Engine, EngineSession, RequestInfo, SessionState
 from .limits import client_address
 from .outbox import PollingOutbox
+from .tcp import TCPStream, stream_fd
 from .tls import close_tls, start_tls
 
 logger = logging.getLogger("roomd.transport")
@@ -90,7 +91,8 @@ class _HttpConnection:
         self.engine = engine
         self.stream = stream
         self._conn: h11.Connection | None = None
-        self.websocket: tuple[bytes, RequestInfo, str | None] | None = None
+        # (bytes after the request, the request, its sid, whether the 101 is still to send)
+        self.websocket: tuple[bytes, RequestInfo, str | None, bool] | None = None
         self.address = address
         self.half_open = True  # counted in engine.admission from accept
 
@@ -203,10 +205,9 @@ class _HttpConnection:
         with a side effect (the per-address session rate) that refuses is
         answered by the h11 path's refusal, never run twice.
         """
-        stream = self.stream
-        if not isinstance(stream, trio.SocketStream):
+        fd = stream_fd(self.stream)
+        if fd < 0:
             return False  # TLS: the bytes on the socket are not the request's
-        fd = stream.socket.fileno()
         try:
             data = os.read(fd, RECEIVE_SIZE)
         except BlockingIOError:
@@ -243,9 +244,11 @@ class _HttpConnection:
                 await self._send_raw(_canned(refusal.status, refusal.code))
             return True
         self._set_half_open(False)
-        response = ("HTTP/1.1 101 \r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Accept: {accept_token(headers['sec-websocket-key'])}"
-                    "\r\n\r\n").encode()
+        if sid is None:
+            # A new session: the answer leaves with its OPEN packet, in one write.
+            self.websocket = (received, info, sid, True)
+            return True
+        response = upgrade_answer(headers["sec-websocket-key"])
         try:
             sent = os.write(fd, response)
         except BlockingIOError:
@@ -255,7 +258,7 @@ class _HttpConnection:
         if sent < len(response):
             with trio.fail_after(self.engine.options.send_timeout):
                 await self.stream.send_all(response[sent:])
-        self.websocket = (received, info, sid)
+        self.websocket = (received, info, sid, False)
         return True
 
     @staticmethod
@@ -597,12 +600,12 @@ class _HttpConnection:
             await self.stream.send_all(self.conn.send(response) or b"")
         received, _ = self.conn.trailing_data
         # Served by handle_connection once this request's frames are gone.
-        self.websocket = (received, info, sid)
+        self.websocket = (received, info, sid, False)
         return False
 
 
 async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
-                      ) -> tuple[bytes, RequestInfo, str | None] | None:
+                      ) -> tuple[bytes, RequestInfo, str | None, bool] | None:
     """Serve HTTP requests; what a WebSocket needs when the last one was an upgrade.
 
     The HTTP parser's frames are gone when this returns: a WebSocket holds none of them.
@@ -615,7 +618,7 @@ async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
     return http.websocket
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
+def _peer_address(stream: TCPStream) -> str:
     try:
         peer = stream.socket.getpeername()
     except OSError:
@@ -623,7 +626,7 @@ def _peer_address(stream: trio.SocketStream) -> str:
     return peer[0] if isinstance(peer, tuple) else str(peer)
 
 
-async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
+async def _refuse_early(engine: Engine, stream: TCPStream, address: str,
                         status: int, what: str, tls: bool = False) -> None:
     """Answer a connection refused before parsing anything: no parser, no session.
 
@@ -646,45 +649,55 @@ async def _refuse_early(engine: Engine, stream: trio.SocketStream, address: str,
             pass
 
 
-async def handle_connection(engine: Engine, stream: trio.SocketStream,
-                            ssl_context: ssl.SSLContext | None = None) -> None:
-    """Serve one TCP connection until it closes; over TLS with ``ssl_context``.
+async def handle_connection(engine: Engine, stream: TCPStream,
+                            ssl_context: ssl.SSLContext | None = None,
+                            address: str | None = None) -> None:
+    """Serve one TCP connection until it closes (then close it); over TLS with
+    ``ssl_context``.
 
-    Errors caused by the peer end that connection only; cancellation
-    propagates.
+    ``address`` is the peer's (asked of the socket when not given). Errors
+    caused by the peer end that connection only; cancellation propagates.
     """
-    address = _peer_address(stream)
+    if address is None:
+        address = _peer_address(stream)
     admission = engine.admission
-    if not admission.connect(address):
-        await _refuse_early(engine, stream, address, 429, "too many connections per address",
-                            tls=ssl_context is not None)
-        return
     try:
-        if not admission.open_half():
-            await _refuse_early(engine, stream, address, 503, "half-open connection cap reached",
+        if not admission.connect(address):
+            await _refuse_early(engine, stream, address, 429, "too many connections per address",
                                 tls=ssl_context is not None)
             return
-        if ssl_context is None:
-            websocket = await _serve_http(engine, stream, address)
-            if websocket is not None:
-                await engine.run_websocket(stream, *websocket)
-            return
-        tls = await start_tls(stream, ssl_context, address)
-        if tls is None:
-            admission.close_half()
-            return
         try:
-            websocket = await _serve_http(engine, tls, address)
-            if websocket is not None:
-                await engine.run_websocket(tls, *websocket)
+            if not admission.open_half():
+                await _refuse_early(engine, stream, address, 503,
+                                    "half-open connection cap reached",
+                                    tls=ssl_context is not None)
+                return
+            if ssl_context is None:
+                websocket = await _serve_http(engine, stream, address)
+                if websocket is not None:
+                    received, request, sid, answer = websocket
+                    del websocket  # an idle connection's frames hold only what they need
+                    await engine.run_websocket(stream, received, request, sid, answer)
+                return
+            tls = await start_tls(stream, ssl_context, address)
+            if tls is None:
+                admission.close_half()
+                return
+            try:
+                websocket = await _serve_http(engine, tls, address)
+                if websocket is not None:
+                    received, request, sid, answer = websocket
+                    del websocket
+                    await engine.run_websocket(tls, received, request, sid, answer)
+            finally:
+                await close_tls(tls)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except trio.TooSlowError:
+            pass
+        except Exception:
+            logger.exception("connection handler failed")
         finally:
-            await close_tls(tls)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    except trio.TooSlowError:
-        pass
-    except Exception:
-        logger.exception("connection handler failed")
+            admission.disconnect(address)
     finally:
-        admission.disconnect(address)
-    # trio.serve_listeners closes the stream when this returns.
+        stream.close()  # tells trio first (notify_closing), never blocks

@@ -31,6 +31,7 @@ import trio
 from ..protocol import eio
 from ..protocol.wsframe import encode_frames
 from .limits import Budget
+from .tcp import stream_fd
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -114,7 +115,7 @@ class WebSocketOutbox:
         self._stream = stream
         self._batch = batch or WriteBatch()
         self._held: list[bytes] | None = None
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._fd = stream_fd(stream)
         self._nursery = nursery
         self._limit = limit
         self._max_bytes = max_bytes  # 0: unlimited

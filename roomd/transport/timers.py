@@ -28,18 +28,13 @@ class Timers:
     """
 
     def __init__(self) -> None:
-        self._lanes: dict[float, collections.deque[tuple[float, Callable[..., Any], tuple]]] = {}
+        # delay -> entries (due, callback, weak reference to its object or None, args)
+        self._lanes: dict[float, collections.deque[tuple[float, Callable[..., Any],
+                                                         weakref.ref | None, tuple]]] = {}
         self._sleep: trio.CancelScope | None = None
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
-        due = trio.current_time() + delay
-        lane = self._lanes.get(delay)
-        if lane is None:
-            lane = self._lanes[delay] = collections.deque()
-        lane.append((due, callback, args))
-        sleep = self._sleep
-        if sleep is not None and due < sleep.deadline:
-            sleep.deadline = due
+        self._add(delay, callback, None, args)
 
     def call_later_weak(self, delay: float, method: Callable[..., Any], *args: Any) -> None:
         """``call_later`` for a bound method that must not keep its object alive.
@@ -48,11 +43,23 @@ class Timers:
         connection is freed at once instead of when its timer comes due, and
         the callback is skipped if the object is gone by then. The entry holds
         a plain weak reference to the object (CPython shares one per object)
-        and the function: a WeakMethod per entry cost about 400 bytes per
-        connection (docs/performance.md, issue 12).
+        and the function, in the entry itself: a WeakMethod per entry cost
+        about 400 bytes per connection, and every object an idle connection
+        keeps is scanned by the cycle collector (docs/performance.md, issue 12).
         """
-        self.call_later(delay, _call_weak, weakref.ref(method.__self__),  # type: ignore[attr-defined]
-                        method.__func__, args)  # type: ignore[attr-defined]
+        self._add(delay, method.__func__, weakref.ref(method.__self__),  # type: ignore[attr-defined]
+                  args)
+
+    def _add(self, delay: float, callback: Callable[..., Any], owner: weakref.ref | None,
+             args: tuple) -> None:
+        due = trio.current_time() + delay
+        lane = self._lanes.get(delay)
+        if lane is None:
+            lane = self._lanes[delay] = collections.deque()
+        lane.append((due, callback, owner, args))
+        sleep = self._sleep
+        if sleep is not None and due < sleep.deadline:
+            sleep.deadline = due
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fire due callbacks until cancelled."""
@@ -61,9 +68,12 @@ class Timers:
             now = trio.current_time()
             for lane in list(self._lanes.values()):
                 while lane and lane[0][0] <= now:
-                    _, callback, args = lane.popleft()
+                    _, callback, owner, args = lane.popleft()
                     try:
-                        callback(*args)
+                        if owner is None:
+                            callback(*args)
+                        else:
+                            _call_weak(owner, callback, args)
                     except Exception:
                         logger.exception("timer callback %r failed", callback)
             heads = [lane[0][0] for lane in self._lanes.values() if lane]

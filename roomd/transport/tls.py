@@ -26,6 +26,7 @@ import ssl
 import trio
 
 from .._errors import ConfigError
+from .tcp import TCPStream
 
 logger = logging.getLogger("roomd.tls")
 
@@ -81,17 +82,22 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or exc)
 
 
-async def _looks_like_plain_http(stream: trio.SocketStream) -> bool:
+async def _looks_like_plain_http(stream: TCPStream) -> bool:
     """Peek at the first byte: a letter is an HTTP method, not a TLS record."""
-    try:
-        first = await stream.socket.recv(1, socket.MSG_PEEK)
-    except OSError:
-        return False
+    while True:
+        try:
+            first = stream.socket.recv(1, socket.MSG_PEEK)
+            break
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+        await trio.lowlevel.wait_readable(stream.fd)
     return bool(first) and first[0] != _TLS_HANDSHAKE_RECORD and first[:1].isalpha()
 
 
-async def start_tls(stream: trio.SocketStream, context: ssl.SSLContext,
-                    address: str) -> trio.SSLStream[trio.SocketStream] | None:
+async def start_tls(stream: TCPStream, context: ssl.SSLContext,
+                    address: str) -> trio.SSLStream[TCPStream] | None:
     """The TLS stream over ``stream`` once its handshake is done; None when it failed.
 
     A client that sent plain HTTP gets the 400 first. Nothing a peer does
@@ -121,11 +127,11 @@ async def start_tls(stream: trio.SocketStream, context: ssl.SSLContext,
     return tls
 
 
-async def close_tls(tls: trio.SSLStream[trio.SocketStream]) -> None:
+async def close_tls(tls: trio.SSLStream[TCPStream]) -> None:
     """Send close_notify when it can go at once; never wait long for it."""
     with trio.move_on_after(CLOSE_TIMEOUT):
         try:
             await tls.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
-    # trio.serve_listeners closes the TCP stream when the handler returns.
+    # The accept loop closes the TCP stream when the handler returns.
