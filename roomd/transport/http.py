@@ -503,9 +503,9 @@ class _HttpConnection:
         finally:
             session.poll_pending = False
         if session.closed:
-            # The last answer of a closed session: what it could not carry is dropped.
-            self.engine.closing_polls.pop(session.sid, None)
-            outbox.clear()
+            # What this answer could not carry (the close packet travels alone) waits for
+            # the next GET, briefly; then it is dropped.
+            self.engine.closed_poll_answered(session)
         body = eio.encode_payload(packets).encode()
         del packets
         budget = self.engine.budget
