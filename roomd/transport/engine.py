@@ -52,6 +52,7 @@ from .options import EngineOptions
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
 from .tcp import stream_fd
 from .timers import Timers
+from .turns import Turns
 
 logger = logging.getLogger("roomd.transport")
 
@@ -409,6 +410,7 @@ class Engine:
             sessions_per_ip_burst=options.sessions_per_ip_burst,
             max_half_open=half_open_cap(options.max_half_open),
             exempt=options.exempt_addresses)
+        self.turns = Turns(self.admission)  # the half-open places, first come first served
         self.trusted_proxies = frozenset(options.trusted_proxies)
         self.ratelog = RateLog(timers.call_later)
         self.allow_request: AllowRequest | None = None
