@@ -145,13 +145,14 @@ def server_command(name: str, port: int, admin_dir: str, a: argparse.Namespace
     exempts no address from its per-address limits.
     """
     polling = a.transports == "default"
-    if name == "roomd":
+    if name == "roomd" or name in a.roomd_also:
+        executable = a.roomd_also.get(name, a.roomd)
         app, env = "bench.app:io", {}
         if polling or a.addresses:
             app = "bench.storm_app:io"
             env = {"ROOMD_STORM_TRANSPORTS": "polling,websocket" if polling else "websocket",
                    "ROOMD_STORM_EXEMPT": "none" if a.addresses else "loopback"}
-        return ([a.roomd, "serve", "--app", app, "--app-dir", str(ROOT), "--port", str(port),
+        return ([executable, "serve", "--app", app, "--app-dir", str(ROOT), "--port", str(port),
                  "--socket", f"{admin_dir}/{port}.sock", "--log-level", "warning"], env, ROOT)
     if name == "node":
         modules = BENCH_HOME / "node_modules"
@@ -174,8 +175,9 @@ class Server:
         cpu = a.server_cpu
         self.name, self.port = name, port
         argv, env, cwd = server_command(name, port, admin_dir, a)
-        self.admin = f"{admin_dir}/{port}.sock" if name == "roomd" else None
-        self.roomd = a.roomd
+        roomd = name == "roomd" or name in a.roomd_also
+        self.admin = f"{admin_dir}/{port}.sock" if roomd else None
+        self.roomd = a.roomd_also.get(name, a.roomd)
         self.log = open(log, "a")
         self.log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n")
         self.log.flush()
@@ -487,7 +489,10 @@ def main() -> int:
                    help="each client from its own loopback address (127.10.x.y), and roomd "
                         "exempting none: the per-address limits at their defaults")
     p.add_argument("--roomd", default=str(ROOT / ".venv" / "bin" / "roomd"),
-                   help="the roomd executable (another checkout's venv, to compare)")
+                   help="the roomd executable (default: this checkout's venv)")
+    p.add_argument("--roomd-also", action="append", default=[], metavar="NAME=EXECUTABLE",
+                   help="one more roomd to run beside the others as server NAME (another "
+                        "checkout's venv/bin/roomd, to compare branches); repeatable")
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--loadgen-cpu", default="1")
     p.add_argument("--open-time", type=float, default=180, help="bound on the initial connects")
@@ -496,6 +501,8 @@ def main() -> int:
     p.add_argument("--out", default=f"/tmp/roomd-storm-{time.strftime('%Y%m%d-%H%M%S')}")
     a = p.parse_args()
     a.servers = a.servers.split(",")
+    a.roomd_also = dict(item.split("=", 1) for item in a.roomd_also)
+    a.servers[1:1] = [name for name in a.roomd_also if name not in a.servers]
     a.modes = a.modes.split(",")
     out = Path(a.out)
     logs = out / "logs"

@@ -369,7 +369,9 @@ class Server:
         if ssl_context is not None:
             self.ssl_context = ssl_context
         if listeners is None:
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+            # The kernel's net.core.somaxconn decides the listen queue (see
+            # ops.daemon.LISTEN_BACKLOG): a reconnect storm waits there.
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=None)
         self.listen_addresses = []
         for listener in listeners:
             sockname = listener.socket.getsockname()

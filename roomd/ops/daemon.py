@@ -54,7 +54,10 @@ from .metrics import serve_metrics
 logger = logging.getLogger("roomd.daemon")
 
 GC_THRESHOLDS = (20_000, 20, 20)
-LISTEN_BACKLOG = 4096  # as Server.serve's own listeners: bursts of reconnecting clients
+# The listen queue holds the connections a burst of reconnecting clients opens faster than
+# roomd accepts them: None asks trio for the most it passes (65535), which the kernel caps
+# at net.core.somaxconn, so the system's setting decides. As Server.serve's own listeners.
+LISTEN_BACKLOG = None
 
 
 def load_app(spec: str, app_dir: str | None = None) -> Server:
