@@ -389,7 +389,10 @@ def merge(reports: list[dict]) -> dict:
 # ------------------------------------------------------------------ summary
 def med(values: list) -> float | None:
     values = [v for v in values if v is not None]
-    return round(statistics.median(values), 3) if values else None
+    if not values:
+        return None
+    middle = statistics.median(values)
+    return int(middle) if middle == int(middle) else round(middle, 3)
 
 
 def _lg(run: dict, key: str, default=None):
