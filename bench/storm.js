@@ -81,6 +81,7 @@ function errorKey(err) {
   // or the request's error); "timeout" (the manager's 20 s connect timeout) has none.
   const d = err && err.description;
   let cause = d && (d.message || (d.error && d.error.message) || (typeof d === "string" ? d : ""));
+  if (!cause && typeof d === "number") cause = `HTTP status ${d}`;  // a poll's or a POST's answer
   if (!cause && d && d.context && d.context.status) cause = `status ${d.context.status}`;
   cause = String(cause || "").replace(/127\.0\.0\.1:\d+/g, "HOST:PORT");
   const status = /Unexpected server response: (\d+)/.exec(cause);
