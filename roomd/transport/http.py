@@ -670,7 +670,7 @@ async def handle_connection(engine: Engine, stream: TCPStream,
         try:
             # Counted as half-open once its first bytes are there and a place is free
             # (turns.Turns: it waits its turn, it is not refused); closed if it says nothing.
-            if not await engine.turns.take(stream.fd, engine.options.head_timeout):
+            if not await engine.turns.take(stream.socket, engine.options.head_timeout):
                 return
             if ssl_context is None:
                 websocket = await _serve_http(engine, stream, address)

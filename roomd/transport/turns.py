@@ -20,9 +20,27 @@ holds no place and is closed after ``head_timeout``.
 
 from __future__ import annotations
 
+import _socket
+import socket
+
 import trio
 
 from .limits import Admission
+
+
+def _arrived(sock: _socket.socket) -> bool:
+    """Whether the peer sent something (or ended the stream), without reading it.
+
+    Usually the request is there by the time its connection is accepted: one
+    syscall then, no trip through the scheduler.
+    """
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset: reading the request finds out
+    return True
 
 
 class Turns:
@@ -33,19 +51,22 @@ class Turns:
         self._waiting = trio.lowlevel.ParkingLot()
         admission.on_room = self._release
 
-    async def take(self, fd: int, head_timeout: float) -> bool:
+    async def take(self, sock: _socket.socket, head_timeout: float) -> bool:
         """Wait for the connection's first bytes, then for a place (counted for it).
 
-        False, with no place taken, when nothing arrived within ``head_timeout``
-        (the end of the stream counts as arrived: reading the request sees it).
+        ``sock`` is the connection's non-blocking socket. False, with no place taken,
+        when nothing arrived within ``head_timeout`` (the end of the stream counts as
+        arrived: reading the request sees it).
         """
-        with trio.move_on_after(head_timeout):
-            await trio.lowlevel.wait_readable(fd)
-            if not self._waiting and self.admission.open_half():
-                return True
-            await self._waiting.park()  # _release counted the place before waking us
-            return True
-        return False
+        if not _arrived(sock):
+            with trio.move_on_after(head_timeout):
+                await trio.lowlevel.wait_readable(sock)
+            if not _arrived(sock):
+                return False
+        if not self._waiting and self.admission.open_half():
+            return True  # no checkpoint: the connection's handler is about to read
+        await self._waiting.park()  # _release counted the place before waking us
+        return True
 
     def _release(self) -> None:
         """A place freed (``Admission.close_half``): it goes to the longest waiting."""
