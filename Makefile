@@ -14,7 +14,12 @@
 #                  (kept when present), units in $(UNITDIR); see docs/deploy.md
 #   make uninstall-system   removes what install-system put there (not $(CONFDIR))
 #   make bench     test install, then run the yardstick (../shared/bench) with roomd,
-#                  Node.js socket.io and python-socketio (docs/performance.md)
+#                  Node.js socket.io and python-socketio (docs/performance.md); beside it:
+#   make bench-storm  runtime install and tests/node's npm packages, then bench/storm.py:
+#                  a reconnect storm (10,000 stock socket.io-client clients dropped at once
+#                  by a server restart or a network cut) against roomd and Node.js socket.io
+#                  (docs/performance.md, "Reconnect storm"); STORM_ARGS='--reps 1 ...' adds
+#                  options (bench/storm.py --help)
 #   make bench-cluster  runtime install, tests/node's npm packages and redis-server, then
 #                  bench/cluster.sh: two roomd nodes against two Node.js socket.io nodes
 #                  on one Redis (docs/performance.md, "Cluster")
@@ -45,7 +50,7 @@ UNITS      := roomd.service roomd@.service roomd.socket
 CHROMIUM   ?= /usr/bin/chromium
 
 .PHONY: all install install-test test serve bench clean install-system uninstall-system browser \
-        redis-server bench-cluster
+        redis-server bench-cluster bench-storm
 .DEFAULT_GOAL := test
 
 all: test
@@ -138,6 +143,10 @@ uninstall-system:
 
 bench-cluster: $(PY_STAMP) $(NODE_STAMP) redis-server
 	bench/cluster.sh
+
+STORM_ARGS ?=
+bench-storm: $(PY_STAMP) $(NODE_STAMP)
+	$(BIN)/python bench/storm.py $(STORM_ARGS)
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .hypothesis build *.egg-info

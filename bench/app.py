@@ -22,9 +22,10 @@ async def pub(socket: roomd.Socket, room: str, payload: object) -> None:
 
 
 def make_app(**options: Any) -> roomd.Server:
-    """The bench app on a Server with the yardstick's engine options and ``options``."""
-    io = roomd.Server(ping_interval=25, ping_timeout=20, max_payload=1_000_000,
-                      transports=["websocket"], **options)
+    """The bench app on a Server with the yardstick's engine options and ``options``
+    (which may replace ``transports``: bench/storm_app.py lets clients poll too)."""
+    options.setdefault("transports", ["websocket"])
+    io = roomd.Server(ping_interval=25, ping_timeout=20, max_payload=1_000_000, **options)
     io.on("join", join)
     io.on("pub", pub)
     return io

@@ -29,7 +29,8 @@ def _closed(by_reason: dict) -> str:
 @click.pass_context
 def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
     """Version, instance, uptime, listen address, connections, namespaces, rooms, event rate,
-    connections closed (by reason); with connection state recovery on, what its stores hold.
+    connections closed (by reason), requests refused (by HTTP status: 429 and 503 are roomd's
+    admission limits); with connection state recovery on, what its stores hold.
     """
     s = client(ctx, socket_path).request("status")["status"]
     if as_json:
@@ -49,6 +50,7 @@ def status(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
         ("events", f"{s.get('events_total', 0)} total, "
                    f"{float(s.get('events_per_second') or 0):.1f}/s"),
         ("closed", _closed(s.get("closed") or {})),
+        ("refused", _closed(s.get("refused") or {})),
         ("cluster", cluster_line(s.get("cluster") or {})),
     ]
     held = s.get("recovery")

@@ -319,6 +319,8 @@ class NodeClient(JsonLinesChild):
     query=..., listen=("*",), ack=..., auto_ack=True, **more_io_options)`` returns a
     :class:`NodeSocket`; by default every event the socket receives is recorded (``listen``)
     and acks asked for by the server are answered with ``{"echo": args}``.
+    ``join_on_connect={"event": "join", "args": [room]}`` emits that on every connect
+    (reconnections too) and records the ack as a "joined" event (``raw["args"]``).
     """
 
     name = "client.js"
@@ -436,6 +438,7 @@ class NodeClient(JsonLinesChild):
         ack_args: list | None = None,
         auto_ack: bool = True,
         keep_on_error: bool = False,
+        join_on_connect: dict | None = None,
         timeout: float = 10,
         **io_opts: Any,
     ) -> NodeSocket:
@@ -448,7 +451,7 @@ class NodeClient(JsonLinesChild):
         reply = await self.command(
             "connect", deadline=timeout + 2, url=url, namespace=namespace, opts=to_wire(opts),
             listen=list(listen), listenOpts=self._ack_fields(ack, ack_args, auto_ack),
-            keepOnError=keep_on_error,
+            keepOnError=keep_on_error, joinOnConnect=to_wire(join_on_connect),
         )
         return NodeSocket(self, reply["sock"], reply["sid"], namespace, reply.get("transport"))
 

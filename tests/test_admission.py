@@ -41,6 +41,12 @@ def test_half_open_cap():
     assert admission.open_half() and admission.open_half() and not admission.open_half()
     admission.close_half()
     assert admission.open_half()
+    # the accept loop waiting for room is called back once a connection ends below the cap
+    called: list[bool] = []
+    admission.on_room = lambda: called.append(admission.has_room())
+    assert not admission.has_room()
+    admission.close_half()
+    assert called == [True] and admission.has_room()
 
 
 def test_new_sessions_token_bucket():

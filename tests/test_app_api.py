@@ -295,7 +295,7 @@ async def test_lifespan_and_background_tasks(start_server, node):
     assert (await a.next_event("tick")).args[0] > first
     await io.shutdown(grace=5)
     assert log == ["startup", "ticker cancelled", "shutdown after drain: True"]
-    assert (await a.next_event("disconnect")).args == ["io server disconnect"]
+    assert (await a.next_event("disconnect")).args == ["transport close"]
 
 
 async def test_a_failing_background_task_is_logged(start_server, caplog):

@@ -352,14 +352,15 @@ async def test_ordinary_closes_are_counted_not_logged(tmpdir_short, node, py_cli
         with trio.fail_after(20):  # until every session is gone, the silent one included
             while (await d.admin("status"))["status"]["connections"]:
                 await trio.sleep(0.1)
-        # its late polls: the first may still collect what closed it (a 200), then the
-        # session is gone (a 400), as for any client after a close
+        # its late polls: the first may still collect the ping it never answered (a 200),
+        # the next the close packet, which travels alone (a 200), then the session is gone
+        # (a 400), as for any client after a close
         statuses = []
-        while 400 not in statuses and len(statuses) < 3:
+        while 400 not in statuses and len(statuses) < 4:
             status, _, _ = await raw_http(d.port, build_request(
                 "GET", f"/socket.io/?EIO=4&transport=polling&sid={sid}"))
             statuses.append(status)
-        assert statuses in ([400], [200, 400]), statuses
+        assert statuses in ([400], [200, 400], [200, 200, 400]), statuses
 
         # (a loaded machine may let a client miss a pong: counts, not exact reasons)
         closed = (await d.cli("status", "--json")).json()["closed"]

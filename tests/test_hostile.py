@@ -166,21 +166,33 @@ async def test_1_half_open_connections_are_capped_and_timed_out(start_server, py
     engine = io.engine
     idle = []
     try:
-        for i in range(20):
+        # Ten say nothing (they hold no place), twenty start a head and never finish it.
+        for i in range(30):
             stream = await _open(srv.port, local=ATTACKER)
-            if i % 2:
+            if i >= 10:
                 await stream.send_all(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n")
             idle.append(stream)
         await _wait_for(lambda: engine.admission.half_open == 20)
-        # Over the cap: refused before any parsing, with 503 and Retry-After.
-        status, headers, _ = await raw_http(srv.port, build_request("GET", _poll()), timeout=10)
-        assert status == 503 and headers["retry-after"] == "5"
-        # The healthy WebSocket client is not half-open: it works throughout.
-        await _still_healthy(healthy, "during")
-        # Every idle connection is cut by head_timeout, without an answer to wait for.
-        for stream in idle:
-            await _read_until_eof(stream)
+        # Over the cap: a request waits its turn, not read and not refused either; it is
+        # served once head_timeout has cut the unfinished heads.
+        answered: list[int] = []
+
+        async def late_request() -> None:
+            status, _, _ = await raw_http(srv.port, build_request("GET", _poll()), timeout=15)
+            answered.append(status)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(late_request)
+            await _wait_for(lambda: engine.turns.waiting == 1)
+            assert answered == [] and engine.admission.half_open == 20
+            # The healthy WebSocket client is not half-open: it works throughout.
+            await _still_healthy(healthy, "during")
+            # Every idle connection is cut by head_timeout, without an answer to wait for.
+            for stream in idle:
+                await _read_until_eof(stream)
+        assert answered == [200]
         await _wait_for(lambda: engine.admission.half_open == 0)
+        assert "HTTP 503" not in io.stats()["refused"]
     finally:
         for stream in idle:
             await stream.aclose()

@@ -2,8 +2,8 @@
 (NOTIFY_SOCKET), binds the listening socket and passes it as fd 3 (LISTEN_FDS/LISTEN_PID),
 asks for a watchdog (WATCHDOG_USEC) and hands the daemon a "journal" stderr
 (JOURNAL_STREAM). Checks READY=1, WATCHDOG=1 keep-alives, clients served through the passed
-socket, SIGHUP reload (RELOADING=1 ... READY=1), and SIGTERM: STOPPING=1, a Socket.IO
-disconnect to every connected client, exit status 0."""
+socket, SIGHUP reload (RELOADING=1 ... READY=1), and SIGTERM: STOPPING=1, every connected
+client's transport closed (so that the stock clients reconnect), exit status 0."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ async def test_systemd_play(notify_and_dir, node, py_client):
         ws = await node.connect(d.url, "/orders", transports=["websocket"])
         polling = await node.connect(d.url, "/", transports=["polling"], force_new=True)
         py = await py_client()
-        await py.connect(d.url, namespaces=["/", "/orders"])
+        await py.connect(d.url, namespaces=["/", "/orders"], transports=["websocket"])
         assert await ws.emit_with_ack("join", "eu") == [{"rooms": sorted([ws.sid, "eu"])}]
         status = (await d.cli("status", "--json")).json()
         assert status["listen"] == [f"127.0.0.1:{port}"] and status["sockets"] == 4
@@ -136,19 +136,20 @@ async def test_systemd_play(notify_and_dir, node, py_client):
         assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), lines
         assert f"<6>roomd.server: listening on 127.0.0.1:{port}" in lines
 
-        # SIGTERM: STOPPING=1, every client gets a Socket.IO disconnect, then exit 0
+        # SIGTERM: STOPPING=1, every client's transport is closed (no Socket.IO DISCONNECT:
+        # the stock clients reconnect), then exit 0
         mark = len(notes.received)
         d.proc.send_signal(signal.SIGTERM)
         stopping = await notes.wait_for("STOPPING", after=mark)
         with trio.fail_after(10):
             assert await d.proc.wait() == 0
-        # A DISCONNECT packet, not a dropped transport ("transport close"), so it was sent
-        # and read before the process went away.
-        assert (await ws.next_event("disconnect")).args == ["io server disconnect"]
-        assert (await polling.next_event("disconnect")).args == ["io server disconnect"]
-        for namespace in ("/", "/orders"):
+        # The WebSocket's close frame and the long-poll's close packet: "transport close"
+        # (a transport that just broke would be "transport error").
+        assert (await ws.next_event("disconnect")).args == ["transport close"]
+        assert (await polling.next_event("disconnect")).args == ["transport close"]
+        for namespace in ("/", "/orders"):  # python-socketio's name for a closed WebSocket
             event = await py.next_event("disconnect", namespace=namespace)
-            assert event.args == ["server disconnect"]
+            assert event.args == ["transport error"]
         assert notes.count("READY", after=stopping) == 0
         assert "<6>roomd.daemon: received SIGTERM: shutting down" in d.log().splitlines()
         assert not os.path.exists(d.socket)  # the admin socket file is cleaned up
@@ -190,4 +191,4 @@ async def test_sighup_reload(notify_and_dir, node):
         mark = len(notes.received)
         assert await stop(d.proc) == 0
         await notes.wait_for("STOPPING", after=mark)
-        assert (await s.next_event("disconnect")).args == ["io server disconnect"]
+        assert (await s.next_event("disconnect")).args == ["transport close"]

@@ -240,25 +240,37 @@ async def test_unusable_certificate_stops_the_daemon_with_a_clear_message(pki):
 
 
 async def test_tls_handshakes_count_as_half_open(nursery, pki):
-    """A connection still in its TLS handshake is half-open: over the cap, new connections
-    are closed at once (without a plain-HTTP answer on a TLS port); handshakes that fail or
-    finish give their place back."""
+    """A connection in its TLS handshake is half-open: over the cap, new connections wait
+    their turn (their handshake does not start); handshakes that fail or finish give their
+    place back."""
     _, ca_file, cert_file, key_file = pki
     io = roomd.Server(max_half_open=2, exempt_addresses=())
     port = await serve_tls(nursery, io, server_context(cert_file, key_file))
     admission = io.engine.admission
     idle = [await trio.open_tcp_stream(HOST, port) for _ in range(2)]
+    for stream in idle:  # the start of a TLS record, and nothing more
+        await stream.send_all(b"\x16\x03\x01")
+    got: list[bytes] = []
     try:
         with trio.fail_after(10):
             while admission.half_open < 2:
                 await trio.sleep(0.01)
-        with trio.fail_after(10):
-            third = await trio.open_tcp_stream(HOST, port)
-            async with third:
-                assert await third.receive_some(1024) == b""  # closed, nothing said
+
+        async def third() -> None:
+            got.append(await tls_get(port, ssl.create_default_context(cafile=ca_file)))
+
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(third)
+            with trio.fail_after(10):
+                while io.engine.turns.waiting < 1:
+                    await trio.sleep(0.01)
+            assert got == [] and admission.half_open == 2
+            for stream in idle:  # the idle ones go: the third's handshake is served
+                await stream.aclose()
     finally:
         for stream in idle:
             await stream.aclose()
+    assert b'"sid"' in got[0]
     with trio.fail_after(10):
         while admission.half_open:
             await trio.sleep(0.01)

@@ -415,12 +415,28 @@ class Connection:
         await socket.closed(reason)
 
     async def disconnect_all(self, reason: str) -> None:
-        """Disconnect every namespace, then close the session."""
+        """Disconnect every namespace, then close the session.
+
+        Each socket gets a Socket.IO DISCONNECT first: the client learns the
+        server meant it ("io server disconnect") and does not reconnect.
+        """
         for socket in list(self.sockets.values()):
             await socket.send_packet(sio.Packet(sio.PacketType.DISCONNECT,
                                                   socket.namespace.name))
             await self.close_socket(socket, reason)
         self.session.close("forced close")
+
+    async def close(self, reason: str) -> None:
+        """Close every socket with ``reason``, then the session, with no DISCONNECT.
+
+        The server going away (``Server.shutdown``), as Node's ``io.close()``:
+        the disconnect handlers run with ``reason``, and the client sees only
+        its transport close ("transport close"), so it reconnects with its
+        backoff, to this server's successor.
+        """
+        for socket in list(self.sockets.values()):
+            await self.close_socket(socket, reason)
+        self.session.close(reason)
 
     def check_connected(self) -> None:
         """Timer callback: close a session that never connected a namespace."""

@@ -62,9 +62,18 @@ class Introspection:
             "broadcasts_awaiting_acks": self._acks.waiting,
             "cluster": self._server.adapter_factory.status(),
             "closed": dict(self._server.engine.closes),  # sessions closed, by reason
+            "refused": self._refused(),  # Engine.IO requests refused, by HTTP status
             "recovery": self._recovery_stats(),
             **self._server.counters,
         }
+
+    def _refused(self) -> dict[str, int]:
+        """{"HTTP 503": n, ...}: the refusal counters (``metrics``) by status alone."""
+        refused: dict[str, int] = {}
+        for (status, _), count in self._server.engine.refusals.items():
+            key = f"HTTP {status}"
+            refused[key] = refused.get(key, 0) + count
+        return refused
 
     def _recovery_stats(self) -> dict[str, Any] | None:
         """What the recovery stores of every namespace hold (None when off)."""

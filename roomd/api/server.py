@@ -25,6 +25,7 @@ from ..rooms.recovery import RecoveryOptions
 from ..rooms.taps import Taps
 from ..transport.accept import serve_tcp
 from ..transport.engine import (
+    SHUTTING_DOWN,
     AllowRequest,
     ConnectionRefusal,
     Engine,
@@ -368,7 +369,9 @@ class Server:
         if ssl_context is not None:
             self.ssl_context = ssl_context
         if listeners is None:
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+            # The kernel's net.core.somaxconn decides the listen queue (see
+            # ops.daemon.LISTEN_BACKLOG): a reconnect storm waits there.
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=None)
         self.listen_addresses = []
         for listener in listeners:
             sockname = listener.socket.getsockname()
@@ -430,12 +433,16 @@ class Server:
         return handle_connection(self.engine, stream, self.ssl_context, address)
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop gracefully: stop accepting, disconnect every socket, drain.
+        """Stop gracefully: stop accepting, close every socket, drain.
 
-        Each client gets a Socket.IO DISCONNECT for each namespace; queued
-        messages get up to ``grace`` seconds to leave. Then background tasks
-        are cancelled, the lifespans exit, and :meth:`serve` returns; this
-        returns when it has.
+        As Node's ``io.close()``: every socket's disconnect handlers run with
+        the reason "server shutting down", and every Engine.IO session closes
+        (a long-polling client gets the close packet, a WebSocket the close
+        frame 1001) without a Socket.IO DISCONNECT, so stock clients reconnect
+        with their backoff (to the next server) instead of staying away.
+        Queued messages get up to ``grace`` seconds to leave. Then background
+        tasks are cancelled, the lifespans exit, and :meth:`serve` returns;
+        this returns when it has.
         """
         if self._scope is None or self._finished is None:
             return
@@ -444,7 +451,7 @@ class Server:
             self._accept_scope.cancel()
         with trio.move_on_after(grace):
             for connection in list(self._connections.values()):
-                await connection.disconnect_all("server shutting down")
+                await connection.close(SHUTTING_DOWN)
             while (self._connections or self.engine.live_websockets
                    or self.engine.closing_polls or self.engine.polls_in_flight):
                 await trio.sleep(0.02)

@@ -6,8 +6,9 @@ the Prometheus endpoint (``[metrics]``), the Socket.IO Admin UI's namespace
 before READY=1 so that a bad address or key file stops the start-up.
 
 ``roomd serve`` calls :func:`run_daemon`. SIGTERM and SIGINT stop it
-gracefully (stop accepting, a Socket.IO DISCONNECT to every client, queued
-messages drained within ``limits.shutdown_grace``); SIGHUP re-reads the
+gracefully (stop accepting, every client's transport closed without a
+Socket.IO DISCONNECT so that it reconnects, queued messages drained within
+``limits.shutdown_grace``); SIGHUP re-reads the
 configuration file and applies what can change safely: the log level, the
 relay app's namespaces (added, removed: their sockets disconnected, changed;
 rate limits included), token keys (``[auth.NAME]``, re-read from their
@@ -53,7 +54,10 @@ from .metrics import serve_metrics
 logger = logging.getLogger("roomd.daemon")
 
 GC_THRESHOLDS = (20_000, 20, 20)
-LISTEN_BACKLOG = 4096  # as Server.serve's own listeners: bursts of reconnecting clients
+# The listen queue holds the connections a burst of reconnecting clients opens faster than
+# roomd accepts them: None asks trio for the most it passes (65535), which the kernel caps
+# at net.core.somaxconn, so the system's setting decides. As Server.serve's own listeners.
+LISTEN_BACKLOG = None
 
 
 def load_app(spec: str, app_dir: str | None = None) -> Server:

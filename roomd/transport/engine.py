@@ -52,6 +52,7 @@ from .options import EngineOptions
 from .outbox import OutgoingMessage, PollingOutbox, WebSocketOutbox, WriteBatch
 from .tcp import stream_fd
 from .timers import Timers
+from .turns import Turns
 
 logger = logging.getLogger("roomd.transport")
 
@@ -65,6 +66,9 @@ CLOSE_LINGER_BYTES = 1 << 20
 # (released at once, the noop can overtake the client's CONNECT reply).
 UPGRADE_NOOP_CHECK = 0.1
 RECEIVE_SIZE = 65536
+# The close reason of every session when the server shuts down (Socket.IO's name
+# for it): a WebSocket closed for it gets the close code 1001, going away.
+SHUTTING_DOWN = "server shutting down"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +410,7 @@ class Engine:
             sessions_per_ip_burst=options.sessions_per_ip_burst,
             max_half_open=half_open_cap(options.max_half_open),
             exempt=options.exempt_addresses)
+        self.turns = Turns(self.admission)  # the half-open places, first come first served
         self.trusted_proxies = frozenset(options.trusted_proxies)
         self.ratelog = RateLog(timers.call_later)
         self.allow_request: AllowRequest | None = None
@@ -479,8 +484,9 @@ class Engine:
 
         A long-polling client between two requests has not read the packets
         that closed its session (a DISCONNECT, say): its next GET still gets
-        them, within CLOSE_FLUSH_TIMEOUT; then they are dropped. Called before
-        the close packet is queued.
+        them, and the close packet after them, within CLOSE_FLUSH_TIMEOUT; then
+        they are dropped. Called before the close packet is queued: a session
+        that has nothing else for its client is forgotten at once.
         """
         if self.sessions.get(session.sid) is not session:
             return
@@ -489,11 +495,23 @@ class Engine:
         if not isinstance(outbox, PollingOutbox):
             return
         if session.poll_pending:
-            return  # the pending long-poll takes what is queued (then http clears the rest)
+            return  # the pending long-poll takes what is queued (then http: closed_poll_answered)
+        self.closed_poll_answered(session)
+
+    def closed_poll_answered(self, session: EngineSession) -> None:
+        """A closed polling session between two GETs: what is left waits for one more.
+
+        The close packet travels in a payload of its own, so a GET that took the
+        last messages leaves it for the next one (within CLOSE_FLUSH_TIMEOUT).
+        """
+        outbox = session.outbox
+        assert isinstance(outbox, PollingOutbox)
         if outbox.pending and session.close_reason != "transport close":  # the client left
-            self.closing_polls[session.sid] = session
-            self.timers.call_later(CLOSE_FLUSH_TIMEOUT, self._drop_closing, session.sid)
+            if session.sid not in self.closing_polls:
+                self.closing_polls[session.sid] = session
+                self.timers.call_later(CLOSE_FLUSH_TIMEOUT, self._drop_closing, session.sid)
         else:
+            self.closing_polls.pop(session.sid, None)
             outbox.clear()  # nobody will read it: its bytes go at once
 
     def _drop_closing(self, sid: str) -> None:
@@ -606,7 +624,8 @@ class _WebSocketSession:
         if reason is None:
             # Closed by the server: let queued frames (a DISCONNECT, say) leave first,
             # then wait for the client's close frame (see _close).
-            await self._close(CloseCode.NORMAL)
+            await self._close(CloseCode.GOING_AWAY if session.close_reason == SHUTTING_DOWN
+                              else CloseCode.NORMAL)
             return
         session.close(reason)
         await self._close(code)

@@ -11,9 +11,10 @@ event (``limits.RateLog`` counts them).
 Every wait on the client is bounded (docs/limits.md): the request head
 (``head_timeout``, then ``keepalive_timeout`` between requests), the body
 (``body_timeout``), every response write (``send_timeout``). Before any
-parsing, a new connection must fit the per-address connection cap (else 429)
-and the global cap on half-open connections (else 503); a new session must
-fit its address's rate (else 429 with Retry-After).
+parsing, a new connection must fit the per-address connection cap (else 429);
+at most ``max_half_open`` connections are read at once, the others wait their
+turn (``turns``); a new session must fit its address's rate (else 429 with
+Retry-After).
 
 With an SSLContext, the TLS handshake (``tls.start_tls``) runs after those
 admission checks and counts as half-open time; everything after it reads and
@@ -94,7 +95,7 @@ class _HttpConnection:
         # (bytes after the request, the request, its sid, whether the 101 is still to send)
         self.websocket: tuple[bytes, RequestInfo, str | None, bool] | None = None
         self.address = address
-        self.half_open = True  # counted in engine.admission from accept
+        self.half_open = True  # counted in engine.admission (turns.Turns.take)
 
     @property
     def conn(self) -> h11.Connection:
@@ -503,9 +504,9 @@ class _HttpConnection:
         finally:
             session.poll_pending = False
         if session.closed:
-            # The last answer of a closed session: what it could not carry is dropped.
-            self.engine.closing_polls.pop(session.sid, None)
-            outbox.clear()
+            # What this answer could not carry (the close packet travels alone) waits for
+            # the next GET, briefly; then it is dropped.
+            self.engine.closed_poll_answered(session)
         body = eio.encode_payload(packets).encode()
         del packets
         budget = self.engine.budget
@@ -667,10 +668,9 @@ async def handle_connection(engine: Engine, stream: TCPStream,
                                 tls=ssl_context is not None)
             return
         try:
-            if not admission.open_half():
-                await _refuse_early(engine, stream, address, 503,
-                                    "half-open connection cap reached",
-                                    tls=ssl_context is not None)
+            # Counted as half-open once its first bytes are there and a place is free
+            # (turns.Turns: it waits its turn, it is not refused); closed if it says nothing.
+            if not await engine.turns.take(stream.socket, engine.options.head_timeout):
                 return
             if ssl_context is None:
                 websocket = await _serve_http(engine, stream, address)

@@ -12,8 +12,9 @@ enforce the parts no single connection can see:
   those buffers together.
 - :class:`Admission`: per-address limits (concurrent connections, a token
   bucket of new Engine.IO sessions per second) and the global cap on
-  half-open HTTP connections (accepted, not yet past their request). Every
-  check is a dict lookup and an integer compare: a refusal builds nothing.
+  half-open HTTP connections (accepted, not yet past their request; the
+  connections over it wait their turn, ``turns``). Every check is a
+  dict lookup and an integer compare: a refusal builds nothing.
 - :class:`RateLog`: one log line per interval for events a client can
   cause at will (refusals, malformed input), never one line per event.
 
@@ -128,6 +129,9 @@ class Admission:
         self._clock = clock
         self.connections: dict[str, int] = {}
         self.half_open = 0
+        # Called once when a half-open connection ends below the cap (the accept loop
+        # waiting for room sets it).
+        self.on_room: Callable[[], None] | None = None
         self._buckets: dict[str, _Bucket] = {}
 
     # -- concurrent connections (counted from accept to close) ---------------
@@ -151,14 +155,20 @@ class Admission:
             self.connections[address] = count - 1
 
     # -- half-open HTTP connections ------------------------------------------
+    def has_room(self) -> bool:
+        """True when one more connection may be half-open."""
+        return not self.max_half_open or self.half_open < self.max_half_open
+
     def open_half(self) -> bool:
-        if self.max_half_open and self.half_open >= self.max_half_open:
+        if not self.has_room():
             return False
         self.half_open += 1
         return True
 
     def close_half(self) -> None:
         self.half_open -= 1
+        if self.on_room is not None and self.has_room():
+            self.on_room()
 
     # -- new sessions: a token bucket per address ----------------------------
     def new_session(self, address: str) -> float:

@@ -20,7 +20,9 @@
 //               with reconnectionDelay, for connection state recovery tests). listen: events to register before the
 //               connection starts ("*" = catch-all), same as the "on" command.
 //               On connect_error -> ok:false, error=err.message, data=err.data (the socket
-//               is closed, unless keepOnError is true).
+//               is closed, unless keepOnError is true). joinOnConnect={event, args=[]}: on
+//               every connect (reconnections included) emit it with an ack and print
+//               {"event": "joined", "sock", "args": [...ack args]} (or "error" on no ack).
 //   emit        {sock, event, args=[]}                    -> {}
 //   emitWithAck {sock, event, args=[], timeout=5000}      -> {args: [...ack args]}
 //   on          {sock, event, ack?, ackArgs?, autoAck=true} -> {}
@@ -165,6 +167,14 @@ const handlers = {
       let first = true;
       socket.on("connect", () => {
         hookEngine();
+        if (cmd.joinOnConnect) {
+          const join = cmd.joinOnConnect;
+          socket.timeout(5000).emit(join.event, ...decode(join.args || []), (err, ...ackArgs) => {
+            const line = { event: "joined", sock: handle, args: encode(ackArgs) };
+            if (err) line.error = String(err.message || err);
+            out(line);
+          });
+        }
         out({ event: "connect", sock: handle, sid: socket.id, recovered: !!socket.recovered });
         if (first) {
           first = false;
