@@ -15,11 +15,11 @@
 #   make uninstall-system   removes what install-system put there (not $(CONFDIR))
 #   make bench     test install, then run the yardstick (../shared/bench) with roomd,
 #                  Node.js socket.io and python-socketio (docs/performance.md); beside it:
-#   make bench-storm  runtime install and tests/node's npm packages, then bench/storm.py:
+#   make bench-storm  runtime install and tests/node's npm packages, then python -m bench.storm:
 #                  a reconnect storm (10,000 stock socket.io-client clients dropped at once
 #                  by a server restart or a network cut) against roomd and Node.js socket.io
 #                  (docs/performance.md, "Reconnect storm"); STORM_ARGS='--reps 1 ...' adds
-#                  options (bench/storm.py --help)
+#                  options (python -m bench.storm --help)
 #   make bench-cluster  runtime install, tests/node's npm packages and redis-server, then
 #                  bench/cluster.sh: two roomd nodes against two Node.js socket.io nodes
 #                  on one Redis (docs/performance.md, "Cluster")
@@ -146,7 +146,7 @@ bench-cluster: $(PY_STAMP) $(NODE_STAMP) redis-server
 
 STORM_ARGS ?=
 bench-storm: $(PY_STAMP) $(NODE_STAMP)
-	$(BIN)/python bench/storm.py $(STORM_ARGS)
+	$(BIN)/python -m bench.storm $(STORM_ARGS)
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .hypothesis build *.egg-info

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cluster fan-out bench: a two-node roomd cluster against a two-node Node.js Socket.IO cluster.
 
-    .venv/bin/python bench/cluster_bench.py --subs 500 \\
+    .venv/bin/python -m bench.cluster_bench --subs 500 \\
         --rates 10,20,30,50,75,100,150,200,300,400,500 --duration 5 --reps 2 \\
         --out /tmp/roomd-cluster-bench      (make bench-cluster runs this)
 
@@ -45,6 +45,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.proctree import tree_cpu_s, tree_rss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
@@ -59,50 +61,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    out, stack = [], [root]
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(children.get(p, []))
-    return out
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (ns resolution, /proc/*/task/*/schedstat) of the live process tree."""
-    total = 0
-    for p in process_tree(root):
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-        except OSError:
-            continue
-    return total / 1e9
-
-
-def tree_rss_kib(root: int) -> int:
-    total = 0
-    for p in process_tree(root):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
 
 
 class Proc:

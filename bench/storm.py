@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reconnect storm: N connected clients dropped at once reconnect with the stock backoff.
 
-    .venv/bin/python bench/storm.py --clients 10000 --reps 2 --out /tmp/roomd-storm
+    .venv/bin/python -m bench.storm --clients 10000 --reps 2 --out /tmp/roomd-storm
                                     (make bench-storm runs this; docs/performance.md)
 
 Issue 12's figure: how long until every client is connected and joined again, roomd against
@@ -50,6 +50,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.proctree import tree_cpu_s, tree_rss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
 # The yardstick (its Node.js and python-socketio bench apps): ../shared/bench beside the
 # checkout, or beside the checkout's parent for a worktree under it; BENCH_DIR says.
@@ -62,50 +64,6 @@ NOFILE = 65536
 
 
 # ------------------------------------------------------------------ /proc
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    out, stack = [], [root]
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(children.get(p, []))
-    return out
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds (schedstat, ns) of the live process tree under ``root``."""
-    total = 0
-    for p in process_tree(root):
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-        except (OSError, ValueError):
-            pass
-    return total / 1e9
-
-
-def tree_rss_mib(root: int) -> float:
-    total = 0
-    for p in process_tree(root):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return round(total / 1024, 1)
-
-
 def load_average() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -320,7 +278,7 @@ def one_run(name: str, mode: str, a: argparse.Namespace, logs: Path, admin_dir: 
             result["error"] = f"the clients were not all joined within {a.open_time} s"
             return result
         result["open_s"] = round(max(payload(r[1])["open_ms"] for r in ready if r) / 1000, 2)
-        result["rss_mib_before"] = tree_rss_mib(server.pid)
+        result["rss_mib_before"] = round(tree_rss_kib(server.pid) / 1024, 1)
         time.sleep(a.settle)
         result["load_average_storm"] = load_average()
         overflows_drop = listen_overflows()
@@ -336,11 +294,11 @@ def one_run(name: str, mode: str, a: argparse.Namespace, logs: Path, admin_dir: 
             t0 = time.monotonic()
             for g in gens:
                 g.send("cut")
-        cpu0 = tree_cpu(server.pid)
+        cpu0 = tree_cpu_s(server.pid)
         overflows0 = listen_overflows() if mode == "cut" else overflows_drop
         deadline = t0 + a.storm_time + 5
         ends = [g.wait_for(("@rejoined", "@timeout"), deadline) for g in gens]
-        cpu1 = tree_cpu(server.pid)
+        cpu1 = tree_cpu_s(server.pid)
         result["listen_overflows"] = listen_overflows() - overflows0
         t_end = max((e[0] for e in ends if e), default=time.monotonic())
         reports = [payload(e[1]) for e in ends if e and e[1].startswith(("@rejoined", "@timeout"))]
@@ -350,7 +308,7 @@ def one_run(name: str, mode: str, a: argparse.Namespace, logs: Path, admin_dir: 
         result["all_joined_s"] = round(t_end - t0, 3) if complete else None
         result["server_cpu_s"] = round(cpu1 - cpu0, 3)
         result["server_cpu_pct"] = round(100 * (cpu1 - cpu0) / (t_end - t0), 1)
-        result["rss_mib_after"] = tree_rss_mib(server.pid)
+        result["rss_mib_after"] = round(tree_rss_kib(server.pid) / 1024, 1)
         result["loadgen"] = merge(reports)
         result["roomd_status"] = server.status()
         return result
