@@ -4,18 +4,16 @@
 //
 //   node bench/cluster_node.js PORT redis://127.0.0.1:RPORT [classic|sharded] [key]
 //
-// join(room) -> join, ack true; pub(room, payload) -> to(room).emit('msg', payload) (sender
-// excluded). Same engine options as the yardstick's Node.js app (websocket only, no
-// compression, pingInterval 25000, pingTimeout 20000). The npm packages come from
-// tests/node/node_modules (make install), or from $BENCH_NODE_MODULES_OF (a folder with a
-// package.json and node_modules). Listens on 127.0.0.1 only; exits on SIGTERM.
+// The bench app of bench/node_app.js, websocket only as the yardstick's. The npm packages
+// come from tests/node/node_modules (make install), or from $BENCH_NODE_MODULES_OF (a
+// folder with a package.json and node_modules). Listens on 127.0.0.1 only; exits on SIGTERM.
 'use strict';
 const path = require('path');
 const { createRequire } = require('module');
 
 const base = process.env.BENCH_NODE_MODULES_OF || path.join(__dirname, '..', 'tests', 'node');
 const req = createRequire(path.join(base, 'package.json'));
-const http = require('http');
+const { serveBenchApp } = require('./node_app');
 const { Server } = req('socket.io');
 const { createAdapter, createShardedAdapter } = req('@socket.io/redis-adapter');
 const { createClient } = req('redis');
@@ -37,31 +35,7 @@ async function main() {
   const adapter = mode === 'sharded'
     ? createShardedAdapter(pub, sub, { channelPrefix: key })
     : createAdapter(pub, sub, { key });
-  const httpServer = http.createServer();
-  const io = new Server(httpServer, {
-    adapter,
-    transports: ['websocket'],
-    perMessageDeflate: false,
-    httpCompression: false,
-    pingInterval: 25000,
-    pingTimeout: 20000,
-    maxHttpBufferSize: 1e6,
-    serveClient: false,
-  });
-  io.on('connection', (socket) => {
-    socket.on('join', (room, ack) => {
-      socket.join(room);
-      if (typeof ack === 'function') ack(true);
-    });
-    socket.on('pub', (room, payload) => {
-      socket.to(room).emit('msg', payload);
-    });
-  });
-  httpServer.listen(port, '127.0.0.1', () => {
-    console.error(`node socket.io cluster bench app on 127.0.0.1:${port} (${mode}, ${url}) pid=${process.pid}`);
-  });
-  const stop = () => { io.close(); process.exit(0); };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  serveBenchApp(Server, port, { adapter, transports: ['websocket'] },
+    `node socket.io cluster bench app (${mode}, ${url})`);
 }
 main().catch((e) => { console.error(e && e.stack ? e.stack : e); process.exit(1); });
