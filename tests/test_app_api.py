@@ -164,6 +164,39 @@ async def test_a_connection_dropped_while_its_worker_lingers_frees_it(start_serv
         await wait_for_tasks(idle, timeout=0.9)  # woken by the close, not by a sweep
 
 
+async def test_a_hanging_disconnecting_handler_is_cut_off_and_the_socket_still_leaves(
+        start_server, monkeypatch):
+    """The disconnect sequence is bounded (CLEANUP_TIMEOUT): a handler that never
+    returns is cancelled there, and the socket leaves its rooms and namespace anyway."""
+    monkeypatch.setattr("roomd.api.connection.CLEANUP_TIMEOUT", 0.3)
+    io = roomd.Server()
+    cancelled: list[str] = []
+
+    @io.on("join")
+    async def join(socket, room):
+        await socket.join(room)
+        return True
+
+    @io.on("disconnecting")
+    async def hang(socket, reason):
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(reason)
+            raise
+
+    srv = await start_server(io)
+    raw = await RawClient.connect(srv.port)
+    sid = await raw.open_namespace("/")
+    assert await raw.call(1, "join", "r") == [True]
+    await raw.drop(reset=True)
+    with trio.fail_after(5):
+        while sid in io.sockets.sockets or io.connections:
+            await trio.sleep(0.02)
+    assert cancelled == ["transport close"]
+    assert await io.rooms_snapshot() == []
+
+
 async def test_a_failing_handler_is_logged_and_keeps_the_connection(start_server, node,
                                                                      caplog):
     io = roomd.Server()

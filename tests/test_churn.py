@@ -229,7 +229,7 @@ async def test_volatile_is_dropped_for_a_slow_consumer(start_server, node, py_cl
     assert reasons[slow_sid] == "transport close"
 
 
-@pytest.mark.parametrize("ending", ["polite", "dropped"])
+@pytest.mark.parametrize("ending", ["polite", "dropped", "reset"])
 async def test_closed_connections_are_freed_at_once(start_server, ending):
     """Nothing (a pending heartbeat or connect-timeout timer, say) keeps a closed
     connection's session, Connection and Socket alive until it comes due."""
@@ -247,8 +247,8 @@ async def test_closed_connections_are_freed_at_once(start_server, ending):
     del socket
     if ending == "polite":
         await client.close_politely("eio")
-    else:
-        await client.drop(reset=False)
+    else:  # a reset ends the WebSocket without a close frame or a linger
+        await client.drop(reset=ending == "reset")
     await settle(io, timeout=10)
     # (the manager task's last command stays referenced until the next one: send one)
     assert await io.rooms_snapshot() == []

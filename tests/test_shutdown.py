@@ -211,3 +211,28 @@ async def test_clients_reconnect_and_rejoin_after_a_restart(node, py_client):
             assert (await second.admin("status"))["status"]["sockets"] == 5
             rooms = (await second.admin("rooms", namespace="/"))["rooms"]
             assert [(r["room"], r["count"]) for r in rooms] == [("r1", 5)]
+
+
+async def test_the_daemon_drains_with_the_collector_paused():
+    """On SIGTERM the daemon pauses the cyclic collector for the drain (it frees, it
+    builds nothing that lasts) and turns it back on when the drain is over."""
+    import gc
+    import os
+
+    from churn_client import RawClient
+
+    from roomd.ops.config import load_config
+    from roomd.ops.daemon import Daemon
+
+    daemon = Daemon(load_config(None, {"server.port": 0, "admin.enabled": False}))
+    seen: list[tuple[str, bool]] = []
+    daemon.server.on("disconnect")(lambda socket, reason: seen.append((reason, gc.isenabled())))
+    assert gc.isenabled()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(daemon.run)
+            raw = await RawClient.connect(port)
+            await raw.open_namespace("/")
+            os.kill(os.getpid(), signal.SIGTERM)  # daemon.run's signal receiver takes it
+    assert seen == [("server shutting down", False)]
+    assert gc.isenabled()

@@ -639,9 +639,13 @@ class _WebSocketSession:
         bounded time and number of bytes.
         """
         outbox = self.outbox
+        output = self.protocol.take_output()
+        outbox.put_bytes(output + self.protocol.close_frame(code))
+        if outbox.broken:
+            # Reset (a cut network, a killed client): nothing to flush or wait for, and
+            # no cancel scope to pay for, 10,000 times over in a storm.
+            return
         with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-            output = self.protocol.take_output()
-            outbox.put_bytes(output + self.protocol.close_frame(code))
             await outbox.drain()
             if outbox.broken or outbox.flushing:
                 return
