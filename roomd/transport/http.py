@@ -23,6 +23,7 @@ writes through the ``trio.SSLStream``.
 
 from __future__ import annotations
 
+import _socket
 import http
 import json
 import logging
@@ -88,9 +89,13 @@ def _canned(status: int, code: ErrorCode, extra: str = "") -> bytes:
 
 
 class _HttpConnection:
-    def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str) -> None:
+    def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str,
+                 sock: _socket.socket | None = None) -> None:
         self.engine = engine
         self.stream = stream
+        # The plain TCP socket under ``stream`` (None over TLS), for the half-open turn of
+        # a keep-alive connection's next request (``_next_turn``).
+        self.sock = sock
         self._conn: h11.Connection | None = None
         # (bytes after the request, the request, its sid, whether the 101 is still to send)
         self.websocket: tuple[bytes, RequestInfo, str | None, bool] | None = None
@@ -168,8 +173,8 @@ class _HttpConnection:
         if await self._fast_upgrade():
             return
         while True:
-            if not self._set_half_open(True):
-                return  # the half-open cap is reached: an idle keep-alive connection ends
+            if not await self._next_turn():
+                return
             with trio.move_on_after(timeout) as scope:
                 try:
                     event = await self._next_event()
@@ -190,7 +195,33 @@ class _HttpConnection:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
-            timeout = options.keepalive_timeout
+            self._set_half_open(False)
+            timeout = options.head_timeout if self.sock is not None else options.keepalive_timeout
+
+    async def _next_turn(self) -> bool:
+        """Count this connection as half-open for its next request; False: it ends.
+
+        The first request took its place before serving (``turns.take``). Between two
+        requests a keep-alive connection holds no place: its next request, once its first
+        bytes are there (within ``keepalive_timeout``), waits its turn like a new
+        connection's, and its head is then bounded by ``head_timeout``. (Holding a place
+        while idle let idle keep-alive connections fill the cap in a polling storm; each
+        one past it was closed, and a client already sending its next request on it saw
+        a reset: "xhr post error", docs/performance.md.) Over TLS the socket's bytes do
+        not say whether a request is buffered in the TLS stream: an idle connection is
+        counted at once and ends when the cap is reached.
+        """
+        if self.half_open:
+            return True
+        if self.sock is None:
+            return self._set_half_open(True)
+        turns = self.engine.turns
+        if self.conn.trailing_data[0]:
+            await turns.place()  # pipelined: the request is in the parser already
+        elif not await turns.take(self.sock, self.engine.options.keepalive_timeout):
+            return False  # nothing came: the idle keep-alive connection ends
+        self.half_open = True
+        return True
 
     async def _fast_upgrade(self) -> bool:
         """Answer a plain WebSocket upgrade without h11; False when h11 must serve.
@@ -611,7 +642,8 @@ async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
 
     The HTTP parser's frames are gone when this returns: a WebSocket holds none of them.
     """
-    http = _HttpConnection(engine, stream, address)
+    http = _HttpConnection(engine, stream, address,
+                           stream.socket if isinstance(stream, TCPStream) else None)
     try:
         await http.serve()
     finally:
