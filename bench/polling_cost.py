@@ -84,7 +84,8 @@ async def _drive(port: int, clients: int, concurrency: int) -> int:
 
     async def one(i: int) -> None:
         async with limiter:
-            done[0] += await _client(port, i)
+            n = await _client(port, i)  # (not "+= await": that reads done[0] before)
+            done[0] += n
 
     with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
@@ -120,7 +121,7 @@ def run_one(tree: Path, a: argparse.Namespace) -> dict:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
-        trio.run(_drive, port, 200, 50)  # warm-up
+        trio.run(_drive, port, min(200, a.clients), 50)  # warm-up
         if a.spy:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
                                     "--gil", "-r", "500", "-f", "raw", "-o", a.spy,
