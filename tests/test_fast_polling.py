@@ -123,8 +123,25 @@ async def _script_refusals(c: _Client) -> list[bytes]:
     c.stream = await trio.open_tcp_stream("127.0.0.1", c.port)
     out.append(await c.ask("POST", f"{P}&sid={sid}", b"4" * 200))  # over max_payload
     c.stream = await trio.open_tcp_stream("127.0.0.1", c.port)
-    out.append(await c.ask("GET", P, connection="close"))  # answered, then closed
-    out.append(str(await c.closed()).encode())
+    out.append(await c.ask("GET", P, connection="keep-alive, Upgrade"))
+    return out
+
+
+async def _script_connection_close(c: _Client) -> list[bytes]:
+    """socket.io-client under Node.js: a new connection per request, "Connection: close"."""
+    out = []
+
+    async def ask(method: str, target: str, body: bytes = b"") -> None:
+        if out:  # the first request goes on the connection the client opened
+            c.stream = await trio.open_tcp_stream("127.0.0.1", c.port)
+        out.append(await c.ask(method, target, body, connection="close"))
+        out.append(str(await c.closed()).encode())  # answered, then closed
+
+    await ask("GET", P)
+    sid = c.sids[0]
+    await ask("POST", f"{P}&sid={sid}", b"40")
+    await ask("GET", f"{P}&sid={sid}")
+    await ask("POST", f"{P}&sid={sid}", b"zz")  # malformed: 400
     return out
 
 
@@ -167,6 +184,7 @@ SCRIPTS = {
     "lifecycle": (_script_lifecycle, {}),
     "malformed payload": (_script_malformed_payload, {}),
     "refusals": (_script_refusals, {"max_payload": 100}),
+    "connection close": (_script_connection_close, {}),
     "session rate": (_script_session_rate, {"sessions_per_ip_rate": 0.001,
                                             "sessions_per_ip_burst": 1,
                                             "exempt_addresses": ()}),
@@ -209,6 +227,8 @@ async def test_both_paths_answer_alike(start_server, monkeypatch, name):
     # Every request of these took the fast path but the lifecycle's last (an unknown
     # session: h11's); each refusal of the table of refusals is h11's.
     assert parsers == {"lifecycle": 1, "refusals": 7, "in pieces": 1}.get(name, 0)
+    if name == "connection close":
+        assert [a.count(b"Connection: close") for a in fast] == [1, 0] * 4
 
 
 async def test_the_lifecycle_answers(start_server, monkeypatch):

@@ -106,6 +106,7 @@ class _HttpConnection:
         # answer is written by hand, byte for byte as h11 would.
         self._fast = False
         self._fast_body = b""
+        self._fast_close = False  # the request said "Connection: close"
 
     @property
     def conn(self) -> h11.Connection:
@@ -148,7 +149,8 @@ class _HttpConnection:
                       extra: list[tuple[str, str]] | None = None, close: bool = False) -> None:
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store"), *(extra or ())]
-        if close:
+        if close or self._fast_close:
+            # Last, once: where h11 puts it when either side closes.
             headers.append(("Connection", "close"))
         if self._fast:
             await self._send_fast(b"".join([
@@ -349,7 +351,8 @@ class _HttpConnection:
         ``data`` is what was read, ``parsed`` its request (None: not plain). While
         each request read is complete and plain (``_fast_parse``: a GET or a POST of
         HTTP/1.1, strict header syntax, no repeated header, a Host; a POST's body all
-        there, framed by Content-Length alone) and would be served by the h11 path
+        there, framed by Content-Length alone; ``Connection`` absent, keep-alive or
+        close, which socket.io-client under Node.js sends) and would be served by the h11 path
         without a refusal (``_fast_polling_route``), it is answered here, with the
         same bytes; the connection's next request is then read here too, after its
         turn (``turns.take``). A refusal that only the answer finds (an overlapping
@@ -390,8 +393,10 @@ class _HttpConnection:
         options = engine.options
         if "transfer-encoding" in headers or headers.get("upgrade", "").lower() == "websocket":
             return None
-        if headers.get("connection", "keep-alive").lower() != "keep-alive":
-            return None  # h11 answers "Connection: close" and its like
+        connection = headers.get("connection", "keep-alive").lower()
+        if connection != "keep-alive" and connection != "close":
+            return None  # "Upgrade", several options and their like: h11's
+        close = connection == "close"  # socket.io-client under Node.js: every request
         length = headers.get("content-length")
         if method == "GET":
             if length is not None or body:
@@ -416,21 +421,22 @@ class _HttpConnection:
                                      engine.trusted_proxies)
             info = RequestInfo(headers=headers, query=query, address=address,
                                time=time.time(), url=target)
-            return self._fast_answer(self._open_polling(info, []), method, target)
+            return self._fast_answer(self._open_polling(info, []), method, target, close)
         session = engine.polling_session(sid)
         if session is None or session.transport != "polling" or (
                 session.closed and method != "GET"):
             return None
         if method == "GET":
-            return self._fast_answer(self._poll(session, []), method, target)
+            return self._fast_answer(self._poll(session, []), method, target, close)
         self._fast_body = body
-        return self._fast_answer(self._post(session, headers, []), method, target)
+        return self._fast_answer(self._post(session, headers, []), method, target, close)
 
     async def _fast_answer(self, answer: Coroutine[object, object, None], method: str,
-                           target: str) -> bool:
+                           target: str, close: bool) -> bool:
         """Run one fast request's answer; False when the connection must end."""
         self._set_half_open(False)
         self._fast = True
+        self._fast_close = close
         try:
             await answer
         except _Refusal as refusal:  # answered by hand too, as h11 would (Connection: close)
@@ -439,7 +445,8 @@ class _HttpConnection:
         finally:
             self._fast = False
             self._fast_body = b""
-        return True
+            self._fast_close = False
+        return not close
 
     def _fast_checks(self, target: str, headers: dict[str, str]) -> RequestInfo | None:
         """The request a new (or upgrading) WebSocket makes, if every check of the h11
