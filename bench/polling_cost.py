@@ -7,7 +7,8 @@ For each ``--tree`` (default: this checkout; repeat to interleave A/B), starts `
 serve --app bench.storm_app:io`` from it (polling allowed) pinned to core 0, and drives it
 from this process, pinned to core 1: ``--clients`` polling clients, ``--concurrency`` at a
 time, each on one keep-alive connection as the stock Node.js client's agent: the handshake
-GET, a POST of the namespace CONNECT, the GET that fetches its reply, a POST of a ``join``
+GET (``--connection close``: one connection per request, as socket.io-client under
+Node.js), a POST of the namespace CONNECT, the GET that fetches its reply, a POST of a ``join``
 event with an ack, the GET of the ack, a POST of the close packet: six requests. The
 server's CPU time (schedstat of its process tree) over the run, divided by the requests,
 is the figure. ``--spy`` records the server with ``py-spy record --gil -f raw``.
@@ -35,9 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PATH = "/socket.io/?EIO=4&transport=polling"
 
 
+CONNECTION = ["keep-alive"]
+
+
 def _request(method: str, target: str, body: bytes = b"") -> bytes:
     head = (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n"
-            "Connection: keep-alive\r\n")
+            f"Connection: {CONNECTION[0]}\r\n")
     if method == "POST":
         head += f"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body
@@ -65,16 +69,29 @@ async def _exchange(stream: trio.SocketStream, buf: bytearray, request: bytes) -
 
 async def _client(port: int, i: int) -> int:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        buf = bytearray()
-        sid = json.loads((await _exchange(stream, buf, _request("GET", PATH)))[1:])["sid"]
+    close = CONNECTION[0] == "close"
+
+    async def ask(request: bytes) -> bytes:
+        nonlocal stream
+        if close and stream is None:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        body = await _exchange(stream, bytearray(), request)
+        if close:
+            await stream.aclose()
+            stream = None
+        return body
+
+    try:
+        sid = json.loads((await ask(_request("GET", PATH)))[1:])["sid"]
         url = f"{PATH}&sid={sid}"
-        await _exchange(stream, buf, _request("POST", url, b"40"))
-        await _exchange(stream, buf, _request("GET", url))
-        join = f'421["join","room-{i % 1000}"]'.encode()
-        await _exchange(stream, buf, _request("POST", url, join))
-        await _exchange(stream, buf, _request("GET", url))
-        await _exchange(stream, buf, _request("POST", url, b"1"))
+        await ask(_request("POST", url, b"40"))
+        await ask(_request("GET", url))
+        await ask(_request("POST", url, f'421["join","room-{i % 1000}"]'.encode()))
+        await ask(_request("GET", url))
+        await ask(_request("POST", url, b"1"))
+    finally:
+        if stream is not None:
+            await stream.aclose()
     return 6
 
 
@@ -132,6 +149,7 @@ def run_one(tree: Path, a: argparse.Namespace) -> dict:
         requests = trio.run(_drive, port, a.clients, a.concurrency)
         cpu1, t1 = tree_cpu_s(proc.pid), time.monotonic()
         return {"tree": str(tree), "requests": requests, "server_cpu_s": round(cpu1 - cpu0, 3),
+                "connection": a.connection,
                 "cpu_per_request_us": round((cpu1 - cpu0) / requests * 1e6, 1),
                 "requests_per_s": round(requests / (t1 - t0)), "load": os.getloadavg()}
     finally:
@@ -153,8 +171,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--spy")
+    parser.add_argument("--connection", choices=["keep-alive", "close"], default="keep-alive",
+                        help="close: a new connection per request, as socket.io-client under "
+                             "Node.js (xmlhttprequest-ssl) makes them")
     a = parser.parse_args()
     os.sched_setaffinity(0, {1})
+    CONNECTION[0] = a.connection
     for _ in range(a.reps):
         for tree in a.tree or [ROOT]:
             print(json.dumps(run_one(tree, a)), flush=True)
