@@ -127,3 +127,49 @@ async def test_shutdown_with_connections_waiting(start_server):
                 pass  # reset: closed with its request unread
         await stream.aclose()
     assert io.engine.turns.waiting == 0
+
+
+async def _keepalive_get(stream: trio.SocketStream, target: str) -> tuple[int, bytes]:
+    """One request on a kept-alive connection; (status, body) of its answer."""
+    import h11
+
+    conn = h11.Connection(h11.CLIENT)
+    await stream.send_all(conn.send(h11.Request(method="GET", target=target, headers=[
+        ("Host", "127.0.0.1")])) + conn.send(h11.EndOfMessage()))
+    status, body = 0, b""
+    with trio.fail_after(10):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, body
+
+
+async def test_idle_keepalive_connections_hold_no_place(start_server):
+    """More idle keep-alive connections than places: none is closed, and each one's next
+    request is served (a connection closed between requests is a reset for a client
+    already sending its next one on it)."""
+    io = roomd.Server(max_half_open=2)
+    srv = await start_server(io)
+    streams = [await trio.open_tcp_stream("127.0.0.1", srv.port) for _ in range(5)]
+    try:
+        target = "/socket.io/?EIO=4&transport=polling"
+        for stream in streams:  # a handshake each; the connections stay open, idle
+            status, body = await _keepalive_get(stream, target)
+            assert status == 200 and json.loads(body[1:])["sid"]
+        await _wait(lambda: io.engine.admission.half_open == 0)
+        # A new connection is not kept waiting by the idle ones.
+        assert (await raw_http(srv.port, HANDSHAKE, timeout=10))[0] == 200
+        for stream in streams:  # each idle one still serves a request
+            status, body = await _keepalive_get(stream, target)
+            assert status == 200 and json.loads(body[1:])["sid"]
+        assert len(io.engine.sessions) == 11
+    finally:
+        for stream in streams:
+            await stream.aclose()
+    assert io.stats()["refused"] == {}

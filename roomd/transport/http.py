@@ -23,6 +23,7 @@ writes through the ``trio.SSLStream``.
 
 from __future__ import annotations
 
+import _socket
 import http
 import json
 import logging
@@ -32,6 +33,7 @@ import re
 import ssl
 import time
 import urllib.parse
+from collections.abc import Coroutine
 
 import h11
 import trio
@@ -62,7 +64,7 @@ REFUSAL_LINGER = 1.0
 # The fast path of a new WebSocket (see _HttpConnection._fast_upgrade): the
 # request line and header lines it takes without h11. Anything else (other
 # methods, obs-text, folded or repeated headers, a body) goes to h11.
-_FAST_REQUEST_LINE = re.compile(r"GET (/[!-~]*) HTTP/1\.1")
+_FAST_REQUEST_LINE = re.compile(r"(GET|POST) (/[!-~]*) HTTP/1\.1")
 _FAST_HEADER = re.compile(
     r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[!-~](?:[ \t!-~]*[!-~])?)?)[ \t]*")
 
@@ -88,14 +90,23 @@ def _canned(status: int, code: ErrorCode, extra: str = "") -> bytes:
 
 
 class _HttpConnection:
-    def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str) -> None:
+    def __init__(self, engine: Engine, stream: trio.abc.Stream, address: str,
+                 sock: _socket.socket | None = None) -> None:
         self.engine = engine
         self.stream = stream
+        # The plain TCP socket under ``stream`` (None over TLS), for the half-open turn of
+        # a keep-alive connection's next request (``_next_turn``).
+        self.sock = sock
         self._conn: h11.Connection | None = None
         # (bytes after the request, the request, its sid, whether the 101 is still to send)
         self.websocket: tuple[bytes, RequestInfo, str | None, bool] | None = None
         self.address = address
         self.half_open = True  # counted in engine.admission (turns.Turns.take)
+        # A polling request being answered without h11 (``_fast_polling``): its
+        # answer is written by hand, byte for byte as h11 would.
+        self._fast = False
+        self._fast_body = b""
+        self._fast_close = False  # the request said "Connection: close"
 
     @property
     def conn(self) -> h11.Connection:
@@ -138,17 +149,35 @@ class _HttpConnection:
                       extra: list[tuple[str, str]] | None = None, close: bool = False) -> None:
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store"), *(extra or ())]
-        if close:
+        if close or self._fast_close:
+            # Last, once: where h11 puts it when either side closes.
             headers.append(("Connection", "close"))
+        if self._fast:
+            await self._send_fast(b"".join([
+                b"HTTP/1.1 %d \r\n" % status,
+                *(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers), b"\r\n", body]))
+            return
         await self._send(h11.Response(status_code=status, headers=headers), h11.Data(data=body),
                          h11.EndOfMessage())
+
+    async def _send_fast(self, data: bytes) -> None:
+        """Write ``data``: at once when the socket takes it all (it usually does)."""
+        try:
+            sent = os.write(stream_fd(self.stream), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise trio.BrokenResourceError from None
+        if sent < len(data):
+            with trio.fail_after(self.engine.options.send_timeout):
+                await self.stream.send_all(data[sent:])
 
     async def refuse(self, refusal: _Refusal, extra: list[tuple[str, str]]) -> None:
         key = (refusal.status, CODE_NAMES.get(int(refusal.code), "Bad request"))
         self.engine.refusals[key] = self.engine.refusals.get(key, 0) + 1
         body = json.dumps({"code": int(refusal.code), "message": refusal.message}).encode()
         extra = [*extra, *refusal.headers]
-        if self.conn.our_state is h11.SEND_RESPONSE:
+        if self._fast or self.conn.our_state is h11.SEND_RESPONSE:
             await self.respond(refusal.status, body, "application/json", extra, close=True)
             return
         # h11 will not send once the peer broke the protocol: write the answer by hand.
@@ -168,8 +197,8 @@ class _HttpConnection:
         if await self._fast_upgrade():
             return
         while True:
-            if not self._set_half_open(True):
-                return  # the half-open cap is reached: an idle keep-alive connection ends
+            if not await self._next_turn():
+                return
             with trio.move_on_after(timeout) as scope:
                 try:
                     event = await self._next_event()
@@ -190,7 +219,33 @@ class _HttpConnection:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
-            timeout = options.keepalive_timeout
+            self._set_half_open(False)
+            timeout = options.head_timeout if self.sock is not None else options.keepalive_timeout
+
+    async def _next_turn(self) -> bool:
+        """Count this connection as half-open for its next request; False: it ends.
+
+        The first request took its place before serving (``turns.take``). Between two
+        requests a keep-alive connection holds no place: its next request, once its first
+        bytes are there (within ``keepalive_timeout``), waits its turn like a new
+        connection's, and its head is then bounded by ``head_timeout``. (Holding a place
+        while idle let idle keep-alive connections fill the cap in a polling storm; each
+        one past it was closed, and a client already sending its next request on it saw
+        a reset: "xhr post error", docs/performance.md.) Over TLS the socket's bytes do
+        not say whether a request is buffered in the TLS stream: an idle connection is
+        counted at once and ends when the cap is reached.
+        """
+        if self.half_open:
+            return True
+        if self.sock is None:
+            return self._set_half_open(True)
+        turns = self.engine.turns
+        if self.conn.trailing_data[0]:
+            await turns.place()  # pipelined: the request is in the parser already
+        elif not await turns.take(self.sock, self.engine.options.keepalive_timeout):
+            return False  # nothing came: the idle keep-alive connection ends
+        self.half_open = True
+        return True
 
     async def _fast_upgrade(self) -> bool:
         """Answer a plain WebSocket upgrade without h11; False when h11 must serve.
@@ -227,7 +282,9 @@ class _HttpConnection:
         if parsed is None:
             self.conn.receive_data(data)
             return False
-        target, headers, received = parsed
+        method, target, headers, received = parsed
+        if method == "POST" or "upgrade" not in headers:
+            return await self._fast_polling(fd, data, parsed)
         info = self._fast_checks(target, headers)
         if info is None:
             self.conn.receive_data(data)
@@ -263,8 +320,8 @@ class _HttpConnection:
         return True
 
     @staticmethod
-    def _fast_parse(data: bytes) -> tuple[str, dict[str, str], bytes] | None:
-        """(target, headers, bytes after the head) of a plain GET, else None."""
+    def _fast_parse(data: bytes) -> tuple[str, str, dict[str, str], bytes] | None:
+        """(method, target, headers, bytes after the head) of a plain GET or POST, else None."""
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return None
@@ -285,7 +342,111 @@ class _HttpConnection:
             return None
         if end + len(lines) > MAX_HEAD_BYTES:  # at or near the bound: h11's path measures it
             return None
-        return match.group(1), headers, data[end + 4:]
+        return match.group(1), match.group(2), headers, data[end + 4:]
+
+    async def _fast_polling(self, fd: int, data: bytes,
+                            parsed: tuple[str, str, dict[str, str], bytes] | None) -> bool:
+        """Answer plain long-polling requests without h11; False when h11 must serve.
+
+        ``data`` is what was read, ``parsed`` its request (None: not plain). While
+        each request read is complete and plain (``_fast_parse``: a GET or a POST of
+        HTTP/1.1, strict header syntax, no repeated header, a Host; a POST's body all
+        there, framed by Content-Length alone; ``Connection`` absent, keep-alive or
+        close, which socket.io-client under Node.js sends) and would be served by the h11 path
+        without a refusal (``_fast_polling_route``), it is answered here, with the
+        same bytes; the connection's next request is then read here too, after its
+        turn (``turns.take``). A refusal that only the answer finds (an overlapping
+        long-poll, the per-address session rate, a malformed payload) is written by
+        hand as h11 writes it. Anything else is fed to h11, which answers it and
+        every later request of the connection as ever: a stock
+        client's polling requests cost no parser objects, no h11 state machine and
+        no trip through trio's send_all (docs/performance.md, "Polling storms").
+        """
+        options = self.engine.options
+        turns = self.engine.turns
+        while True:
+            route = None if parsed is None else self._fast_polling_route(*parsed)
+            if route is None:
+                self.conn.receive_data(data)
+                return False
+            del data, parsed
+            if not await route:
+                return True
+            self._set_half_open(False)
+            sock = self.sock
+            if sock is None or not await turns.take(sock, options.keepalive_timeout):
+                return True  # nothing came: the idle keep-alive connection ends
+            self.half_open = True
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except OSError:  # woken for nothing, or an error trio's read reports: h11 reads
+                return False
+            if not data:
+                return True  # the client closed its keep-alive connection
+            parsed = self._fast_parse(data)
+
+    def _fast_polling_route(self, method: str, target: str, headers: dict[str, str],
+                            body: bytes) -> Coroutine[object, object, bool] | None:
+        """The answer (to await) of a plain polling request the h11 path would serve
+        without a refusal; None when h11 must answer (anything unusual, or refused)."""
+        engine = self.engine
+        options = engine.options
+        if "transfer-encoding" in headers or headers.get("upgrade", "").lower() == "websocket":
+            return None
+        connection = headers.get("connection", "keep-alive").lower()
+        if connection != "keep-alive" and connection != "close":
+            return None  # "Upgrade", several options and their like: h11's
+        close = connection == "close"  # socket.io-client under Node.js: every request
+        length = headers.get("content-length")
+        if method == "GET":
+            if length is not None or body:
+                return None
+        elif length is None or not length.isdigit() or int(length) != len(body) or (
+                len(body) > options.max_payload):
+            return None  # incomplete, pipelined or too large: h11 reads (and refuses)
+        path, _, query_string = target.partition("?")
+        if path.rstrip("/") + "/" != options.path:
+            return None
+        if options.cors_origins and "origin" in headers:
+            return None
+        query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
+        if query.get("EIO") != "4" or query.get("transport") != "polling" or (
+                "polling" not in options.transports):
+            return None
+        sid = query.get("sid")
+        if sid is None:
+            if method != "GET" or engine.allow_request is not None:
+                return None
+            address = client_address(self.address, headers.get("x-forwarded-for"),
+                                     engine.trusted_proxies)
+            info = RequestInfo(headers=headers, query=query, address=address,
+                               time=time.time(), url=target)
+            return self._fast_answer(self._open_polling(info, []), method, target, close)
+        session = engine.polling_session(sid)
+        if session is None or session.transport != "polling" or (
+                session.closed and method != "GET"):
+            return None
+        if method == "GET":
+            return self._fast_answer(self._poll(session, []), method, target, close)
+        self._fast_body = body
+        return self._fast_answer(self._post(session, headers, []), method, target, close)
+
+    async def _fast_answer(self, answer: Coroutine[object, object, None], method: str,
+                           target: str, close: bool) -> bool:
+        """Run one fast request's answer; False when the connection must end."""
+        self._set_half_open(False)
+        self._fast = True
+        self._fast_close = close
+        try:
+            await answer
+        except _Refusal as refusal:  # answered by hand too, as h11 would (Connection: close)
+            await self._refused(refusal, method, target, [])
+            return False
+        finally:
+            self._fast = False
+            self._fast_body = b""
+            self._fast_close = False
+        return not close
 
     def _fast_checks(self, target: str, headers: dict[str, str]) -> RequestInfo | None:
         """The request a new (or upgrading) WebSocket makes, if every check of the h11
@@ -427,6 +588,8 @@ class _HttpConnection:
 
     async def _read_body(self, limit: int) -> bytes | None:
         """Read the request body; None when it is over ``limit`` bytes."""
+        if self._fast:
+            return self._fast_body  # all there, within the limit (_fast_polling_route)
         chunks: list[bytes] = []
         size = 0
         with trio.move_on_after(self.engine.options.body_timeout):
@@ -611,7 +774,8 @@ async def _serve_http(engine: Engine, stream: trio.abc.Stream, address: str
 
     The HTTP parser's frames are gone when this returns: a WebSocket holds none of them.
     """
-    http = _HttpConnection(engine, stream, address)
+    http = _HttpConnection(engine, stream, address,
+                           stream.socket if isinstance(stream, TCPStream) else None)
     try:
         await http.serve()
     finally:

@@ -3,10 +3,13 @@
 At most ``max_half_open`` connections are read at once (``limits.Admission``,
 docs/limits.md), each counted from when its first bytes are there until its request has
 been read. A connection that finds every place taken waits for one, first come first
-served, holding its socket and its task but no buffer. A reconnect storm (thousands of
-clients within a second, after a restart or a network failure) is thereby served at the
-pace roomd can read requests, and none of it is refused: an HTTP 503 would send each
-refused client into its reconnection backoff, seconds long.
+served, holding its socket and its task but no buffer. A keep-alive connection between
+two requests is the same: it holds no place while idle, and its next request, once its
+first bytes are there, waits its turn like a new connection's (``http._HttpConnection``).
+A reconnect storm (thousands of clients within a second, after a restart or a network
+failure) is thereby served at the pace roomd can read requests, and none of it is
+refused: an HTTP 503 would send each refused client into its reconnection backoff,
+seconds long.
 
 Why from the first bytes and not from the accept: a connection can be established
 without its request. When the kernel's listen queue overflows it drops the handshake's
@@ -63,10 +66,18 @@ class Turns:
                 await trio.lowlevel.wait_readable(sock)
             if not _arrived(sock):
                 return False
-        if not self._waiting and self.admission.open_half():
-            return True  # no checkpoint: the connection's handler is about to read
-        await self._waiting.park()  # _release counted the place before waking us
+        await self.place()
         return True
+
+    async def place(self) -> None:
+        """Wait for a place (counted for the caller), first come first served.
+
+        For a connection whose next request is already there (read by its parser
+        beyond the last one, or seen by :meth:`take`).
+        """
+        if not self._waiting and self.admission.open_half():
+            return  # no checkpoint: the connection's handler is about to read
+        await self._waiting.park()  # _release counted the place before waking us
 
     def _release(self) -> None:
         """A place freed (``Admission.close_half``): it goes to the longest waiting."""
