@@ -2,7 +2,13 @@
 
 The task reading the transport decodes each message (:meth:`Connection.on_message`).
 ACKs are resolved there at once, so a handler may await an acknowledgement
-from its own client. Every other packet is queued and handled by worker
+from its own client. Over a WebSocket, an EVENT with nothing queued ahead of
+it and no handler running is handled right there, in the reader's task
+(:meth:`Connection._run_inline`): a handler that does not wait (a broadcast,
+usually) then costs no task switch. One that waits goes on in that task while
+the read loop is handed to a new one (``transport.engine``'s ``hand_off``).
+Every other packet, and every packet of a long-polling session (whose
+handler would hold the POST's answer), is queued and handled by worker
 tasks that exist only while there is work: an idle connection costs no task.
 A worker that handled an EVENT stays parked for about a second
 (``WORKER_LINGER``) before it exits, so a client that keeps emitting wakes
@@ -13,10 +19,11 @@ Ordering: packets are taken from the queue in arrival order, and a handler
 runs until its first ``await`` before the next packet is taken, so handlers
 start in arrival order (as in Socket.IO). A handler that awaits does not
 hold up the next event: while every worker is inside a handler, another
-worker is started, up to ``max_concurrent_handlers`` per connection; beyond
-that the reader stops reading (the client's TCP window fills) instead of
-queueing without bound. With ``max_concurrent_handlers=1`` each handler
-finishes before the next starts.
+worker is started, up to ``max_concurrent_handlers`` per connection (a
+handler left waiting by a hand-off counts as one); beyond that the reader
+stops reading (the client's TCP window fills) instead of queueing without
+bound. With ``max_concurrent_handlers=1`` each handler finishes before the
+next starts.
 
 A malformed packet closes this connection only. A handler's exception is
 logged with its traceback and sends no ack; the connection stays, unless
@@ -197,9 +204,10 @@ class Connection:
         With ``hand_off`` (the WebSocket reader), an EVENT that nothing is ahead of
         runs here, in the reader's task (``_run_inline``).
         """
-        manager = self.context.manager
-        if manager is not None:
-            manager.new_turn()  # the reader was woken: the scheduler ran since the last cast
+        if hand_off is None:
+            manager = self.context.manager
+            if manager is not None:
+                manager.new_turn()  # the reader was woken: the scheduler ran since the last cast
         packet = self.decoder.feed(data)
         if packet is None:
             self._incoming += len(data)
@@ -248,6 +256,18 @@ class Connection:
                      or kind is sio.PacketType.BINARY_EVENT)):
             # Every worker is inside a handler (or there is none): one more.
             self._start_worker()
+
+    def new_read(self) -> None:
+        """A WebSocket read brought messages: a new turn of the RoomManager.
+
+        Per read, not per message: the handlers of one read run here one after
+        the other without yielding, so only the first one's cast runs at once and
+        the rest go to the manager as one backlog (one write per socket, as when a
+        worker handled them).
+        """
+        manager = self.context.manager
+        if manager is not None:
+            manager.new_turn()
 
     def held_bytes(self) -> int:
         """Wire bytes of this client's input held here: a partial binary packet, the

@@ -177,6 +177,10 @@ class SessionHandler(Protocol):
     def on_close(self, reason: str) -> None:
         """The session closed (called once, never blocks)."""
 
+    def new_read(self) -> None:
+        """A read of the WebSocket brought messages (the scheduler ran since the last
+        ones); called before they are handed on."""
+
     def held_bytes(self) -> int:
         """Wire bytes of the client's input the handler holds (partial and queued packets)."""
 
@@ -856,6 +860,9 @@ class _WebSocketSession:
                     self._account(held)
             if messages:
                 self._batch = batch = iter(messages)
+                handler = session.handler
+                if handler is not None and self.upgraded:
+                    handler.new_read()
                 for message in batch:
                     packet = eio.decode_packet(message)
                     if self.upgraded:
