@@ -2,7 +2,13 @@
 
 The task reading the transport decodes each message (:meth:`Connection.on_message`).
 ACKs are resolved there at once, so a handler may await an acknowledgement
-from its own client. Every other packet is queued and handled by worker
+from its own client. Over a WebSocket, an EVENT with nothing queued ahead of
+it and no handler running is handled right there, in the reader's task
+(:meth:`Connection._run_inline`): a handler that does not wait (a broadcast,
+usually) then costs no task switch. One that waits goes on in that task while
+the read loop is handed to a new one (``transport.engine``'s ``hand_off``).
+Every other packet, and every packet of a long-polling session (whose
+handler would hold the POST's answer), is queued and handled by worker
 tasks that exist only while there is work: an idle connection costs no task.
 A worker that handled an EVENT stays parked for about a second
 (``WORKER_LINGER``) before it exits, so a client that keeps emitting wakes
@@ -13,10 +19,11 @@ Ordering: packets are taken from the queue in arrival order, and a handler
 runs until its first ``await`` before the next packet is taken, so handlers
 start in arrival order (as in Socket.IO). A handler that awaits does not
 hold up the next event: while every worker is inside a handler, another
-worker is started, up to ``max_concurrent_handlers`` per connection; beyond
-that the reader stops reading (the client's TCP window fills) instead of
-queueing without bound. With ``max_concurrent_handlers=1`` each handler
-finishes before the next starts.
+worker is started, up to ``max_concurrent_handlers`` per connection (a
+handler left waiting by a hand-off counts as one); beyond that the reader
+stops reading (the client's TCP window fills) instead of queueing without
+bound. With ``max_concurrent_handlers=1`` each handler finishes before the
+next starts.
 
 A malformed packet closes this connection only. A handler's exception is
 logged with its traceback and sends no ack; the connection stays, unless
@@ -29,7 +36,8 @@ import collections
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import outcome
@@ -59,6 +67,31 @@ WORKER_LINGER = 1.0
 
 
 _NO_QUEUE: collections.deque = collections.deque(maxlen=0)  # shared, always empty
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], trap: Any) -> Generator[Any, Any, None]:
+    """Go on driving ``coro``, which yielded ``trap``, in the current task.
+
+    Each trap goes to trio as this task's, and what trio sends back (or
+    throws: a Cancelled, a KeyboardInterrupt) goes into ``coro``.
+    """
+    while True:
+        try:
+            value = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                trap = coro.send(value)
+            except StopIteration:
+                return
 
 
 class ConnectionCounters:
@@ -158,16 +191,23 @@ class Connection:
         self._workers = 0
         self._starting = 0  # workers started or woken that have not taken a packet yet
         self._parked: trio.lowlevel.Task | None = None  # a worker waiting for packets
+        self._idle = 0  # 1 while a worker is parked (workers - idle: those in a handler)
         self._room: trio.Event | None = None
         self._cleaned = False
         context.live[session.sid] = self
         context.timers.call_later_weak(context.connect_timeout, self.check_connected)
 
-    async def on_message(self, data: str | bytes) -> None:
-        """Decode one message; raises ProtocolError when it is malformed."""
-        manager = self.context.manager
-        if manager is not None:
-            manager.new_turn()  # the reader was woken: the scheduler ran since the last cast
+    async def on_message(self, data: str | bytes,
+                         hand_off: Callable[[], None] | None = None) -> None:
+        """Decode one message; raises ProtocolError when it is malformed.
+
+        With ``hand_off`` (the WebSocket reader), an EVENT that nothing is ahead of
+        runs here, in the reader's task (``_run_inline``).
+        """
+        if hand_off is None:
+            manager = self.context.manager
+            if manager is not None:
+                manager.new_turn()  # the reader was woken: the scheduler ran since the last cast
         packet = self.decoder.feed(data)
         if packet is None:
             self._incoming += len(data)
@@ -191,6 +231,11 @@ class Connection:
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
                 socket.abandon_acks()
+        if (hand_off is not None and not self._queue and self._workers == self._idle
+                and (kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT)):
+            # Nothing queued, no handler running: this one may start at once (arrival order).
+            await self._run_inline(packet, size, hand_off)
+            return
         while (len(self._queue) >= QUEUE_LIMIT or self._queue and
                self._queued_bytes + size > self._queue_bytes) and not self.session.closed:
             # Backpressure: the reader waits, so the client's TCP window fills.
@@ -211,6 +256,18 @@ class Connection:
                      or kind is sio.PacketType.BINARY_EVENT)):
             # Every worker is inside a handler (or there is none): one more.
             self._start_worker()
+
+    def new_read(self) -> None:
+        """A WebSocket read brought messages: a new turn of the RoomManager.
+
+        Per read, not per message: the handlers of one read run here one after
+        the other without yielding, so only the first one's cast runs at once and
+        the rest go to the manager as one backlog (one write per socket, as when a
+        worker handled them).
+        """
+        manager = self.context.manager
+        if manager is not None:
+            manager.new_turn()
 
     def held_bytes(self) -> int:
         """Wire bytes of this client's input held here: a partial binary packet, the
@@ -242,6 +299,7 @@ class Connection:
 
     def _wake_worker(self, go_on: bool) -> None:
         task, self._parked = self._parked, None
+        self._idle = 0
         assert task is not None and self.context.idle_workers is not None
         self.context.idle_workers.discard(self)
         if go_on:
@@ -259,50 +317,103 @@ class Connection:
         if idle_workers is None or self._parked is not None:
             return False  # lingering is off, or another worker already waits
         self._parked = trio.lowlevel.current_task()
+        self._idle = 1
         idle_workers.add(self)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._parked = None
+            self._idle = 0
             idle_workers.discard(self)
             return trio.lowlevel.Abort.SUCCEEDED
 
         go_on: bool = await trio.lowlevel.wait_task_rescheduled(abort)
         return go_on
 
+    async def _run_inline(self, packet: sio.Packet, size: int,
+                          hand_off: Callable[[], None]) -> None:
+        """Run an EVENT's handlers in the reader's task: no task switch when they do not wait.
+
+        The handler coroutine is driven by hand. Most handlers (a broadcast: the
+        RoomManager runs it at once when idle) finish without yielding to trio,
+        which saves the hop to a worker task (docs/performance.md, issue 12). One
+        that yields must go on in this task (a trio trap names its task): the
+        reader hands its read loop to a new task, and this one, counted as a
+        worker inside a handler, drives the handler to its end, handles what was
+        queued meanwhile (in order) and leaves.
+        """
+        session = self.session
+        # A close while the handler runs must not cancel it (it would not cancel a
+        # worker): the reader's scope is out of the session's reach meanwhile.
+        scope, session.reader_scope = session.reader_scope, None
+        self._handling_bytes += size
+        coro = self._handle_one(packet, size)
+        try:
+            trap = coro.send(None)
+        except StopIteration:
+            if session.reader_scope is None:
+                session.reader_scope = scope
+                if session.closed and scope is not None:
+                    scope.cancel()
+            return
+        except BaseException:
+            session.reader_scope = scope
+            raise
+        self._workers += 1
+        try:
+            hand_off()  # sets the follower's scope as the session's reader_scope
+            await _resume(coro, trap)
+            await self._take_queue()
+        finally:
+            self._done_working()
+
     async def _work(self) -> None:
         session = self.session
         self._starting -= 1
         try:
             while True:
-                queue = self._queue
-                handled_event = False
-                while queue and not session.closed:
-                    packet, size = queue.popleft()
-                    self._queued_bytes -= size
-                    self._handling_bytes += size  # still held (and counted) until handled
-                    if self._room is not None and (len(queue) < QUEUE_LIMIT // 2 or not queue):
-                        self._room.set()
-                        self._room = None
-                    handled_event = handled_event or packet.type is sio.PacketType.EVENT
-                    try:
-                        await self.handle(packet)
-                    except ProtocolError as exc:
-                        session.engine.ratelog.note("malformed packet", session.request.address,
-                                                    f"session {session.sid}: {exc}")
-                        session.close("parse error")
-                    except Exception:
-                        self._handler_failed(packet)
-                    finally:
-                        self._handling_bytes -= size
-                session.account_input()  # what was handled leaves the budget
+                handled_event = await self._take_queue()
                 # Linger (one parked worker at most) when the client is emitting.
                 if not handled_event or session.closed or not await self._park():
                     break
                 self._starting -= 1
         finally:
-            self._workers -= 1
-            if not self._workers and not self._queue:
-                self._queue = _NO_QUEUE
+            self._done_working()
+
+    def _done_working(self) -> None:
+        self._workers -= 1
+        if not self._workers and not self._queue:
+            self._queue = _NO_QUEUE
+
+    async def _take_queue(self) -> bool:
+        """Handle the queued packets in order; True when one was an EVENT."""
+        session = self.session
+        queue = self._queue
+        handled_event = False
+        while queue and not session.closed:
+            packet, size = queue.popleft()
+            self._queued_bytes -= size
+            self._handling_bytes += size  # still held (and counted) until handled
+            if self._room is not None and (len(queue) < QUEUE_LIMIT // 2 or not queue):
+                self._room.set()
+                self._room = None
+            handled_event = handled_event or packet.type is sio.PacketType.EVENT
+            await self._handle_one(packet, size)
+        session.account_input()  # what was handled leaves the budget
+        return handled_event
+
+    async def _handle_one(self, packet: sio.Packet, size: int) -> None:
+        """Handle one packet whose ``size`` bytes are counted in ``_handling_bytes``."""
+        session = self.session
+        try:
+            await self.handle(packet)
+        except ProtocolError as exc:
+            session.engine.ratelog.note("malformed packet", session.request.address,
+                                        f"session {session.sid}: {exc}")
+            session.close("parse error")
+        except Exception:
+            self._handler_failed(packet)
+        finally:
+            self._handling_bytes -= size
 
     def _handler_failed(self, packet: sio.Packet) -> None:
         self.context.counters.handler_errors += 1

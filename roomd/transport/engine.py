@@ -35,10 +35,11 @@ import enum
 import inspect
 import json
 import logging
+import math
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import trio
@@ -163,11 +164,22 @@ class ConnectionRefusal:
 class SessionHandler(Protocol):
     """What the layer above does with a session's traffic."""
 
-    async def on_message(self, data: str | bytes) -> None:
-        """One Engine.IO MESSAGE payload, in order; may raise ProtocolError."""
+    async def on_message(self, data: str | bytes,
+                         hand_off: Callable[[], None] | None = None) -> None:
+        """One Engine.IO MESSAGE payload, in order; may raise ProtocolError.
+
+        ``hand_off`` is given by a reader that can pass its read loop to a new
+        task (the WebSocket's): the handler may then run a client's handler in
+        the reader's task and, when that handler waits, call it to keep the
+        connection read meanwhile.
+        """
 
     def on_close(self, reason: str) -> None:
         """The session closed (called once, never blocks)."""
+
+    def new_read(self) -> None:
+        """A read of the WebSocket brought messages (the scheduler ran since the last
+        ones); called before they are handed on."""
 
     def held_bytes(self) -> int:
         """Wire bytes of the client's input the handler holds (partial and queued packets)."""
@@ -231,8 +243,9 @@ class EngineSession:
             outbox.put_bytes(encode_frames([eio.encode_packet(packet)]))
 
     # -- incoming -------------------------------------------------------
-    async def receive(self, packet: eio.Packet) -> None:
-        """Handle one Engine.IO packet from the client.
+    async def receive(self, packet: eio.Packet,
+                      hand_off: Callable[[], None] | None = None) -> None:
+        """Handle one Engine.IO packet from the client (``hand_off``: see SessionHandler).
 
         Raises ProtocolError for a packet a client may not send now, and
         whatever the handler raises for a malformed message.
@@ -241,7 +254,7 @@ class EngineSession:
         if kind is eio.PacketType.MESSAGE:
             self.engine.messages_in += 1
             if self.state is not SessionState.CLOSED and self.handler is not None:
-                await self.handler.on_message(packet.data)
+                await self.handler.on_message(packet.data, hand_off)
         elif kind is eio.PacketType.PONG:
             if self._awaiting_pong:
                 self._awaiting_pong = False
@@ -545,6 +558,12 @@ class Engine:
         try:
             await reader.run(received, request, sid, answer)
         finally:
+            if reader.reading_elsewhere:
+                # Cancelled while a follower reads (reader.hand_off): the connection is
+                # closed once it is done (soon: shutdown cancels it too).
+                assert reader.wake is not None
+                with trio.CancelScope(shield=True):
+                    await reader.wake.wait()
             # The descriptor is about to close (and may be reused): never write to it again.
             outbox.close()
             reader.release()
@@ -565,6 +584,17 @@ class _WebSocketSession:
         self.upgraded = False
         self.scope = trio.CancelScope()
         self.budgeted = 0  # bytes of an incomplete message, counted in the budget
+        # The read loop's hand-off (``hand_off``): the messages of the batch being
+        # handled (the follower takes what is left), how many hand-offs there were,
+        # whether a follower reads, and what tells this (the connection's) task that
+        # the read loop is back or over.
+        self._batch: Iterator[str | bytes] = _NO_BATCH
+        self.handoffs = 0
+        self.reading_elsewhere = False
+        self.wake: trio.Event | None = None
+        self._over = False  # the follower ran the close sequence
+        self._home_waiting = False  # this task waits to take the read loop back
+        self._park_scope: trio.CancelScope | None = None  # a follower's wait for data
 
     async def run(self, received: bytes, request: RequestInfo, sid: str | None,
                   answer: bool = False) -> None:
@@ -588,32 +618,53 @@ class _WebSocketSession:
                 return
             session = found
         self.session = session
-        reason: str | None = None
-        code = CloseCode.NORMAL
+        ended: _Ended | None = None
         with trio.CancelScope() as self.scope:
             if self.upgraded:
                 session.reader_scope = self.scope
             else:
                 self.scope.deadline = trio.current_time() + engine.options.upgrade_timeout
-            try:
-                reason = await self._read(received)
-            except ProtocolError as exc:
-                engine.ratelog.note("malformed packet", request.address,
-                                    f"session {session.sid}: {exc}")
-                reason = "parse error"
-                code = CloseCode.PROTOCOL_ERROR
-            except _SlowMessage:
-                engine.ratelog.note("slow WebSocket message", request.address,
-                                    f"session {session.sid}: not finished within "
-                                    f"{engine.options.body_timeout} s")
-                reason = "transport error"
-                code = CloseCode.POLICY_VIOLATION
-            except _OverBudget:
-                engine.ratelog.note("memory budget spent", request.address,
-                                    f"session {session.sid}: incoming message refused",
-                                    logging.WARNING)
-                reason = "transport error"
-                code = CloseCode.TRY_AGAIN_LATER
+            ended = await self._read_until_end(received, [])
+        while ended is _HANDED_OFF:
+            ended = await self._take_back()
+        if ended is not _OVER:
+            await self._finish(ended)
+
+    async def _read_until_end(self, data: bytes, pending: list[str | bytes]) -> _Ended:
+        """The read loop, its failures turned into a close reason and code.
+
+        ``_HANDED_OFF`` when another task took the loop over (``hand_off``).
+        """
+        engine = self.engine
+        session = self.session
+        assert session is not None
+        address = session.request.address
+        try:
+            reason = await self._read(data, pending)
+        except ProtocolError as exc:
+            engine.ratelog.note("malformed packet", address, f"session {session.sid}: {exc}")
+            return ("parse error", CloseCode.PROTOCOL_ERROR)
+        except _SlowMessage:
+            engine.ratelog.note("slow WebSocket message", address,
+                                f"session {session.sid}: not finished within "
+                                f"{engine.options.body_timeout} s")
+            return ("transport error", CloseCode.POLICY_VIOLATION)
+        except _OverBudget:
+            engine.ratelog.note("memory budget spent", address,
+                                f"session {session.sid}: incoming message refused",
+                                logging.WARNING)
+            return ("transport error", CloseCode.TRY_AGAIN_LATER)
+        if isinstance(reason, _Handed):
+            return reason
+        return (reason, CloseCode.NORMAL)
+
+    async def _finish(self, ended: _Ended | None) -> None:
+        """Close the session and the WebSocket once the read loop ended (None: cancelled,
+        that is closed by the server or the upgrade timed out)."""
+        assert not isinstance(ended, _Handed)
+        reason, code = ended or (None, CloseCode.NORMAL)
+        session = self.session
+        assert session is not None
         if not self.upgraded:
             session.abandon_upgrade()
             # a client that goes away mid-upgrade: ordinary, not worth an INFO line
@@ -629,6 +680,102 @@ class _WebSocketSession:
             return
         session.close(reason)
         await self._close(code)
+
+    def hand_off(self) -> None:
+        """A handler this task runs waits: a new task goes on reading the connection.
+
+        Called by the session's handler (api.connection) from inside ``session.receive``,
+        in the reader's task (a trio trap names its task, so the handler cannot move).
+        The rest of the current batch of messages is the follower's, first and in
+        order; this task's loop ends once the handler returned. The follower reads
+        under a cancel scope of its own, from now on the session's ``reader_scope``:
+        closing the session does not cancel the handler left here, as it does not
+        cancel a handler worker. The connection's own task, once its handler is done,
+        takes the read loop back (``_take_back``), so that an idle connection holds
+        one task again; a follower whose handler is done just ends.
+        """
+        session = self.session
+        nursery = self.engine.nursery
+        assert session is not None and nursery is not None
+        pending = list(self._batch)  # the batch's iterator is now empty: this loop ends
+        self._batch = _NO_BATCH
+        self.handoffs += 1
+        if not self.reading_elsewhere:
+            self.reading_elsewhere = True
+            self.wake = trio.Event()
+        scope = trio.CancelScope()
+        if session.closed:
+            scope.cancel()
+        session.reader_scope = scope
+        nursery.start_soon(self._follow, scope, pending, self.handoffs)
+
+    async def _follow(self, scope: trio.CancelScope, pending: list[str | bytes],
+                      generation: int) -> None:
+        """The read loop, handed off by the reader before (``hand_off``)."""
+        ended: _Ended | None = None
+        try:
+            with scope:
+                ended = await self._read_until_end(b"", pending)
+            if not isinstance(ended, _Handed):
+                await self._finish(ended)
+        except Exception:
+            logger.exception("WebSocket reader failed")
+            if self.session is not None:
+                self.session.close("transport error")
+        finally:
+            if self.handoffs == generation:  # this task read last: back to the connection's
+                self._over = ended is not _HANDED_BACK
+                self.reading_elsewhere = False
+                assert self.wake is not None
+                self.wake.set()
+
+    async def _take_back(self) -> _Ended | None:
+        """The connection's task, its handler done, takes the read loop back from the
+        follower (interrupting its wait for data), or learns that it ran the close
+        sequence (``_OVER``)."""
+        if self.reading_elsewhere:
+            self._home_waiting = True
+            if self._park_scope is not None:
+                self._park_scope.cancel()
+            assert self.wake is not None
+            try:
+                await self.wake.wait()
+            finally:
+                self._home_waiting = False
+        if self._over:
+            return _OVER
+        session = self.session
+        assert session is not None
+        ended: _Ended | None = None
+        with trio.CancelScope() as scope:
+            session.reader_scope = scope
+            if session.closed:
+                scope.cancel()
+            ended = await self._read_until_end(b"", [])
+        return ended
+
+    async def _receive_interruptible(self) -> bytes | None:
+        """A follower's read: ``receive_some`` whose wait the connection's task may cut
+        short to take the read loop back (None), never once data was read. Over TLS
+        it is not cut short: the loop goes back after the next message."""
+        fd = self.fd
+        if fd < 0:
+            return await receive_stream(self.stream)
+        while True:
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # no cancel: data in hand
+                return data
+            with trio.CancelScope() as self._park_scope:
+                await trio.lowlevel.wait_readable(fd)
+            self._park_scope = None
+            if self._home_waiting:
+                return None
 
     async def _close(self, code: CloseCode) -> None:
         """Send our close frame (if the peer's close was not answered yet) and linger.
@@ -678,13 +825,24 @@ class _WebSocketSession:
             self.engine.budget.give(-delta)
         self.budgeted = held
 
-    async def _read(self, data: bytes) -> str:
-        """Read until the peer goes away; returns the close reason."""
+    async def _read(self, data: bytes, pending: list[str | bytes]) -> str | _Handed:
+        """Read until the peer goes away; returns the close reason.
+
+        ``pending``: complete messages to handle before reading (a hand-off's).
+        ``_HANDED_OFF`` when a handler of this task waited and another task now reads;
+        ``_HANDED_BACK`` when this follower gave the loop back to the connection's task.
+        """
         protocol = self.protocol
         session = self.session
         assert session is not None
-        held = 0  # bytes of an incomplete message
+        generation = self.handoffs
+        hand_off = self.hand_off
+        follower = self.reading_elsewhere  # never the connection's own task
+        held = protocol.buffered  # bytes of an incomplete message
         started: float | None = None  # when the incomplete message began
+        messages = pending
+        if not pending and held != self.budgeted:
+            self._account(held)  # a hand-off's batch was handled by the task before
         while True:
             if data:
                 messages = protocol.receive(data)
@@ -700,22 +858,43 @@ class _WebSocketSession:
                     held += sum(map(len, messages))
                 if held != self.budgeted:
                     self._account(held)
-                for message in messages:
+            if messages:
+                self._batch = batch = iter(messages)
+                handler = session.handler
+                if handler is not None and self.upgraded:
+                    handler.new_read()
+                for message in batch:
                     packet = eio.decode_packet(message)
                     if self.upgraded:
-                        await session.receive(packet)
+                        await session.receive(packet, hand_off)
                     else:
                         self._upgrade_step(packet)
-                if messages:
-                    started = None  # a message was finished: any incomplete one is new
-                    held = protocol.buffered
-                    self._account(held)
-                    if not session.account_input():
-                        raise _OverBudget
-                if protocol.close_code is not None:
-                    return "transport close"
+                if self.handoffs != generation:
+                    return _HANDED_OFF
+                self._batch = _NO_BATCH  # an idle connection keeps no messages
+                started = None  # a message was finished: any incomplete one is new
+                held = protocol.buffered
+                self._account(held)
+                if not session.account_input():
+                    raise _OverBudget
+                messages = []
+            if protocol.close_code is not None:
+                return "transport close"
             fd = self.fd
-            if not held:
+            if follower:
+                if self._home_waiting:
+                    return _HANDED_BACK
+                if held and started is None:
+                    started = trio.current_time()
+                with trio.move_on_at(started + self.engine.options.body_timeout
+                                     if held and started is not None else math.inf) as scope:
+                    received = await self._receive_interruptible()
+                if scope.cancelled_caught:
+                    raise _SlowMessage
+                if received is None:
+                    return _HANDED_BACK
+                data = received
+            elif not held:
                 data = await (receive_some(fd) if fd >= 0 else receive_stream(self.stream))
             else:
                 # An incomplete message must be finished within body_timeout of its start.
@@ -749,6 +928,19 @@ class _WebSocketSession:
         self.upgraded = True
         self.scope.deadline = float("inf")
         session.reader_scope = self.scope
+
+
+class _Handed(enum.Enum):
+    """How a read loop ended other than with the connection (``hand_off``)."""
+
+    OFF = "went on in another task"
+    BACK = "went back to the connection's task"
+    OVER = "a follower ran the close sequence"
+
+
+_HANDED_OFF, _HANDED_BACK, _OVER = _Handed.OFF, _Handed.BACK, _Handed.OVER
+_NO_BATCH: Iterator[str | bytes] = iter(())  # shared, always empty
+_Ended = tuple[str | None, CloseCode] | _Handed  # how a read loop ended
 
 
 class _SlowMessage(Exception):
