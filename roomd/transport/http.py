@@ -404,14 +404,8 @@ class _HttpConnection:
         elif length is None or not length.isdigit() or int(length) != len(body) or (
                 len(body) > options.max_payload):
             return None  # incomplete, pipelined or too large: h11 reads (and refuses)
-        path, _, query_string = target.partition("?")
-        if path.rstrip("/") + "/" != options.path:
-            return None
-        if options.cors_origins and "origin" in headers:
-            return None
-        query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
-        if query.get("EIO") != "4" or query.get("transport") != "polling" or (
-                "polling" not in options.transports):
+        query = self._fast_query(target, headers, "polling")
+        if query is None:
             return None
         sid = query.get("sid")
         if sid is None:
@@ -448,22 +442,32 @@ class _HttpConnection:
             self._fast_close = False
         return not close
 
-    def _fast_checks(self, target: str, headers: dict[str, str]) -> RequestInfo | None:
-        """The request a new (or upgrading) WebSocket makes, if every check of the h11
-        path without a side effect passes; else None (h11 will answer)."""
-        engine = self.engine
-        options = engine.options
-        if ("content-length" in headers or "transfer-encoding" in headers
-                or engine.allow_request is not None):
-            return None
+    def _fast_query(self, target: str, headers: dict[str, str],
+                    transport: str) -> dict[str, str] | None:
+        """The query of an Engine.IO request for ``transport`` that the fast paths may
+        take: the server's path, EIO=4, the transport enabled, no CORS origin to check.
+        Else None (h11's path answers, refusals included)."""
+        options = self.engine.options
         path, _, query_string = target.partition("?")
         if path.rstrip("/") + "/" != options.path:
             return None
         if options.cors_origins and "origin" in headers:
             return None
         query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
-        if query.get("EIO") != "4" or query.get("transport") != "websocket" or (
-                "websocket" not in options.transports):
+        if query.get("EIO") != "4" or query.get("transport") != transport or (
+                transport not in options.transports):
+            return None
+        return query
+
+    def _fast_checks(self, target: str, headers: dict[str, str]) -> RequestInfo | None:
+        """The request a new (or upgrading) WebSocket makes, if every check of the h11
+        path without a side effect passes; else None (h11 will answer)."""
+        engine = self.engine
+        if ("content-length" in headers or "transfer-encoding" in headers
+                or engine.allow_request is not None):
+            return None
+        query = self._fast_query(target, headers, "websocket")
+        if query is None:
             return None
         if headers.get("upgrade", "").lower() != "websocket":
             return None
