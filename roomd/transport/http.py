@@ -306,16 +306,7 @@ class _HttpConnection:
             # A new session: the answer leaves with its OPEN packet, in one write.
             self.websocket = (received, info, sid, True)
             return True
-        response = upgrade_answer(headers["sec-websocket-key"])
-        try:
-            sent = os.write(fd, response)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            raise trio.BrokenResourceError from None
-        if sent < len(response):
-            with trio.fail_after(self.engine.options.send_timeout):
-                await self.stream.send_all(response[sent:])
+        await self._send_fast(upgrade_answer(headers["sec-websocket-key"]))
         self.websocket = (received, info, sid, False)
         return True
 
