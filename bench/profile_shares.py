@@ -50,7 +50,7 @@ STAGES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("decoding: WebSocket frame, Engine.IO, Socket.IO", ("Decoder.feed", "_decode_text",
                                                              "decode_packet", "WebSocketProtocol",
                                                              "_unmask", "json/decoder")),
-        ("reading the socket", ("receive_some", "wait_readable", "_WebSocketSession._read")),
+        ("reading the socket", ("receive_some", "wait_readable", "WebSocketReader._read")),
         ("the message's way to the worker", ("on_message", "EngineSession.receive",
                                              "account_input", "_account")),
     ],

@@ -4,7 +4,7 @@ An EVENT with nothing queued ahead of it and no handler running is handled
 in the task reading the WebSocket (``Connection._run_inline``): most handlers
 finish without yielding, so no worker task is woken. A handler that waits goes
 on in that task while a follower task reads the connection
-(``_WebSocketSession.hand_off``); the connection's task takes the read loop
+(``WebSocketReader.hand_off``); the connection's task takes the read loop
 back when its handler is done. These tests check what that must keep: the
 order handlers start in, max_concurrent_handlers, handler errors, closes
 during a waiting handler, the task count of an idle connection, polling
