@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.proctree import tree_cpu_s, tree_rss_kib
+from bench.proctree import end_group, tree_cpu_s, tree_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -78,19 +77,7 @@ class Proc:
         self.pid = self.p.pid
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.p.wait(5)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.p.wait(5)
+        end_group(self.p)
         self.log.close()
 
 

@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.proctree import end_group
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 UPGRADE = (b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: bench\r\n"
@@ -81,18 +83,8 @@ def start_server(tree: Path, port: int, admin_dir: str) -> subprocess.Popen:
             return server
         except OSError:
             time.sleep(0.05)
-    stop(server)
+    end_group(server, grace=10)
     raise RuntimeError(f"{tree}: not listening on {port} after 30 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
 
 
 def open_clients(port: int, n: int) -> list[socket.socket]:
@@ -153,7 +145,7 @@ def one_run(tree: Path, mode: str, n: int, port: int, admin_dir: str) -> float:
         answering.join()
         return exited
     finally:
-        stop(server)
+        end_group(server, grace=10)
 
 
 def free_port() -> int:

@@ -6,6 +6,8 @@ A process that exits while being read is skipped: the figures are of the tree as
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 
 
 def process_tree(root: int) -> list[int]:
@@ -52,3 +54,22 @@ def tree_rss_kib(root: int) -> int:
         except OSError:
             continue
     return total
+
+
+def end_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+    """End a child started in its own session (process group = its PID): ``sig`` to
+    the group, SIGKILL after ``grace`` seconds. A group already gone is fine."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)

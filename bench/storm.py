@@ -50,7 +50,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.proctree import tree_cpu_s, tree_rss_kib
+from bench.proctree import end_group, tree_cpu_s, tree_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 # The yardstick (its Node.js and python-socketio bench apps): ../shared/bench beside the
@@ -161,19 +161,7 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> float:
         """Signal the group (by its id, ours); SIGKILL after ``grace``. Seconds it took."""
         t0 = time.monotonic()
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
+        end_group(self.proc, sig, grace)
         self.log.close()
         return time.monotonic() - t0
 

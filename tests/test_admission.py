@@ -17,6 +17,8 @@ def test_budget_refuses_past_its_limit_and_counts_what_exists():
     budget.give(110)
     assert budget.used == 0 and budget.take(100)
     assert Budget(0).take(10**12)  # 0: unlimited
+    budget.hold(30)  # over the limit (130): a negative take still gives back
+    assert budget.take(-50) and budget.used == 80 and budget.take(0)
 
 
 def test_connections_per_address_and_exemptions():

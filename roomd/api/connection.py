@@ -191,7 +191,6 @@ class Connection:
         self._workers = 0
         self._starting = 0  # workers started or woken that have not taken a packet yet
         self._parked: trio.lowlevel.Task | None = None  # a worker waiting for packets
-        self._idle = 0  # 1 while a worker is parked (workers - idle: those in a handler)
         self._room: trio.Event | None = None
         self._cleaned = False
         context.live[session.sid] = self
@@ -231,7 +230,8 @@ class Connection:
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
                 socket.abandon_acks()
-        if (hand_off is not None and not self._queue and self._workers == self._idle
+        if (hand_off is not None and not self._queue
+                and self._workers == (self._parked is not None)  # none inside a handler
                 and (kind is sio.PacketType.EVENT or kind is sio.PacketType.BINARY_EVENT)):
             # Nothing queued, no handler running: this one may start at once (arrival order).
             await self._run_inline(packet, size, hand_off)
@@ -299,7 +299,6 @@ class Connection:
 
     def _wake_worker(self, go_on: bool) -> None:
         task, self._parked = self._parked, None
-        self._idle = 0
         assert task is not None and self.context.idle_workers is not None
         self.context.idle_workers.discard(self)
         if go_on:
@@ -317,12 +316,10 @@ class Connection:
         if idle_workers is None or self._parked is not None:
             return False  # lingering is off, or another worker already waits
         self._parked = trio.lowlevel.current_task()
-        self._idle = 1
         idle_workers.add(self)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._parked = None
-            self._idle = 0
             idle_workers.discard(self)
             return trio.lowlevel.Abort.SUCCEEDED
 

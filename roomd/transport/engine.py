@@ -225,11 +225,8 @@ class EngineSession:
         """
         handler = self.handler
         held = handler.held_bytes() if handler is not None else 0
-        delta = held - self._input_budgeted
-        if delta > 0 and not self.engine.budget.take(delta):
+        if not self.engine.budget.take(held - self._input_budgeted):
             return False
-        if delta < 0:
-            self.engine.budget.give(-delta)
         self._input_budgeted = held
         return True
 

@@ -47,7 +47,11 @@ class Budget:
         self.peak = 0
 
     def take(self, n: int) -> bool:
-        """Reserve ``n`` bytes; False (nothing reserved) when over the budget."""
+        """Reserve ``n`` bytes; False (nothing reserved) when over the budget.
+
+        A negative ``n`` gives bytes back and always succeeds, so a holder whose
+        count moves either way calls ``take(new - old)``.
+        """
         used = self.used + n
         if self.limit and n > 0 and used > self.limit:
             return False

@@ -334,11 +334,8 @@ class WebSocketReader:
         self.session = None
 
     def _account(self, held: int) -> None:
-        delta = held - self.budgeted
-        if delta > 0 and not self.engine.budget.take(delta):
+        if not self.engine.budget.take(held - self.budgeted):
             raise _OverBudget
-        if delta < 0:
-            self.engine.budget.give(-delta)
         self.budgeted = held
 
     async def _read(self, data: bytes, pending: list[str | bytes]) -> str | _Handed:
